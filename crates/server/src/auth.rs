@@ -1,0 +1,187 @@
+//! Hawk authentication of storage 1.5 requests with tokenlib tokens (tokenserver.md §9).
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{header, HeaderMap, Method};
+use syncstead_proto::token::TokenSigner;
+
+use crate::config::PublicUrl;
+use crate::error::ApiError;
+
+/// Who a verified request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HawkIdentity {
+    pub uid: u64,
+}
+
+/// Remembers recently seen (token, ts, nonce) triples so that a captured request cannot be
+/// replayed (spec README §5, T10-118). Two generations bound the memory: when the current
+/// one fills up it becomes the previous one, so at least `capacity / 2` of the most recent
+/// requests are always remembered.
+pub struct NonceCache {
+    shards: Vec<Mutex<Generations>>,
+    hasher: std::collections::hash_map::RandomState,
+    per_shard: usize,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+impl NonceCache {
+    pub fn new(capacity: usize) -> Self {
+        let shards = 16;
+        NonceCache {
+            shards: (0..shards).map(|_| Mutex::new(Generations::default())).collect(),
+            hasher: Default::default(),
+            per_shard: (capacity / shards / 2).max(16),
+        }
+    }
+
+    /// Records the triple; false if it was seen before.
+    pub fn insert(&self, id: &str, ts: u64, nonce: &str) -> bool {
+        let key = self.hasher.hash_one((id, ts, nonce));
+        let shard = &self.shards[(key as usize) % self.shards.len()];
+        let mut g = shard.lock().expect("nonce cache lock");
+        if g.previous.contains(&key) || !g.current.insert(key) {
+            return false;
+        }
+        if g.current.len() >= self.per_shard {
+            g.previous = std::mem::take(&mut g.current);
+        }
+        true
+    }
+}
+
+pub struct HawkVerifier {
+    pub signer: TokenSigner,
+    pub public_url: Option<PublicUrl>,
+    pub skew: Duration,
+    pub expired_grace_seconds: u64,
+    pub nonces: NonceCache,
+}
+
+/// The host and port a request was addressed to, as the client signed them (T10-115).
+fn request_authority(headers: &HeaderMap) -> Option<(String, u16)> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') || host.starts_with('[') => match port.parse() {
+            Ok(p) => (name, p),
+            Err(_) => (host, 80),
+        },
+        _ => (host, 80),
+    };
+    Some((name.to_ascii_lowercase(), port))
+}
+
+impl HawkVerifier {
+    /// Verifies the `Authorization: Hawk …` header of a request for `path_and_query` (as
+    /// received). `allow_expired` is set for `GET /1.5/{uid}/info/collections` (S15-022).
+    pub fn verify(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        allow_expired: bool,
+    ) -> Result<HawkIdentity, ApiError> {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("missing authorization"))?
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("unreadable authorization"))?;
+        let attrs = auth.strip_prefix("Hawk ").ok_or(ApiError::Unauthorized("not hawk"))?;
+        let hawk_header = hawk::Header::from_str(attrs).map_err(|_| ApiError::Unauthorized("malformed hawk header"))?;
+        let id = hawk_header.id.as_deref().ok_or(ApiError::Unauthorized("no id"))?;
+        let (payload, key) = self
+            .signer
+            .verify(id)
+            .map_err(|_| ApiError::Unauthorized("bad token"))?;
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let expires = payload.expires.round();
+        let grace = if allow_expired {
+            self.expired_grace_seconds as f64
+        } else {
+            0.0
+        };
+        if expires + grace <= now.floor() {
+            return Err(ApiError::Unauthorized("token expired"));
+        }
+
+        let (host, port, target) = match &self.public_url {
+            Some(p) => {
+                let target = if p.prefix.is_empty() || path_and_query.starts_with(&format!("{}/", p.prefix)) {
+                    path_and_query.to_string()
+                } else {
+                    format!("{}{}", p.prefix, path_and_query)
+                };
+                (p.host.clone(), p.port, target)
+            }
+            None => {
+                let (host, port) = request_authority(headers).ok_or(ApiError::Unauthorized("no host"))?;
+                (host, port, path_and_query.to_string())
+            }
+        };
+        let hawk_key = hawk::Key::new(key.as_bytes(), hawk::DigestAlgorithm::Sha256)
+            .map_err(|_| ApiError::Internal("hawk key".into()))?;
+        let request = hawk::RequestBuilder::new(method.as_str(), &host, port, &target).request();
+        if !request.validate_header(&hawk_header, &hawk_key, self.skew) {
+            return Err(ApiError::Unauthorized("bad signature"));
+        }
+        let ts = hawk_header
+            .ts
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let nonce = hawk_header.nonce.as_deref().unwrap_or("");
+        if !self.nonces.insert(id, ts, nonce) {
+            return Err(ApiError::Unauthorized("replayed nonce"));
+        }
+        Ok(HawkIdentity { uid: payload.uid })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t10_118_nonce_cache_rejects_replays_and_stays_bounded() {
+        let cache = NonceCache::new(64);
+        assert!(cache.insert("id", 1, "n1"));
+        assert!(!cache.insert("id", 1, "n1"));
+        assert!(cache.insert("id", 1, "n2"));
+        assert!(cache.insert("other", 1, "n1"));
+        for i in 0..10_000 {
+            cache.insert("id", 2, &i.to_string());
+        }
+        let total: usize = cache
+            .shards
+            .iter()
+            .map(|s| {
+                let g = s.lock().unwrap();
+                g.current.len() + g.previous.len()
+            })
+            .sum();
+        assert!(total <= 16 * 2 * 16, "{total}");
+    }
+
+    #[test]
+    fn authority_from_host_header() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "Example.com:8080".parse().unwrap());
+        assert_eq!(request_authority(&h), Some(("example.com".into(), 8080)));
+        h.insert(header::HOST, "example.com".parse().unwrap());
+        assert_eq!(request_authority(&h), Some(("example.com".into(), 80)));
+        h.insert(header::HOST, "[::1]:9".parse().unwrap());
+        assert_eq!(request_authority(&h), Some(("[::1]".into(), 9)));
+    }
+}

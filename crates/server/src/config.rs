@@ -1,0 +1,502 @@
+//! Settings: built-in defaults, then a TOML file, then `SYNCSTEAD_*` environment variables,
+//! then command-line flags. One struct serves as the TOML schema and as the flag set, so a
+//! setting cannot exist in one place and not the other.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("invalid config file {0}: {1}")]
+    Parse(PathBuf, String),
+    #[error("invalid setting {0}: {1}")]
+    Invalid(&'static str, String),
+    #[error("master secret: {0}")]
+    Secret(String),
+}
+
+/// Every setting, each optional so that layers can be merged. Flags and environment
+/// variables come from clap; the TOML file uses the same names.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// TOML configuration file; its keys are the setting names below (e.g. `listen = "0.0.0.0:8000"`).
+    #[arg(long, env = "SYNCSTEAD_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address and port to listen on [default: 127.0.0.1:8000].
+    #[arg(long, env = "SYNCSTEAD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// The origin and path prefix clients use to reach this server, e.g. `https://sync.example.com/sync`.
+    /// Hawk signatures are checked against it, so set it behind a TLS reverse proxy
+    /// [default: the Host header of each request, over http].
+    #[arg(long, env = "SYNCSTEAD_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Directory for the SQLite database and the generated master secret [default: ./syncstead-data].
+    #[arg(long, env = "SYNCSTEAD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Database to use: `sqlite://PATH` [default: sqlite://<data_dir>/syncstead.db].
+    #[arg(long, env = "SYNCSTEAD_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Secret shared with the token server that signs tokens and derives Hawk keys.
+    /// Prefer `master_secret_file`; without either, one is generated in the data directory.
+    #[arg(long, env = "SYNCSTEAD_MASTER_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub master_secret: Option<String>,
+
+    /// File holding the master secret (its first line).
+    #[arg(long, env = "SYNCSTEAD_MASTER_SECRET_FILE", value_name = "FILE")]
+    pub master_secret_file: Option<PathBuf>,
+
+    /// Address for the Prometheus `/metrics` listener; off unless set.
+    #[arg(long, env = "SYNCSTEAD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "SYNCSTEAD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Log filter, e.g. `info` or `syncstead=debug` [default: info].
+    #[arg(long, env = "SYNCSTEAD_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// SQLite durability: `full` (every acknowledged write survives power loss) or
+    /// `normal` (faster; survives a crash of the process, not of the machine) [default: full].
+    #[arg(long, env = "SYNCSTEAD_SQLITE_SYNCHRONOUS", value_name = "MODE")]
+    pub sqlite_synchronous: Option<String>,
+
+    /// Read connections in the SQLite pool [default: 4].
+    #[arg(long, env = "SYNCSTEAD_SQLITE_READERS", value_name = "N")]
+    pub sqlite_readers: Option<usize>,
+
+    /// Largest request body in bytes [default: 2625536].
+    #[arg(long, env = "SYNCSTEAD_MAX_REQUEST_BYTES", value_name = "N")]
+    pub max_request_bytes: Option<u64>,
+
+    /// Most records in one POST [default: 100].
+    #[arg(long, env = "SYNCSTEAD_MAX_POST_RECORDS", value_name = "N")]
+    pub max_post_records: Option<u64>,
+
+    /// Most payload bytes in one POST [default: 2621440].
+    #[arg(long, env = "SYNCSTEAD_MAX_POST_BYTES", value_name = "N")]
+    pub max_post_bytes: Option<u64>,
+
+    /// Most records in one batch [default: 10000].
+    #[arg(long, env = "SYNCSTEAD_MAX_TOTAL_RECORDS", value_name = "N")]
+    pub max_total_records: Option<u64>,
+
+    /// Most payload bytes in one batch [default: 262144000].
+    #[arg(long, env = "SYNCSTEAD_MAX_TOTAL_BYTES", value_name = "N")]
+    pub max_total_bytes: Option<u64>,
+
+    /// Largest single record payload in bytes (at least 262144) [default: 2621440].
+    #[arg(long, env = "SYNCSTEAD_MAX_RECORD_PAYLOAD_BYTES", value_name = "N")]
+    pub max_record_payload_bytes: Option<u64>,
+
+    /// Per-user storage quota in bytes, enforced with 403 when set above 0 [default: 0, off].
+    #[arg(long, env = "SYNCSTEAD_QUOTA_BYTES", value_name = "N")]
+    pub quota_bytes: Option<u64>,
+
+    /// Accepted difference between a client's Hawk timestamp and the server clock [default: 31449600, 52 weeks].
+    #[arg(long, env = "SYNCSTEAD_HAWK_SKEW_SECONDS", value_name = "SECS")]
+    pub hawk_skew_seconds: Option<u64>,
+
+    /// How long after expiry a token still reads `info/collections` [default: 7200].
+    #[arg(long, env = "SYNCSTEAD_EXPIRED_TOKEN_GRACE_SECONDS", value_name = "SECS")]
+    pub expired_token_grace_seconds: Option<u64>,
+
+    /// Seconds between purges of expired records and abandoned batches [default: 900].
+    #[arg(long, env = "SYNCSTEAD_PURGE_INTERVAL_SECONDS", value_name = "SECS")]
+    pub purge_interval_seconds: Option<u64>,
+
+    /// Answer every storage request with 503 + Retry-After (also on while a file
+    /// `maintenance` exists in the data directory) [default: false].
+    #[arg(long, env = "SYNCSTEAD_MAINTENANCE", value_name = "BOOL")]
+    pub maintenance: Option<bool>,
+
+    /// Retry-After seconds sent in maintenance mode [default: 300].
+    #[arg(long, env = "SYNCSTEAD_RETRY_AFTER_SECONDS", value_name = "SECS")]
+    pub retry_after_seconds: Option<u64>,
+
+    /// Requests in flight above which responses carry X-Weave-Backoff [default: 512].
+    #[arg(long, env = "SYNCSTEAD_BACKOFF_INFLIGHT", value_name = "N")]
+    pub backoff_inflight: Option<usize>,
+
+    /// X-Weave-Backoff seconds sent when overloaded [default: 60].
+    #[arg(long, env = "SYNCSTEAD_BACKOFF_SECONDS", value_name = "SECS")]
+    pub backoff_seconds: Option<u64>,
+}
+
+macro_rules! merge_fields {
+    ($hi:expr, $lo:expr, $($f:ident),* $(,)?) => {
+        $( if $hi.$f.is_none() { $hi.$f = $lo.$f.take(); } )*
+    };
+}
+
+impl ConfigLayer {
+    /// `self` (flags and environment) over the TOML file it names, if any.
+    pub fn with_file(mut self) -> Result<ConfigLayer, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+        let mut file: ConfigLayer =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        merge_fields!(
+            self,
+            file,
+            listen,
+            public_url,
+            data_dir,
+            database_url,
+            master_secret,
+            master_secret_file,
+            metrics_listen,
+            log_format,
+            log_level,
+            sqlite_synchronous,
+            sqlite_readers,
+            max_request_bytes,
+            max_post_records,
+            max_post_bytes,
+            max_total_records,
+            max_total_bytes,
+            max_record_payload_bytes,
+            quota_bytes,
+            hawk_skew_seconds,
+            expired_token_grace_seconds,
+            purge_interval_seconds,
+            maintenance,
+            retry_after_seconds,
+            backoff_inflight,
+            backoff_seconds,
+        );
+        Ok(self)
+    }
+}
+
+/// The limits advertised in `info/configuration` and enforced (S15-160). Field order is
+/// alphabetical, which is the order Mozilla's server sends (S15-066).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    pub max_post_bytes: u64,
+    pub max_post_records: u64,
+    pub max_quota_limit: u64,
+    pub max_record_payload_bytes: u64,
+    pub max_request_bytes: u64,
+    pub max_total_bytes: u64,
+    pub max_total_records: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_post_bytes: 2_621_440,
+            max_post_records: 100,
+            max_quota_limit: 2_097_152_000,
+            max_record_payload_bytes: 2_621_440,
+            max_request_bytes: 2_625_536,
+            max_total_bytes: 262_144_000,
+            max_total_records: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where clients reach the server: used to check Hawk signatures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    pub url: url::Url,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash; empty at the root.
+    pub prefix: String,
+}
+
+impl PublicUrl {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let url = url::Url::parse(s).map_err(|e| ConfigError::Invalid("public_url", e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+            return Err(ConfigError::Invalid(
+                "public_url",
+                "must be an http(s) URL without a query".into(),
+            ));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| ConfigError::Invalid("public_url", "has no host".into()))?
+            .to_ascii_lowercase();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let prefix = url.path().trim_end_matches('/').to_string();
+        Ok(PublicUrl {
+            url,
+            host,
+            port,
+            prefix,
+        })
+    }
+
+    /// The origin and prefix as clients should write it, without a trailing slash.
+    pub fn base(&self) -> String {
+        let mut s = self.url.as_str().trim_end_matches('/').to_string();
+        if s.is_empty() {
+            s = self.url.origin().ascii_serialization();
+        }
+        s
+    }
+}
+
+/// Fully resolved settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub public_url: Option<PublicUrl>,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub master_secret: String,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub sqlite_synchronous: syncstead_store::Synchronous,
+    pub sqlite_readers: usize,
+    pub limits: Limits,
+    pub quota_bytes: Option<u64>,
+    pub hawk_skew_seconds: u64,
+    pub expired_token_grace_seconds: u64,
+    pub purge_interval_seconds: u64,
+    pub maintenance: bool,
+    pub retry_after_seconds: u64,
+    pub backoff_inflight: usize,
+    pub backoff_seconds: u64,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url.as_ref().map(|p| p.base()))
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url)
+            .field("master_secret", &"<redacted>")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Resolves a merged layer into settings, applying defaults. Does not touch the disk
+    /// except to read a secret file; see [`Settings::load_master_secret`].
+    pub fn resolve(layer: ConfigLayer) -> Result<Settings, ConfigError> {
+        let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from("syncstead-data"));
+        let database_url = layer
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("syncstead.db").display()));
+        let log_format = match layer.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid(
+                    "log_format",
+                    format!("{other:?} is not text or json"),
+                ))
+            }
+        };
+        let sqlite_synchronous = match layer.sqlite_synchronous.as_deref().unwrap_or("full") {
+            "full" => syncstead_store::Synchronous::Full,
+            "normal" => syncstead_store::Synchronous::Normal,
+            other => {
+                return Err(ConfigError::Invalid(
+                    "sqlite_synchronous",
+                    format!("{other:?} is not full or normal"),
+                ))
+            }
+        };
+        let d = Limits::default();
+        let quota = layer.quota_bytes.filter(|q| *q > 0);
+        let limits = Limits {
+            max_post_bytes: layer.max_post_bytes.unwrap_or(d.max_post_bytes),
+            max_post_records: layer.max_post_records.unwrap_or(d.max_post_records),
+            max_quota_limit: quota.unwrap_or(d.max_quota_limit),
+            max_record_payload_bytes: layer.max_record_payload_bytes.unwrap_or(d.max_record_payload_bytes),
+            max_request_bytes: layer.max_request_bytes.unwrap_or(d.max_request_bytes),
+            max_total_bytes: layer.max_total_bytes.unwrap_or(d.max_total_bytes),
+            max_total_records: layer.max_total_records.unwrap_or(d.max_total_records),
+        };
+        if limits.max_record_payload_bytes < 262_144 {
+            return Err(ConfigError::Invalid(
+                "max_record_payload_bytes",
+                "must be at least 262144".into(),
+            ));
+        }
+        let public_url = layer.public_url.as_deref().map(PublicUrl::parse).transpose()?;
+        let master_secret = match (layer.master_secret, layer.master_secret_file) {
+            (Some(s), _) => s,
+            (None, Some(file)) => read_secret_file(&file)?,
+            (None, None) => String::new(),
+        };
+        Ok(Settings {
+            listen: layer.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
+            public_url,
+            data_dir,
+            database_url,
+            master_secret,
+            metrics_listen: layer.metrics_listen,
+            log_format,
+            log_level: layer.log_level.unwrap_or_else(|| "info".into()),
+            sqlite_synchronous,
+            sqlite_readers: layer.sqlite_readers.unwrap_or(4).max(1),
+            limits,
+            quota_bytes: quota,
+            hawk_skew_seconds: layer.hawk_skew_seconds.unwrap_or(52 * 7 * 24 * 3600),
+            expired_token_grace_seconds: layer.expired_token_grace_seconds.unwrap_or(7200),
+            purge_interval_seconds: layer.purge_interval_seconds.unwrap_or(900).max(1),
+            maintenance: layer.maintenance.unwrap_or(false),
+            retry_after_seconds: layer.retry_after_seconds.unwrap_or(300),
+            backoff_inflight: layer.backoff_inflight.unwrap_or(512),
+            backoff_seconds: layer.backoff_seconds.unwrap_or(60),
+        })
+    }
+
+    /// Ensures a master secret: the configured one, or the one kept in the data directory,
+    /// generated (mode 0600) on first start.
+    pub fn load_master_secret(&mut self) -> Result<(), ConfigError> {
+        if !self.master_secret.is_empty() {
+            return Ok(());
+        }
+        let path = self.data_dir.join("master-secret");
+        if path.exists() {
+            self.master_secret = read_secret_file(&path)?;
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| ConfigError::Secret(e.to_string()))?;
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        let secret = data_encoding::HEXLOWER.encode(&bytes);
+        write_private(&path, &format!("{secret}\n")).map_err(|e| ConfigError::Secret(e.to_string()))?;
+        tracing::info!(path = %path.display(), "generated a new master secret");
+        self.master_secret = secret;
+        Ok(())
+    }
+
+    /// The SQLite file named by `database_url`, if it is a SQLite URL.
+    pub fn sqlite_path(&self) -> Result<PathBuf, ConfigError> {
+        let url = &self.database_url;
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| {
+                ConfigError::Invalid("database_url", format!("{url:?}: only sqlite:// URLs are supported"))
+            })?;
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() {
+            return Err(ConfigError::Invalid("database_url", "empty SQLite path".into()));
+        }
+        Ok(PathBuf::from(path))
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret(format!("{}: {e}", path.display())))?;
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.is_empty() {
+        return Err(ConfigError::Secret(format!("{} is empty", path.display())));
+    }
+    Ok(secret)
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let s = Settings::resolve(ConfigLayer::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(s.limits, Limits::default());
+        assert_eq!(s.sqlite_path().unwrap(), PathBuf::from("syncstead-data/syncstead.db"));
+        assert!(s.quota_bytes.is_none());
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_errors() {
+        assert!(toml::from_str::<ConfigLayer>("listen = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
+        let layer: ConfigLayer = toml::from_str("listen = \"127.0.0.1:1\"\nquota_bytes = 10\n").unwrap();
+        assert_eq!(layer.quota_bytes, Some(10));
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nlog_level = \"debug\"\n").unwrap();
+        let layer = ConfigLayer {
+            config: Some(file),
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(layer.with_file().unwrap()).unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.log_level, "debug");
+    }
+
+    #[test]
+    fn public_url_parts() {
+        let p = PublicUrl::parse("https://Sync.Example.com/sync/").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.prefix.as_str()),
+            ("sync.example.com", 443, "/sync")
+        );
+        assert_eq!(p.base(), "https://sync.example.com/sync");
+        assert!(PublicUrl::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn secret_is_generated_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = ConfigLayer {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let mut s = Settings::resolve(layer.clone()).unwrap();
+        s.load_master_secret().unwrap();
+        assert_eq!(s.master_secret.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("master-secret"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let mut again = Settings::resolve(layer).unwrap();
+        again.load_master_secret().unwrap();
+        assert_eq!(again.master_secret, s.master_secret);
+        assert!(!format!("{again:?}").contains(&s.master_secret));
+    }
+}

@@ -1,0 +1,114 @@
+//! The one place where failures become protocol responses (status + weave respcode).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use syncstead_proto::{respcode, ProtoError, SyncTimestamp};
+use syncstead_store::StoreError;
+
+use crate::headers::X_LAST_MODIFIED;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("not found")]
+    NotFound,
+    #[error("bad request ({0})")]
+    BadRequest(u8),
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    #[error("over quota")]
+    OverQuota,
+    #[error("not acceptable")]
+    NotAcceptable,
+    #[error("request too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("not modified")]
+    NotModified(SyncTimestamp),
+    #[error("precondition failed")]
+    PreconditionFailed(SyncTimestamp),
+    #[error("write conflict")]
+    Conflict,
+    #[error("service unavailable")]
+    Unavailable { retry_after: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotModified(t) => ApiError::NotModified(t),
+            StoreError::PreconditionFailed(t) => ApiError::PreconditionFailed(t),
+            StoreError::Conflict => ApiError::Conflict,
+            StoreError::OverQuota => ApiError::OverQuota,
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::BatchNotFound => ApiError::BadRequest(respcode::NONE),
+            StoreError::Database(msg) => ApiError::Internal(msg),
+        }
+    }
+}
+
+impl From<ProtoError> for ApiError {
+    fn from(e: ProtoError) -> Self {
+        match e {
+            ProtoError::Bso(_) => ApiError::BadRequest(respcode::INVALID_WBO),
+            _ => ApiError::BadRequest(respcode::NONE),
+        }
+    }
+}
+
+fn json_code(status: StatusCode, code: u8) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        code.to_string(),
+    )
+        .into_response()
+}
+
+fn empty_with_modified(status: StatusCode, t: SyncTimestamp) -> Response {
+    let mut r = status.into_response();
+    if let Ok(v) = HeaderValue::from_str(&t.to_string()) {
+        r.headers_mut().insert(X_LAST_MODIFIED, v);
+    }
+    r
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::NotFound => json_code(StatusCode::NOT_FOUND, respcode::NONE),
+            ApiError::BadRequest(code) => json_code(StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized(why) => {
+                tracing::debug!(why, "authentication failed");
+                let mut r = json_code(StatusCode::UNAUTHORIZED, respcode::NONE);
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
+                r
+            }
+            ApiError::OverQuota => json_code(StatusCode::FORBIDDEN, respcode::OVER_QUOTA),
+            ApiError::NotAcceptable => json_code(StatusCode::NOT_ACCEPTABLE, respcode::NONE),
+            ApiError::PayloadTooLarge => json_code(StatusCode::PAYLOAD_TOO_LARGE, respcode::SIZE_LIMIT_EXCEEDED),
+            ApiError::UnsupportedMediaType => json_code(StatusCode::UNSUPPORTED_MEDIA_TYPE, respcode::NONE),
+            ApiError::NotModified(t) => empty_with_modified(StatusCode::NOT_MODIFIED, t),
+            ApiError::PreconditionFailed(t) => empty_with_modified(StatusCode::PRECONDITION_FAILED, t),
+            ApiError::Conflict => {
+                let mut r = json_code(StatusCode::SERVICE_UNAVAILABLE, respcode::NONE);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                r
+            }
+            ApiError::Unavailable { retry_after } => {
+                let mut r = json_code(StatusCode::SERVICE_UNAVAILABLE, respcode::NONE);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                r
+            }
+            ApiError::Internal(msg) => {
+                tracing::error!(error = %msg, "internal error");
+                json_code(StatusCode::INTERNAL_SERVER_ERROR, respcode::NONE)
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Syncstead's HTTP server: one module per protocol surface, plus auth, config and the
+//! cross-cutting middleware (Weave timestamps, maintenance, backoff, access log, metrics).
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod headers;
+mod ops;
+pub mod storage15;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Router, ServiceExt};
+use syncstead_proto::token::TokenSigner;
+use syncstead_proto::SyncTimestamp;
+use syncstead_store::{SqliteOptions, SqliteStore, Store};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower::Layer;
+
+use crate::auth::{HawkVerifier, NonceCache};
+pub use crate::config::{ConfigLayer, Settings};
+use crate::error::ApiError;
+use crate::headers::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] syncstead_store::StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Process-wide state that changes while the server runs.
+#[derive(Default)]
+pub struct Runtime {
+    maintenance: AtomicBool,
+    inflight: AtomicUsize,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub settings: Arc<Settings>,
+    pub hawk: Arc<HawkVerifier>,
+    pub runtime: Arc<Runtime>,
+}
+
+/// Filled in by authentication so the access log can name the user.
+#[derive(Clone, Default)]
+pub struct RequestUid(pub Arc<OnceLock<u64>>);
+
+/// Awaits a store call and records its duration.
+pub async fn timed<T>(op: &'static str, fut: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = fut.await;
+    metrics::histogram!("syncstead_store_seconds", "op" => op).record(start.elapsed().as_secs_f64());
+    out
+}
+
+/// Opens the store the settings name.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServeError> {
+    let path = settings.sqlite_path()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = SqliteOptions::new(path);
+    options.synchronous = settings.sqlite_synchronous;
+    options.readers = settings.sqlite_readers;
+    Ok(Arc::new(SqliteStore::open(options).await?))
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
+        let hawk = HawkVerifier {
+            signer: TokenSigner::new(&settings.master_secret),
+            public_url: settings.public_url.clone(),
+            skew: Duration::from_secs(settings.hawk_skew_seconds),
+            expired_grace_seconds: settings.expired_token_grace_seconds,
+            nonces: NonceCache::new(200_000),
+        };
+        let runtime = Runtime::default();
+        runtime.maintenance.store(settings.maintenance, Ordering::Relaxed);
+        AppState {
+            store,
+            settings: Arc::new(settings),
+            hawk: Arc::new(hawk),
+            runtime: Arc::new(runtime),
+        }
+    }
+}
+
+fn cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{Any, CorsLayer};
+    let names = [
+        "authorization",
+        "content-type",
+        "user-agent",
+        X_LAST_MODIFIED,
+        X_WEAVE_TIMESTAMP,
+        X_WEAVE_NEXT_OFFSET,
+        X_WEAVE_RECORDS,
+        X_WEAVE_BYTES,
+        X_WEAVE_TOTAL_RECORDS,
+        X_WEAVE_TOTAL_BYTES,
+        "x-verify-code",
+        X_IF_MODIFIED_SINCE,
+        X_IF_UNMODIFIED_SINCE,
+    ]
+    .map(HeaderName::from_static);
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::DELETE, Method::GET, Method::POST, Method::PUT])
+        .allow_headers(names.clone())
+        .expose_headers(names)
+        .max_age(Duration::from_secs(1_728_000))
+}
+
+/// The whole HTTP application, before path-prefix handling.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(storage15::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), weave_middleware))
+        .layer(cors())
+        .with_state(state)
+}
+
+fn is_protocol_path(path: &str) -> bool {
+    !path.starts_with("/__")
+}
+
+/// Maintenance mode, X-Weave-Timestamp (S15-030), X-Weave-Backoff, the access log and
+/// request metrics.
+async fn weave_middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let arrival = SyncTimestamp::now();
+    let start = Instant::now();
+    let inflight = state.runtime.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let protocol = is_protocol_path(req.uri().path());
+    let uid = RequestUid::default();
+    req.extensions_mut().insert(uid.clone());
+
+    let mut response = if protocol && state.runtime.maintenance.load(Ordering::Relaxed) {
+        ApiError::Unavailable {
+            retry_after: state.settings.retry_after_seconds,
+        }
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+    state.runtime.inflight.fetch_sub(1, Ordering::Relaxed);
+
+    if protocol {
+        let headers = response.headers_mut();
+        let last_modified = headers
+            .get(X_LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| SyncTimestamp::parse_seconds(v).ok())
+            .unwrap_or_default();
+        let ts = arrival.max(last_modified);
+        headers.insert(
+            X_WEAVE_TIMESTAMP,
+            HeaderValue::from_str(&ts.to_string()).expect("ASCII"),
+        );
+        if inflight > state.settings.backoff_inflight {
+            headers.insert(X_WEAVE_BACKOFF, HeaderValue::from(state.settings.backoff_seconds));
+        }
+    }
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    metrics::counter!("syncstead_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("syncstead_request_seconds", "route" => route.clone()).record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "syncstead::access",
+        method = %method,
+        route = %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        uid = uid.0.get().copied(),
+        "request"
+    );
+    response
+}
+
+/// Rewrites `<prefix>/…` to `/…` so the server works whether or not a reverse proxy strips
+/// the public URL's path prefix. The original URI stays available for Hawk.
+async fn strip_prefix(State(prefix): State<Arc<str>>, mut req: Request, next: Next) -> Response {
+    if req.extensions().get::<OriginalUri>().is_none() {
+        let original = OriginalUri(req.uri().clone());
+        req.extensions_mut().insert(original);
+    }
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix(&*prefix).filter(|r| r.starts_with('/')) {
+        let mut pq = rest.to_string();
+        if let Some(q) = req.uri().query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    next.run(req).await
+}
+
+/// A server started by [`start`]: its bound address, and the means to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, lets in-flight requests finish, then stops the
+    /// background tasks and closes the database.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = (&mut self.handle)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for task in &self.background {
+            task.abort();
+        }
+        result?;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself (it only does on an I/O failure).
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        let result = (&mut self.handle)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(result?)
+    }
+}
+
+/// Opens the store, binds the listeners and starts serving.
+pub async fn start(mut settings: Settings) -> Result<RunningServer, ServeError> {
+    settings.load_master_secret()?;
+    let store = open_store(&settings).await?;
+    start_with_store(settings, store).await
+}
+
+pub async fn start_with_store(settings: Settings, store: Arc<dyn Store>) -> Result<RunningServer, ServeError> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| ServeError::Bind(settings.listen, e))?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(store, settings);
+    let settings = state.settings.clone();
+
+    let mut background = vec![
+        tokio::spawn(ops::purge_task(state.clone())),
+        tokio::spawn(ops::maintenance_watch(state.clone())),
+    ];
+    let metrics_addr = match settings.metrics_listen {
+        Some(listen) => {
+            let (task, addr) = ops::metrics_server(state.clone(), listen).await?;
+            background.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
+
+    let prefix: Arc<str> = settings.public_url.as_ref().map_or("", |p| p.prefix.as_str()).into();
+    let app = axum::middleware::from_fn_with_state(prefix, strip_prefix).layer(router(state.clone()));
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        state,
+        shutdown: Some(tx),
+        handle,
+        background,
+    })
+}

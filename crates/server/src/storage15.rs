@@ -1,0 +1,554 @@
+//! SyncStorage 1.5 (`/1.5/{uid}/…`), as specified in `shared/spec/storage-1.5.md`.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::Router;
+use serde_json::json;
+use syncstead_proto::bso::{is_known_bad_crypto_payload, parse_post_body, parse_put_body, PostItem};
+use syncstead_proto::names::{is_valid_bso_id, is_valid_collection, parse_uid};
+use syncstead_proto::query::{delete_ids, BatchParam, CollectionQuery, PostQuery};
+use syncstead_proto::{respcode, BsoInput, SyncTimestamp};
+use syncstead_store::{Precondition, UserId, WriteLimits};
+
+use crate::error::ApiError;
+use crate::headers::*;
+use crate::{timed, AppState, RequestUid};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/1.5/{uid}", delete(delete_storage))
+        .route("/1.5/{uid}/storage", delete(delete_storage))
+        .route("/1.5/{uid}/info/{what}", get(info))
+        .route(
+            "/1.5/{uid}/storage/{collection}",
+            get(get_collection).post(post_collection).delete(delete_collection),
+        )
+        .route(
+            "/1.5/{uid}/storage/{collection}/{id}",
+            get(get_bso).put(put_bso).delete(delete_bso),
+        )
+}
+
+/// What every authenticated storage request carries once its path, credentials and
+/// preconditions are checked.
+struct Ctx {
+    user: UserId,
+    collection: String,
+    id: String,
+    pre: Precondition,
+    query: String,
+    headers: HeaderMap,
+    body: Body,
+}
+
+fn decode_segment(raw: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+/// Path validation (404), Hawk (401), uid match (400, S15-021), preconditions (400, S15-052/053),
+/// in that order.
+async fn context(state: &AppState, req: Request) -> Result<Ctx, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let params = axum::extract::RawPathParams::from_request_parts(&mut parts, state)
+        .await
+        .map_err(|_| ApiError::NotFound)?;
+    let (mut uid, mut collection, mut id) = (None, String::new(), String::new());
+    for (name, raw) in &params {
+        let value = decode_segment(raw).ok_or(ApiError::NotFound)?;
+        match name {
+            "uid" => uid = Some(parse_uid(&value).ok_or(ApiError::NotFound)?),
+            "collection" if is_valid_collection(&value) => collection = value,
+            "id" if is_valid_bso_id(&value) => id = value,
+            "what" => {}
+            _ => return Err(ApiError::NotFound),
+        }
+    }
+    let uid = uid.ok_or(ApiError::NotFound)?;
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let original = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .and_then(|u| u.0.path_and_query().map(|p| p.as_str().to_string()))
+        .unwrap_or_else(|| path_and_query.to_string());
+    let info_collections = parts.method == Method::GET && parts.uri.path() == format!("/1.5/{uid}/info/collections");
+    let identity = state
+        .hawk
+        .verify(&parts.method, &original, &parts.headers, info_collections)?;
+    if let Some(slot) = parts.extensions.get::<RequestUid>() {
+        let _ = slot.0.set(identity.uid);
+    }
+    if identity.uid != uid {
+        return Err(ApiError::BadRequest(respcode::NONE));
+    }
+    let pre = preconditions(&parts.headers)?;
+    Ok(Ctx {
+        user: uid as UserId,
+        collection,
+        id,
+        pre,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+fn preconditions(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let parse = |name: &str| -> Result<Option<SyncTimestamp>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let s = v.to_str().map_err(|_| ApiError::BadRequest(respcode::NONE))?;
+                Ok(Some(SyncTimestamp::parse_seconds(s)?))
+            }
+        }
+    };
+    match (parse(X_IF_MODIFIED_SINCE)?, parse(X_IF_UNMODIFIED_SINCE)?) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(respcode::NONE)),
+        (Some(t), None) => Ok(Precondition::IfModifiedSince(t)),
+        (None, Some(t)) => Ok(Precondition::IfUnmodifiedSince(t)),
+        (None, None) => Ok(Precondition::None),
+    }
+}
+
+fn ts_header(t: SyncTimestamp) -> HeaderValue {
+    HeaderValue::from_str(&t.to_string()).expect("timestamps are ASCII")
+}
+
+/// A JSON 2xx response with `X-Last-Modified` (S15-031, S15-032).
+fn json_response(status: StatusCode, modified: SyncTimestamp, body: String) -> Response {
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response();
+    r.headers_mut().insert(X_LAST_MODIFIED, ts_header(modified));
+    r
+}
+
+fn with_records(mut r: Response, n: usize) -> Response {
+    r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(n));
+    r
+}
+
+fn limits_for(state: &AppState) -> WriteLimits {
+    WriteLimits {
+        quota_bytes: state.settings.quota_bytes,
+    }
+}
+
+// ---- info ----------------------------------------------------------------------------
+
+async fn info(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let what = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
+    if what == "configuration" {
+        // Served without auth and without touching the database (S15-065).
+        let uid = req.uri().path().split('/').nth(2).unwrap_or("");
+        parse_uid(uid).ok_or(ApiError::NotFound)?;
+        let body = serde_json::to_string(&state.settings.limits).map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok(json_response(StatusCode::OK, SyncTimestamp::ZERO, body));
+    }
+    if !matches!(
+        what.as_str(),
+        "collections" | "collection_counts" | "collection_usage" | "quota"
+    ) {
+        return Err(ApiError::NotFound);
+    }
+    let ctx = context(&state, req).await?;
+    match what.as_str() {
+        "collections" => {
+            let (storage, colls) = timed(
+                "collection_timestamps",
+                state.store.collection_timestamps(ctx.user, ctx.pre),
+            )
+            .await?;
+            let map: BTreeMap<String, SyncTimestamp> = colls.into_iter().collect();
+            let body = serde_json::to_string(&map).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(with_records(json_response(StatusCode::OK, storage, body), map.len()))
+        }
+        "collection_counts" | "collection_usage" | "quota" => {
+            let (storage, usage) = timed("collection_usage", state.store.collection_usage(ctx.user, ctx.pre)).await?;
+            if what == "quota" {
+                let total: u64 = usage.iter().map(|u| u.bytes).sum();
+                let quota = state.settings.quota_bytes.map(|q| q as f64 / 1024.0);
+                let body = json!([total as f64 / 1024.0, quota]).to_string();
+                return Ok(json_response(StatusCode::OK, storage, body));
+            }
+            let map: serde_json::Map<String, serde_json::Value> = usage
+                .into_iter()
+                .map(|u| {
+                    let v = if what == "collection_counts" {
+                        json!(u.count)
+                    } else {
+                        json!(u.bytes as f64 / 1024.0)
+                    };
+                    (u.collection, v)
+                })
+                .collect();
+            let n = map.len();
+            Ok(with_records(
+                json_response(StatusCode::OK, storage, serde_json::Value::Object(map).to_string()),
+                n,
+            ))
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+// ---- reads ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Newlines,
+}
+
+/// S15-084: walk the media ranges by descending q; `*/*` or `application/json` → JSON,
+/// `application/newlines` → newlines; nothing acceptable → 406.
+fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Format::Json);
+    };
+    let mut ranges: Vec<(f32, String)> = Vec::new();
+    for part in accept.split(',') {
+        let mut pieces = part.split(';');
+        let media = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
+        if media.is_empty() {
+            continue;
+        }
+        let mut q = 1.0f32;
+        for p in pieces {
+            if let Some(v) = p.trim().strip_prefix("q=") {
+                match v.trim().parse::<f32>() {
+                    Ok(v) => q = v,
+                    Err(_) => return Ok(Format::Json),
+                }
+            }
+        }
+        ranges.push((q, media));
+    }
+    if ranges.is_empty() {
+        return Ok(Format::Json);
+    }
+    ranges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    for (q, media) in ranges {
+        if q <= 0.0 {
+            continue;
+        }
+        match media.as_str() {
+            "*/*" | "application/json" | "application/*" => return Ok(Format::Json),
+            "application/newlines" => return Ok(Format::Newlines),
+            _ => {}
+        }
+    }
+    Err(ApiError::NotAcceptable)
+}
+
+async fn get_collection(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let ctx = context(&state, req).await?;
+    let query = CollectionQuery::parse(&ctx.query)?;
+    let format = negotiate(&ctx.headers)?;
+    let page = timed(
+        "get_collection",
+        state.store.get_collection(ctx.user, &ctx.collection, &query, ctx.pre),
+    )
+    .await?;
+    let n = page.bsos.len();
+    let mut r = match format {
+        Format::Json => {
+            let body = if query.full {
+                serde_json::to_string(&page.bsos)
+            } else {
+                serde_json::to_string(&page.bsos.iter().map(|b| &b.id).collect::<Vec<_>>())
+            }
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            json_response(StatusCode::OK, page.modified, body)
+        }
+        Format::Newlines => {
+            let mut body = String::new();
+            for b in &page.bsos {
+                let line = if query.full {
+                    serde_json::to_string(b)
+                } else {
+                    serde_json::to_string(&b.id)
+                };
+                body.push_str(&line.map_err(|e| ApiError::Internal(e.to_string()))?);
+                body.push('\n');
+            }
+            let mut r = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/newlines"))],
+                body,
+            )
+                .into_response();
+            r.headers_mut().insert(X_LAST_MODIFIED, ts_header(page.modified));
+            r
+        }
+    };
+    r = with_records(r, n);
+    if let Some(next) = page.next_offset {
+        if let Ok(v) = HeaderValue::from_str(&next) {
+            r.headers_mut().insert(X_WEAVE_NEXT_OFFSET, v);
+        }
+    }
+    Ok(r)
+}
+
+async fn get_bso(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let ctx = context(&state, req).await?;
+    let bso = timed(
+        "get_bso",
+        state.store.get_bso(ctx.user, &ctx.collection, &ctx.id, ctx.pre),
+    )
+    .await?;
+    let body = serde_json::to_string(&bso).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(json_response(StatusCode::OK, bso.modified, body))
+}
+
+// ---- writes --------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyType {
+    Json,
+    Newlines,
+}
+
+/// S15-087, S15-100: JSON (also sent as text/plain) or, for POST, newline-delimited JSON.
+fn body_type(headers: &HeaderMap, allow_newlines: bool) -> Result<BodyType, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::UnsupportedMediaType)?;
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" | "text/plain" => Ok(BodyType::Json),
+        "application/newlines" if allow_newlines => Ok(BodyType::Newlines),
+        _ => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
+/// Reads the body, refusing anything over `max_request_bytes` with 413 before reading it
+/// when the length is declared (S15-088, S15-101).
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = state.settings.limits.max_request_bytes;
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(ApiError::BadRequest(respcode::NONE))?;
+        if len > limit {
+            return Err(ApiError::PayloadTooLarge);
+        }
+    }
+    axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge)
+}
+
+async fn put_bso(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let ctx = context(&state, req).await?;
+    body_type(&ctx.headers, false)?;
+    let body = read_body(&state, &ctx.headers, ctx.body).await?;
+    let mut bso = parse_put_body(&body)?;
+    if bso.payload_len() as u64 > state.settings.limits.max_record_payload_bytes {
+        return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+    }
+    if ctx.collection == "crypto" && bso.payload.as_deref().is_some_and(is_known_bad_crypto_payload) {
+        return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+    }
+    bso.id = ctx.id;
+    let t = timed(
+        "put_bso",
+        state
+            .store
+            .put_bso(ctx.user, &ctx.collection, bso, ctx.pre, limits_for(&state)),
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, t, t.to_string()))
+}
+
+/// S15-104: the client's declared counts, checked against the limits.
+fn check_declared_limits(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let l = &state.settings.limits;
+    for (name, limit) in [
+        (X_WEAVE_RECORDS, l.max_post_records),
+        (X_WEAVE_BYTES, l.max_post_bytes),
+        (X_WEAVE_TOTAL_RECORDS, l.max_total_records),
+        (X_WEAVE_TOTAL_BYTES, l.max_total_bytes),
+    ] {
+        if let Some(v) = headers.get(name) {
+            let n: u64 = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or(ApiError::BadRequest(respcode::NONE))?;
+            if n > limit {
+                return Err(ApiError::BadRequest(respcode::SIZE_LIMIT_EXCEEDED));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits parsed items into the ones to store and per-item failures (S15-105, S15-106).
+fn apply_post_limits(state: &AppState, items: Vec<PostItem>) -> (Vec<BsoInput>, BTreeMap<String, String>) {
+    let l = &state.settings.limits;
+    let mut valid = Vec::with_capacity(items.len());
+    let mut failed = BTreeMap::new();
+    let mut running: u64 = 0;
+    for item in items {
+        match item {
+            PostItem::Invalid { id, reason } => {
+                failed.insert(id, reason);
+            }
+            PostItem::Valid(bso) => {
+                let len = bso.payload_len() as u64;
+                running += len;
+                if len > l.max_record_payload_bytes || running > l.max_post_bytes {
+                    failed.insert(bso.id, "retry bytes".into());
+                } else if valid.len() as u64 >= l.max_post_records {
+                    failed.insert(bso.id, "retry bso".into());
+                } else {
+                    valid.push(bso);
+                }
+            }
+        }
+    }
+    (valid, failed)
+}
+
+async fn post_collection(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let ctx = context(&state, req).await?;
+    let kind = body_type(&ctx.headers, true)?;
+    let query = PostQuery::parse(&ctx.query)?;
+    check_declared_limits(&state, &ctx.headers)?;
+    let body = read_body(&state, &ctx.headers, ctx.body).await?;
+    let items = parse_post_body(&body, kind == BodyType::Newlines)?;
+    if ctx.collection == "crypto"
+        && items
+            .iter()
+            .any(|i| matches!(i, PostItem::Valid(b) if b.payload.as_deref().is_some_and(is_known_bad_crypto_payload)))
+    {
+        return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+    }
+    let (valid, failed) = apply_post_limits(&state, items);
+    let success: Vec<String> = valid.iter().map(|b| b.id.clone()).collect();
+    let limits = limits_for(&state);
+    let store = &state.store;
+    let (user, coll, pre) = (ctx.user, ctx.collection.as_str(), ctx.pre);
+    match (query.batch, query.commit) {
+        (BatchParam::None, _) | (BatchParam::New, true) => {
+            let t = timed("post_bsos", store.post_bsos(user, coll, valid, pre, limits)).await?;
+            let body = json!({ "modified": t, "success": success, "failed": failed });
+            Ok(json_response(StatusCode::OK, t, body.to_string()))
+        }
+        (BatchParam::New, false) => {
+            let (batch, modified) = timed("create_batch", store.create_batch(user, coll, valid, pre, limits)).await?;
+            let body = json!({ "batch": batch, "success": success, "failed": failed });
+            Ok(json_response(StatusCode::ACCEPTED, modified, body.to_string()))
+        }
+        (BatchParam::Existing(batch), false) => {
+            let modified = timed(
+                "append_batch",
+                store.append_batch(user, coll, &batch, valid, pre, limits),
+            )
+            .await?;
+            let body = json!({ "batch": batch, "success": success, "failed": failed });
+            Ok(json_response(StatusCode::ACCEPTED, modified, body.to_string()))
+        }
+        (BatchParam::Existing(batch), true) => {
+            let t = timed(
+                "commit_batch",
+                store.commit_batch(user, coll, &batch, valid, pre, limits),
+            )
+            .await?;
+            let body = json!({ "modified": t, "success": success, "failed": failed });
+            Ok(json_response(StatusCode::OK, t, body.to_string()))
+        }
+    }
+}
+
+// ---- deletes -------------------------------------------------------------------------
+
+async fn delete_bso(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let ctx = context(&state, req).await?;
+    let t = timed(
+        "delete_bso",
+        state.store.delete_bso(ctx.user, &ctx.collection, &ctx.id, ctx.pre),
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, t, json!({ "modified": t }).to_string()))
+}
+
+async fn delete_collection(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let ctx = context(&state, req).await?;
+    match delete_ids(&ctx.query)? {
+        // An empty id list deletes nothing (spec README §5, S15-144).
+        Some(ids) if ids.is_empty() => {
+            let q = CollectionQuery {
+                ids: Some(Vec::new()),
+                ..Default::default()
+            };
+            let page = timed(
+                "get_collection",
+                state.store.get_collection(ctx.user, &ctx.collection, &q, ctx.pre),
+            )
+            .await?;
+            Ok(json_response(StatusCode::OK, page.modified, page.modified.to_string()))
+        }
+        Some(ids) => {
+            let t = timed(
+                "delete_bsos",
+                state.store.delete_bsos(ctx.user, &ctx.collection, ids, ctx.pre),
+            )
+            .await?;
+            Ok(json_response(StatusCode::OK, t, t.to_string()))
+        }
+        None => {
+            let d = timed(
+                "delete_collection",
+                state.store.delete_collection(ctx.user, &ctx.collection, ctx.pre),
+            )
+            .await?;
+            Ok(json_response(StatusCode::OK, d.previous, d.storage.to_string()))
+        }
+    }
+}
+
+async fn delete_storage(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let ctx = context(&state, req).await?;
+    let previous = timed("delete_storage", state.store.delete_storage(ctx.user, ctx.pre)).await?;
+    Ok(json_response(StatusCode::OK, previous, "null".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> Result<Format, ApiError> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        negotiate(&h)
+    }
+
+    #[test]
+    fn s15_084_accept_negotiation() {
+        assert!(matches!(accept("application/json;q=0.9,*/*;q=0.2"), Ok(Format::Json)));
+        assert!(matches!(accept("application/newlines"), Ok(Format::Newlines)));
+        assert!(matches!(
+            accept("x/yy;q=1, application/newlines;q=0.5"),
+            Ok(Format::Newlines)
+        ));
+        assert!(matches!(accept("x/yy"), Err(ApiError::NotAcceptable)));
+        assert!(matches!(negotiate(&HeaderMap::new()), Ok(Format::Json)));
+    }
+}

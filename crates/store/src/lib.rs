@@ -1,0 +1,211 @@
+//! The storage trait Syncstead's HTTP layer talks to, and its backends.
+//!
+//! A *bucket* (`UserId`) holds one user's collections. Storage 1.5 uids map to buckets
+//! directly; later protocol surfaces get their own, non-overlapping ranges.
+
+use async_trait::async_trait;
+use syncstead_proto::query::CollectionQuery;
+use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
+
+pub mod sqlite;
+
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+pub type UserId = i64;
+
+/// Batches expire two hours after creation (S15-122).
+pub const BATCH_LIFETIME_MS: i64 = 2 * 60 * 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `X-If-Modified-Since` matched: nothing to send (S15-054).
+    #[error("not modified")]
+    NotModified(SyncTimestamp),
+    /// `X-If-Unmodified-Since` failed (S15-055).
+    #[error("precondition failed")]
+    PreconditionFailed(SyncTimestamp),
+    /// Another write to this bucket already used this or a later timestamp (S15-043).
+    #[error("write conflict")]
+    Conflict,
+    #[error("over quota")]
+    OverQuota,
+    #[error("not found")]
+    NotFound,
+    #[error("no such batch")]
+    BatchNotFound,
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A client precondition, evaluated inside the operation's own transaction (S15-057).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precondition {
+    #[default]
+    None,
+    IfModifiedSince(SyncTimestamp),
+    IfUnmodifiedSince(SyncTimestamp),
+}
+
+impl Precondition {
+    /// Compares the resource timestamp (S15-051) with the precondition (S15-054, S15-055).
+    pub fn check(self, resource: SyncTimestamp) -> StoreResult<()> {
+        match self {
+            Precondition::IfModifiedSince(t) if resource <= t => Err(StoreError::NotModified(resource)),
+            Precondition::IfUnmodifiedSince(t) if resource > t => Err(StoreError::PreconditionFailed(resource)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Live records and payload bytes of one collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionUsage {
+    pub collection: String,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// One page of `GET /storage/{c}`. Without `full`, payloads are left empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub modified: SyncTimestamp,
+    pub bsos: Vec<Bso>,
+    pub next_offset: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletedCollection {
+    /// The collection's last-modified before the delete (0 if it did not exist).
+    pub previous: SyncTimestamp,
+    /// The storage last-modified afterwards.
+    pub storage: SyncTimestamp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub bsos: u64,
+    pub batches: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub users: u64,
+    pub active_batches: u64,
+    pub database_bytes: u64,
+}
+
+/// Per-write policy the HTTP layer passes down: the quota, if enforced (S15-170).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteLimits {
+    pub quota_bytes: Option<u64>,
+}
+
+/// The storage operations of the Sync protocols. Every write is atomic: it happens whole or
+/// not at all, and writes to one bucket are serialised so each gets a strictly later time.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Storage-level last-modified (S15-045): the hot read behind `info/collections` polling.
+    async fn storage_timestamp(&self, user: UserId) -> StoreResult<SyncTimestamp>;
+    /// `info/collections`: every existing collection with its last-modified.
+    async fn collection_timestamps(
+        &self,
+        user: UserId,
+        pre: Precondition,
+    ) -> StoreResult<(SyncTimestamp, Vec<(String, SyncTimestamp)>)>;
+    /// Live counts and bytes per collection (collections without live records omitted).
+    async fn collection_usage(
+        &self,
+        user: UserId,
+        pre: Precondition,
+    ) -> StoreResult<(SyncTimestamp, Vec<CollectionUsage>)>;
+    async fn get_collection(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &CollectionQuery,
+        pre: Precondition,
+    ) -> StoreResult<Page>;
+    async fn get_bso(&self, user: UserId, collection: &str, id: &str, pre: Precondition) -> StoreResult<Bso>;
+    /// Upserts one BSO (S15-093); returns the write time.
+    async fn put_bso(
+        &self,
+        user: UserId,
+        collection: &str,
+        bso: BsoInput,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp>;
+    /// Upserts many BSOs at one time (S15-107); the collection is touched even when `bsos` is empty.
+    async fn post_bsos(
+        &self,
+        user: UserId,
+        collection: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp>;
+    async fn delete_bso(
+        &self,
+        user: UserId,
+        collection: &str,
+        id: &str,
+        pre: Precondition,
+    ) -> StoreResult<SyncTimestamp>;
+    async fn delete_bsos(
+        &self,
+        user: UserId,
+        collection: &str,
+        ids: Vec<String>,
+        pre: Precondition,
+    ) -> StoreResult<SyncTimestamp>;
+    async fn delete_collection(
+        &self,
+        user: UserId,
+        collection: &str,
+        pre: Precondition,
+    ) -> StoreResult<DeletedCollection>;
+    /// Deletes the whole bucket; returns the storage last-modified it had.
+    async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp>;
+    /// Opens a batch and stages `bsos` in it; returns the batch id and the collection's
+    /// unchanged last-modified.
+    async fn create_batch(
+        &self,
+        user: UserId,
+        collection: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<(String, SyncTimestamp)>;
+    async fn append_batch(
+        &self,
+        user: UserId,
+        collection: &str,
+        batch: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp>;
+    /// Applies the staged records, then `bsos`, at one time T (S15-125).
+    async fn commit_batch(
+        &self,
+        user: UserId,
+        collection: &str,
+        batch: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp>;
+    /// Removes expired records and batches.
+    async fn purge_expired(&self) -> StoreResult<PurgeReport>;
+    async fn stats(&self) -> StoreResult<StoreStats>;
+    /// A cheap round trip to the database, for `__heartbeat__`.
+    async fn check(&self) -> StoreResult<()>;
+}
