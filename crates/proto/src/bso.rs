@@ -41,15 +41,15 @@ const KNOWN_FIELDS: &[&str] = &["id", "sortindex", "payload", "ttl", "modified",
 /// Validates one BSO object. `id` is taken from the object and may be absent (a PUT names
 /// its id in the URL); every present value must be of the right type and range (S15-089,
 /// S15-105). The error string is the per-item failure reason.
-pub fn parse_bso_fields(obj: &Map<String, Value>) -> Result<(Option<String>, BsoInput), String> {
+pub fn parse_bso_fields(mut obj: Map<String, Value>) -> Result<(Option<String>, BsoInput), String> {
     for key in obj.keys() {
         if !KNOWN_FIELDS.contains(&key.as_str()) {
             return Err(format!("unknown field {key}"));
         }
     }
-    let id = match obj.get("id") {
+    let id = match obj.remove("id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if is_valid_bso_id(s) => Some(s.clone()),
+        Some(Value::String(s)) if is_valid_bso_id(&s) => Some(s),
         Some(_) => return Err("invalid bso: invalid id".into()),
     };
     let sortindex = match obj.get("sortindex") {
@@ -60,9 +60,9 @@ pub fn parse_bso_fields(obj: &Map<String, Value>) -> Result<(Option<String>, Bso
         },
         Some(_) => return Err("invalid bso: invalid sortindex".into()),
     };
-    let payload = match obj.get("payload") {
+    let payload = match obj.remove("payload") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s),
         Some(_) => return Err("invalid bso: payload not a string".into()),
     };
     let ttl = match obj.get("ttl") {
@@ -105,7 +105,7 @@ pub fn parse_put_body(body: &[u8]) -> Result<BsoInput, ProtoError> {
     let Value::Object(obj) = value else {
         return Err(ProtoError::Bso("not an object".into()));
     };
-    parse_bso_fields(&obj).map(|(_, bso)| bso).map_err(ProtoError::Bso)
+    parse_bso_fields(obj).map(|(_, bso)| bso).map_err(ProtoError::Bso)
 }
 
 /// One element of a POST body after whole-request checks: either a valid BSO or a
@@ -158,7 +158,7 @@ pub fn parse_post_body(body: &[u8], newlines: bool) -> Result<Vec<PostItem>, Pro
         if !seen.insert(id.clone()) {
             return Err(bad("duplicate id"));
         }
-        items.push(match parse_bso_fields(&obj) {
+        items.push(match parse_bso_fields(obj) {
             Ok((_, mut bso)) => {
                 bso.id = id;
                 PostItem::Valid(bso)

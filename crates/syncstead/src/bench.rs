@@ -1,6 +1,653 @@
-//! Placeholder replaced below.
-#[derive(clap::Args)]
-pub struct BenchArgs {}
-pub async fn run(_: BenchArgs) -> Result<(), String> {
-    Err("not yet".into())
+//! `syncstead bench`: simulated Firefox clients against any storage 1.5 server that
+//! accepts tokenlib/Hawk credentials derived from a master secret.
+//!
+//! Two modes. `sync`: each client owns a user with two devices that take turns; the first
+//! sync uploads meta/global, crypto/keys, a clients record and batches of bookmarks and
+//! history; later syncs poll info/collections, page through what the other device wrote,
+//! upload small batches and sometimes delete. Every read is checked against what was
+//! written, and at the end everything is read back. `hot`: many clients poll
+//! info/collections with X-If-Modified-Since (the request Firefox sends most).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use syncstead_client::StorageClient;
+use syncstead_proto::token::{random_salt, TokenPayload, TokenSigner};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Base URL of the server (loopback only).
+    #[arg(long, env = "SYNC_SERVER_URL", default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// The server's master secret.
+    #[arg(long, env = "SYNC_MASTER_SECRET", hide_env_values = true)]
+    secret: String,
+    /// `sync` (full client simulation) or `hot` (info/collections polling).
+    #[arg(long, default_value = "sync")]
+    mode: String,
+    /// Simulated clients running at once.
+    #[arg(long, short = 'c', default_value_t = 8)]
+    clients: usize,
+    /// Seconds of load (at most 1800).
+    #[arg(long, short = 'd', default_value_t = 60)]
+    duration: u64,
+    /// Records of each of bookmarks and history uploaded by a first sync (low..high).
+    #[arg(long, default_value_t = 500)]
+    first_min: usize,
+    #[arg(long, default_value_t = 2500)]
+    first_max: usize,
+    /// Payload sizes in bytes (low..high).
+    #[arg(long, default_value_t = 512)]
+    payload_min: usize,
+    #[arg(long, default_value_t = 2048)]
+    payload_max: usize,
+    /// Records per GET page when downloading.
+    #[arg(long, default_value_t = 1000)]
+    page: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Process id of the server, to report its CPU time and peak RSS (Linux).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Users get uids from here upwards.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    uid_base: u64,
+}
+
+/// Latencies per request type, in microseconds.
+#[derive(Default)]
+struct Stats {
+    latencies: BTreeMap<&'static str, Vec<u32>>,
+    errors: BTreeMap<String, u64>,
+    verify_errors: u64,
+    records_up: u64,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        for (k, mut v) in other.latencies {
+            self.latencies.entry(k).or_default().append(&mut v);
+        }
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.verify_errors += other.verify_errors;
+        self.records_up += other.records_up;
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+struct Client {
+    storage: StorageClient,
+    stats: Stats,
+    rng: StdRng,
+}
+
+impl Client {
+    async fn call(
+        &mut self,
+        kind: &'static str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<String>,
+    ) -> Option<(StatusCode, reqwest::header::HeaderMap, String)> {
+        let mut rb = match self.storage.request(method, path) {
+            Ok(rb) => rb,
+            Err(e) => {
+                *self.stats.errors.entry(format!("{kind}: {e}")).or_default() += 1;
+                return None;
+            }
+        };
+        for (k, v) in headers {
+            rb = rb.header(*k, v);
+        }
+        if let Some(b) = body {
+            rb = rb.header("content-type", "application/json").body(b);
+        }
+        let start = Instant::now();
+        let result = match rb.send().await {
+            Ok(r) => {
+                let status = r.status();
+                let headers = r.headers().clone();
+                match r.text().await {
+                    Ok(text) => Some((status, headers, text)),
+                    Err(e) => {
+                        *self.stats.errors.entry(format!("{kind}: {e}")).or_default() += 1;
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                *self.stats.errors.entry(format!("{kind}: {e}")).or_default() += 1;
+                None
+            }
+        };
+        self.stats
+            .latencies
+            .entry(kind)
+            .or_default()
+            .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if let Some((status, _, text)) = &result {
+            if !status.is_success() && *status != StatusCode::NOT_MODIFIED {
+                *self
+                    .stats
+                    .errors
+                    .entry(format!(
+                        "{kind}: HTTP {status} {}",
+                        text.chars().take(40).collect::<String>()
+                    ))
+                    .or_default() += 1;
+                return None;
+            }
+        }
+        result
+    }
+
+    fn payload(&mut self, min: usize, max: usize) -> String {
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let len = self.rng.gen_range(min..=max).saturating_sub(110).max(16);
+        let ct: String = (0..len).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect();
+        let iv: String = (0..22).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect();
+        let hmac: String = (0..64)
+            .map(|_| char::from_digit(self.rng.gen_range(0..16), 16).unwrap())
+            .collect();
+        json!({"ciphertext": ct, "IV": format!("{iv}=="), "hmac": hmac}).to_string()
+    }
+
+    fn guid(&mut self) -> String {
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        (0..12).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect()
+    }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn credentials(secret: &str, url: &str, uid: u64) -> syncstead_client::Credentials {
+    TokenSigner::new(secret).mint(&TokenPayload {
+        node: url.to_string(),
+        fxa_kid: None,
+        fxa_uid: None,
+        hashed_device_id: None,
+        hashed_fxa_uid: None,
+        expires: now_secs() + 7200.0,
+        uid,
+        tokenserver_origin: Some("rust".into()),
+        salt: random_salt(),
+    })
+}
+
+/// What the simulated user's server-side data should be: collection → id → payload.
+type Expected = HashMap<&'static str, HashMap<String, String>>;
+
+struct SyncUser {
+    client: Client,
+    expected: Expected,
+    /// Per device: the X-Last-Modified of its last info/collections, and per collection the
+    /// last time it downloaded.
+    devices: [Device; 2],
+    turn: usize,
+}
+
+#[derive(Default, Clone)]
+struct Device {
+    info_seen: Option<String>,
+    synced: HashMap<String, String>,
+}
+
+fn parse_json(text: &str) -> Option<Value> {
+    serde_json::from_str(text).ok()
+}
+
+impl SyncUser {
+    async fn upload(&mut self, coll: &'static str, records: Vec<(String, String)>, per_post: usize, args: &BenchArgs) {
+        let chunks: Vec<Vec<(String, String)>> = records.chunks(per_post).map(|c| c.to_vec()).collect();
+        let mut batch: Option<String> = None;
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let body = Value::Array(
+                chunk
+                    .iter()
+                    .map(|(id, p)| json!({"id": id, "payload": p, "sortindex": 100}))
+                    .collect(),
+            );
+            let q = match (&batch, last) {
+                (None, true) => "batch=true&commit=true".to_string(),
+                (None, false) => "batch=true".to_string(),
+                (Some(b), false) => format!("batch={b}"),
+                (Some(b), true) => format!("batch={b}&commit=true"),
+            };
+            let kind = if last {
+                "batch commit"
+            } else if chunk.len() >= 100 {
+                "batch append 100"
+            } else {
+                "batch append"
+            };
+            let Some((_, _, text)) = self
+                .client
+                .call(
+                    kind,
+                    Method::POST,
+                    &format!("/storage/{coll}?{q}"),
+                    &[],
+                    Some(body.to_string()),
+                )
+                .await
+            else {
+                return;
+            };
+            let Some(v) = parse_json(&text) else {
+                self.client.stats.verify_errors += 1;
+                return;
+            };
+            if v["failed"].as_object().is_some_and(|f| !f.is_empty()) {
+                self.client.stats.verify_errors += 1;
+            }
+            if !last {
+                batch = v["batch"].as_str().map(str::to_string);
+            } else {
+                let exp = self.expected.entry(coll).or_default();
+                for (id, p) in &records {
+                    exp.insert(id.clone(), p.clone());
+                }
+                self.client.stats.records_up += records.len() as u64;
+            }
+        }
+        let _ = args;
+    }
+
+    async fn first_sync(&mut self, args: &BenchArgs) {
+        self.client
+            .call("info/collections", Method::GET, "/info/collections", &[], None)
+            .await;
+        self.client
+            .call("info/configuration", Method::GET, "/info/configuration", &[], None)
+            .await;
+        let meta = json!({"syncID": self.client.guid(), "storageVersion": 5, "engines": {"bookmarks": {"version": 2, "syncID": self.client.guid()}, "history": {"version": 1, "syncID": self.client.guid()}}, "declined": []}).to_string();
+        self.put("meta", "global", meta).await;
+        let keys = self.client.payload(200, 300);
+        self.put("crypto", "keys", keys).await;
+        let client_id = self.client.guid();
+        let clients = self.client.payload(300, 500);
+        self.put("clients", &client_id, clients).await;
+        for coll in ["bookmarks", "history"] {
+            let n = self
+                .client
+                .rng
+                .gen_range(args.first_min..=args.first_max.max(args.first_min));
+            let records: Vec<(String, String)> = (0..n)
+                .map(|_| {
+                    (
+                        self.client.guid(),
+                        self.client.payload(args.payload_min, args.payload_max),
+                    )
+                })
+                .collect();
+            self.upload(coll, records, 100, args).await;
+        }
+    }
+
+    async fn put(&mut self, coll: &'static str, id: &str, payload: String) {
+        let body = json!({"payload": payload}).to_string();
+        if self
+            .client
+            .call(
+                "put item",
+                Method::PUT,
+                &format!("/storage/{coll}/{id}"),
+                &[],
+                Some(body),
+            )
+            .await
+            .is_some()
+        {
+            self.expected.entry(coll).or_default().insert(id.to_string(), payload);
+        }
+    }
+
+    /// Downloads what changed since this device last looked, checking every record.
+    async fn download(&mut self, coll: &'static str, args: &BenchArgs) {
+        let dev = self.turn;
+        let since = self.devices[dev]
+            .synced
+            .get(coll)
+            .cloned()
+            .unwrap_or_else(|| "0".into());
+        let mut offset: Option<String> = None;
+        let mut guard: Option<String> = None;
+        loop {
+            let mut path = format!("/storage/{coll}?full=1&newer={since}&limit={}", args.page);
+            if let Some(o) = &offset {
+                path.push_str(&format!("&offset={o}"));
+            }
+            let headers: Vec<(&str, String)> = guard.iter().map(|g| ("x-if-unmodified-since", g.clone())).collect();
+            let Some((status, h, text)) = self.client.call("get newer", Method::GET, &path, &headers, None).await
+            else {
+                return;
+            };
+            if status == StatusCode::PRECONDITION_FAILED {
+                return;
+            }
+            let Some(Value::Array(items)) = parse_json(&text) else {
+                self.client.stats.verify_errors += 1;
+                return;
+            };
+            let exp = self.expected.get(coll);
+            for item in &items {
+                let id = item["id"].as_str().unwrap_or("");
+                let ok = exp
+                    .and_then(|e| e.get(id))
+                    .is_some_and(|p| item["payload"].as_str() == Some(p.as_str()));
+                if !ok {
+                    self.client.stats.verify_errors += 1;
+                }
+            }
+            let lm = h
+                .get("x-last-modified")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if guard.is_none() {
+                guard = lm.clone();
+            }
+            offset = h
+                .get("x-weave-next-offset")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if offset.is_none() {
+                if let Some(g) = guard {
+                    self.devices[dev].synced.insert(coll.to_string(), g);
+                }
+                return;
+            }
+        }
+    }
+
+    async fn incremental_sync(&mut self, args: &BenchArgs) {
+        let dev = self.turn;
+        let headers: Vec<(&str, String)> = self.devices[dev]
+            .info_seen
+            .iter()
+            .map(|t| ("x-if-modified-since", t.clone()))
+            .collect();
+        let Some((status, h, text)) = self
+            .client
+            .call("info/collections", Method::GET, "/info/collections", &headers, None)
+            .await
+        else {
+            return;
+        };
+        if status == StatusCode::OK {
+            let Some(Value::Object(colls)) = parse_json(&text) else {
+                self.client.stats.verify_errors += 1;
+                return;
+            };
+            for coll in ["bookmarks", "history", "tabs"] {
+                let changed = colls.get(coll).map(|v| v.to_string());
+                let seen = self.devices[dev].synced.get(coll).cloned();
+                if let Some(changed) = changed {
+                    if seen.as_deref().map_or(true, |s| {
+                        s.parse::<f64>().unwrap_or(0.0) < changed.parse::<f64>().unwrap_or(0.0)
+                    }) {
+                        self.download(coll, args).await;
+                    }
+                }
+            }
+            self.devices[dev].info_seen = h
+                .get("x-last-modified")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        let visits = self.client.rng.gen_range(1..=20);
+        let records: Vec<(String, String)> = (0..visits)
+            .map(|_| {
+                (
+                    self.client.guid(),
+                    self.client.payload(args.payload_min, args.payload_max),
+                )
+            })
+            .collect();
+        self.upload("history", records, 100, args).await;
+        if self.client.rng.gen_bool(0.2) {
+            let mut ids: Vec<String> = self
+                .expected
+                .get("bookmarks")
+                .map(|m| m.keys().take(150).cloned().collect())
+                .unwrap_or_default();
+            ids.truncate(150);
+            let records: Vec<(String, String)> = ids
+                .into_iter()
+                .map(|id| (id, self.client.payload(args.payload_min, args.payload_max)))
+                .collect();
+            self.upload("bookmarks", records, 100, args).await;
+        }
+        if self.client.rng.gen_bool(0.5) {
+            let id = format!("device{dev}");
+            let p = self.client.payload(args.payload_min, args.payload_max);
+            self.put("tabs", &id, p).await;
+        }
+        if self.client.rng.gen_bool(0.1) {
+            let ids: Vec<String> = self
+                .expected
+                .get("history")
+                .map(|m| m.keys().take(10).cloned().collect())
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                let path = format!("/storage/history?ids={}", ids.join(","));
+                if self
+                    .client
+                    .call("delete ids", Method::DELETE, &path, &[], None)
+                    .await
+                    .is_some()
+                {
+                    if let Some(m) = self.expected.get_mut("history") {
+                        for id in &ids {
+                            m.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+        self.turn = 1 - self.turn;
+    }
+
+    /// Reads every collection back in full and compares it with what was written.
+    async fn verify_all(&mut self) {
+        let expected = std::mem::take(&mut self.expected);
+        for (coll, records) in &expected {
+            let Some((_, _, text)) = self
+                .client
+                .call("final read", Method::GET, &format!("/storage/{coll}?full=1"), &[], None)
+                .await
+            else {
+                self.client.stats.verify_errors += 1;
+                continue;
+            };
+            let Some(Value::Array(items)) = parse_json(&text) else {
+                self.client.stats.verify_errors += 1;
+                continue;
+            };
+            let got: HashMap<&str, &str> = items
+                .iter()
+                .filter_map(|i| Some((i["id"].as_str()?, i["payload"].as_str()?)))
+                .collect();
+            if got.len() != records.len() || records.iter().any(|(id, p)| got.get(id.as_str()) != Some(&p.as_str())) {
+                self.client.stats.verify_errors += 1;
+            }
+        }
+        self.client
+            .call("delete storage", Method::DELETE, "/storage", &[], None)
+            .await;
+    }
+}
+
+fn proc_stats(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, hwm))
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let url = reqwest::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if !loopback {
+        return Err("the load tool only targets loopback addresses".into());
+    }
+    let duration = Duration::from_secs(args.duration.min(1800));
+    let args = Arc::new(args);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(Mutex::new(Stats::default()));
+    let before = args.server_pid.and_then(proc_stats);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.clients {
+        let (args, http, stop, total) = (args.clone(), http.clone(), stop.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let uid = args.uid_base + i as u64;
+            let base = args.url.trim_end_matches('/').to_string();
+            let creds = credentials(&args.secret, &base, uid);
+            let storage = StorageClient::new(http, &format!("{base}/1.5/{uid}"), creds).expect("valid URL");
+            let client = Client {
+                storage,
+                stats: Stats::default(),
+                rng: StdRng::seed_from_u64(args.seed.wrapping_mul(1000).wrapping_add(i as u64)),
+            };
+            let stats = if args.mode == "hot" {
+                hot_loop(client, &stop).await
+            } else {
+                let mut user = SyncUser {
+                    client,
+                    expected: Expected::new(),
+                    devices: Default::default(),
+                    turn: 0,
+                };
+                user.client
+                    .call("delete storage", Method::DELETE, "/storage", &[], None)
+                    .await;
+                user.first_sync(&args).await;
+                while !stop.load(Ordering::Relaxed) {
+                    user.incremental_sync(&args).await;
+                }
+                user.verify_all().await;
+                user.client.stats
+            };
+            total.lock().expect("stats lock").merge(stats);
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let load_secs = start.elapsed().as_secs_f64();
+    let after = args.server_pid.and_then(proc_stats);
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    let mut stats = std::mem::take(&mut *total.lock().expect("stats lock"));
+    report(&args, &mut stats, load_secs, before, after);
+    if stats.verify_errors > 0 || !stats.errors.is_empty() {
+        return Err("errors during the run (see above)".into());
+    }
+    Ok(())
+}
+
+async fn hot_loop(mut client: Client, stop: &AtomicBool) -> Stats {
+    let body = json!({"payload": "x"}).to_string();
+    let Some((_, h, _)) = client
+        .call("put item", Method::PUT, "/storage/tabs/hot", &[], Some(body))
+        .await
+    else {
+        return client.stats;
+    };
+    let seen = h
+        .get("x-last-modified")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_string();
+    let headers = [("x-if-modified-since", seen)];
+    while !stop.load(Ordering::Relaxed) {
+        if let Some((status, _, _)) = client
+            .call("info/collections 304", Method::GET, "/info/collections", &headers, None)
+            .await
+        {
+            if status != StatusCode::NOT_MODIFIED {
+                client.stats.verify_errors += 1;
+            }
+        }
+    }
+    client.stats
+}
+
+fn report(args: &BenchArgs, stats: &mut Stats, secs: f64, before: Option<(f64, u64)>, after: Option<(f64, u64)>) {
+    let requests: usize = stats.latencies.values().map(Vec::len).sum();
+    println!("mode {}, {} clients, {:.1} s", args.mode, args.clients, secs);
+    println!(
+        "requests: {requests} ({:.0} req/s), records uploaded: {} ({:.0}/s)",
+        requests as f64 / secs,
+        stats.records_up,
+        stats.records_up as f64 / secs
+    );
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} {:>9}",
+        "request", "count", "p50 ms", "p99 ms", "max ms"
+    );
+    for (kind, lat) in stats.latencies.iter_mut() {
+        lat.sort_unstable();
+        println!(
+            "{:<24} {:>9} {:>9.2} {:>9.2} {:>9.2}",
+            kind,
+            lat.len(),
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+            percentile(lat, 1.0)
+        );
+    }
+    if let (Some((cpu0, _)), Some((cpu1, hwm))) = (before, after) {
+        let cpu = cpu1 - cpu0;
+        println!(
+            "server CPU: {cpu:.1} s over the run ({:.3} ms per request); peak RSS {:.1} MiB",
+            cpu * 1000.0 / requests.max(1) as f64,
+            hwm as f64 / 1024.0
+        );
+    }
+    println!("HTTP errors: {}", stats.errors.values().sum::<u64>());
+    for (e, n) in &stats.errors {
+        println!("  {n} × {e}");
+    }
+    println!("verification errors: {}", stats.verify_errors);
 }
