@@ -405,9 +405,10 @@ impl SyncUser {
                 let changed = colls.get(coll).map(|v| v.to_string());
                 let seen = self.devices[dev].synced.get(coll).cloned();
                 if let Some(changed) = changed {
-                    if seen.as_deref().map_or(true, |s| {
-                        s.parse::<f64>().unwrap_or(0.0) < changed.parse::<f64>().unwrap_or(0.0)
-                    }) {
+                    if seen
+                        .as_deref()
+                        .is_none_or(|s| s.parse::<f64>().unwrap_or(0.0) < changed.parse::<f64>().unwrap_or(0.0))
+                    {
                         self.download(coll, args).await;
                     }
                 }
