@@ -65,7 +65,19 @@ pub struct HawkVerifier {
     pub skew: Duration,
     pub expired_grace_seconds: u64,
     pub nonces: NonceCache,
+    /// Tokens whose signature was already checked, with their uid, expiry and Hawk key:
+    /// clients reuse a token for an hour, so this skips the signature, JSON and HKDF work.
+    pub verified: Mutex<std::collections::HashMap<String, VerifiedToken>>,
 }
+
+#[derive(Clone)]
+pub struct VerifiedToken {
+    uid: u64,
+    expires: f64,
+    key: String,
+}
+
+const MAX_VERIFIED_TOKENS: usize = 50_000;
 
 /// The host and port a request was addressed to, as the client signed them (T10-115).
 fn request_authority(headers: &HeaderMap) -> Option<(String, u16)> {
@@ -98,16 +110,33 @@ impl HawkVerifier {
         let attrs = auth.strip_prefix("Hawk ").ok_or(ApiError::Unauthorized("not hawk"))?;
         let hawk_header = hawk::Header::from_str(attrs).map_err(|_| ApiError::Unauthorized("malformed hawk header"))?;
         let id = hawk_header.id.as_deref().ok_or(ApiError::Unauthorized("no id"))?;
-        let (payload, key) = self
-            .signer
-            .verify(id)
-            .map_err(|_| ApiError::Unauthorized("bad token"))?;
+        let cached = self.verified.lock().expect("token cache lock").get(id).cloned();
+        let token = match cached {
+            Some(t) => t,
+            None => {
+                let (payload, key) = self
+                    .signer
+                    .verify(id)
+                    .map_err(|_| ApiError::Unauthorized("bad token"))?;
+                let t = VerifiedToken {
+                    uid: payload.uid,
+                    expires: payload.expires,
+                    key,
+                };
+                let mut cache = self.verified.lock().expect("token cache lock");
+                if cache.len() >= MAX_VERIFIED_TOKENS {
+                    cache.clear();
+                }
+                cache.insert(id.to_string(), t.clone());
+                t
+            }
+        };
 
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let expires = payload.expires.round();
+        let expires = token.expires.round();
         let grace = if allow_expired {
             self.expired_grace_seconds as f64
         } else {
@@ -131,7 +160,7 @@ impl HawkVerifier {
                 (host, port, path_and_query.to_string())
             }
         };
-        let hawk_key = hawk::Key::new(key.as_bytes(), hawk::DigestAlgorithm::Sha256)
+        let hawk_key = hawk::Key::new(token.key.as_bytes(), hawk::DigestAlgorithm::Sha256)
             .map_err(|_| ApiError::Internal("hawk key".into()))?;
         let request = hawk::RequestBuilder::new(method.as_str(), &host, port, &target).request();
         if !request.validate_header(&hawk_header, &hawk_key, self.skew) {
@@ -145,7 +174,7 @@ impl HawkVerifier {
         if !self.nonces.insert(id, ts, nonce) {
             return Err(ApiError::Unauthorized("replayed nonce"));
         }
-        Ok(HawkIdentity { uid: payload.uid })
+        Ok(HawkIdentity { uid: token.uid })
     }
 }
 

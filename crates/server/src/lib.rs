@@ -66,7 +66,9 @@ pub struct RequestUid(pub Arc<OnceLock<u64>>);
 pub async fn timed<T>(op: &'static str, fut: impl Future<Output = T>) -> T {
     let start = Instant::now();
     let out = fut.await;
-    metrics::histogram!("syncstead_store_seconds", "op" => op).record(start.elapsed().as_secs_f64());
+    if ops::metrics_enabled() {
+        metrics::histogram!("syncstead_store_seconds", "op" => op).record(start.elapsed().as_secs_f64());
+    }
     out
 }
 
@@ -90,6 +92,7 @@ impl AppState {
             skew: Duration::from_secs(settings.hawk_skew_seconds),
             expired_grace_seconds: settings.expired_token_grace_seconds,
             nonces: NonceCache::new(200_000),
+            verified: Default::default(),
         };
         let runtime = Runtime::default();
         runtime.maintenance.store(settings.maintenance, Ordering::Relaxed);
@@ -186,9 +189,11 @@ async fn weave_middleware(State(state): State<AppState>, mut req: Request, next:
     }
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    metrics::counter!("syncstead_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("syncstead_request_seconds", "route" => route.clone()).record(elapsed.as_secs_f64());
+    if ops::metrics_enabled() {
+        metrics::counter!("syncstead_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!("syncstead_request_seconds", "route" => route.clone()).record(elapsed.as_secs_f64());
+    }
     tracing::info!(
         target: "syncstead::access",
         method = %method,

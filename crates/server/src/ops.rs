@@ -82,9 +82,15 @@ pub async fn maintenance_watch(state: AppState) {
     }
 }
 
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Whether a recorder is installed: without one, building metric labels is wasted work.
+pub fn metrics_enabled() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// The process has one metrics recorder, installed by the first server that asks.
 fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
             .set_buckets(&[

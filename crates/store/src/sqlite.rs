@@ -64,7 +64,13 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_slots: Arc<Semaphore>,
     collections: Arc<RwLock<Collections>>,
+    /// Storage timestamps of buckets written since start, kept by the writer thread right
+    /// after each commit (before anyone hears of the write), so polling
+    /// `info/collections` with X-If-Modified-Since needs no database round trip.
+    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
 }
+
+const MAX_CACHED_TIMES: usize = 200_000;
 
 fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResult<Connection> {
     let flags = if read_only {
@@ -200,7 +206,16 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
             collections: Arc::new(RwLock::new(collections)),
+            storage_times: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    fn cached_storage_time(&self, user: UserId) -> Option<SyncTimestamp> {
+        self.storage_times
+            .lock()
+            .expect("storage times lock")
+            .get(&user)
+            .copied()
     }
 
     fn collection_id(&self, name: &str) -> Option<i64> {
@@ -246,18 +261,25 @@ impl SqliteStore {
 
     /// Runs `f` on the writer, in its own savepoint of the current group transaction.
     /// The answer arrives after the group has committed.
-    async fn submit<R, F>(&self, f: F) -> StoreResult<R>
+    async fn submit<R, F>(&self, user: Option<UserId>, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Transaction) -> StoreResult<R> + Send + 'static,
     {
         let (done, answer) = tokio::sync::oneshot::channel::<StoreResult<R>>();
+        let times = self.storage_times.clone();
         let job: Job = Box::new(move |tx| {
+            let mut new_time = None;
             let result = (|| {
                 tx.execute_batch("SAVEPOINT job")?;
                 let r = f(tx);
                 match &r {
-                    Ok(_) => tx.execute_batch("RELEASE job")?,
+                    Ok(_) => {
+                        if let Some(user) = user {
+                            new_time = Some((user, storage_ts(tx, user)?));
+                        }
+                        tx.execute_batch("RELEASE job")?
+                    }
                     Err(_) => tx.execute_batch("ROLLBACK TO job; RELEASE job")?,
                 }
                 r
@@ -267,6 +289,13 @@ impl SqliteStore {
                     (_, Some(e)) => Err(StoreError::Database(format!("commit failed: {e}"))),
                     (r, _) => r,
                 };
+                if let (Ok(_), Some((user, t))) = (&result, new_time) {
+                    let mut times = times.lock().expect("storage times lock");
+                    if times.len() >= MAX_CACHED_TIMES {
+                        times.clear();
+                    }
+                    times.insert(user, t);
+                }
                 let _ = done.send(result);
             })
         });
@@ -280,7 +309,7 @@ impl SqliteStore {
 
     /// Runs a write at a fresh time T. A conflict (another write of the bucket already
     /// used T) is retried once at the next tick, as S15-043 allows, before it is reported.
-    async fn write<R, F>(&self, f: F) -> StoreResult<R>
+    async fn write<R, F>(&self, user: Option<UserId>, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: Fn(&Transaction, SyncTimestamp) -> StoreResult<R> + Send + Sync + 'static,
@@ -288,7 +317,7 @@ impl SqliteStore {
         let f = Arc::new(f);
         for attempt in 0..2 {
             let f = f.clone();
-            match self.submit(move |tx| f(tx, SyncTimestamp::now())).await {
+            match self.submit(user, move |tx| f(tx, SyncTimestamp::now())).await {
                 Err(StoreError::Conflict) if attempt == 0 => {
                     // Wait for the clock to reach the next centisecond, then try once more.
                     let now = std::time::SystemTime::now()
@@ -311,7 +340,7 @@ impl SqliteStore {
         }
         let owned = name.to_string();
         let id = self
-            .submit(move |tx| {
+            .submit(None, move |tx| {
                 if let Some(id) = tx
                     .prepare_cached("SELECT id FROM collections WHERE name = ?1")?
                     .query_row([&owned], |r| r.get(0))
@@ -631,6 +660,9 @@ fn query_page(
 #[async_trait]
 impl Store for SqliteStore {
     async fn storage_timestamp(&self, user: UserId) -> StoreResult<SyncTimestamp> {
+        if let Some(t) = self.cached_storage_time(user) {
+            return Ok(t);
+        }
         self.read(move |tx| storage_ts(tx, user)).await
     }
 
@@ -639,6 +671,9 @@ impl Store for SqliteStore {
         user: UserId,
         pre: Precondition,
     ) -> StoreResult<(SyncTimestamp, Vec<(String, SyncTimestamp)>)> {
+        if let (Precondition::IfModifiedSince(_), Some(t)) = (pre, self.cached_storage_time(user)) {
+            pre.check(t)?;
+        }
         self.read(move |tx| {
             let storage = storage_ts(tx, user)?;
             pre.check(storage)?;
@@ -741,7 +776,7 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<SyncTimestamp> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             let current: Option<i64> = tx
                 .prepare_cached("SELECT modified FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3")?
                 .query_row(params![user, coll, bso.id], |r| r.get(0))
@@ -765,7 +800,7 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<SyncTimestamp> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
             ensure_later(tx, user, now)?;
             check_quota(tx, user, now, limits, 0)?;
@@ -790,7 +825,7 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound);
         };
         let id = id.to_string();
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             let current: Option<(i64, i64)> = tx
                 .prepare_cached(
                     "SELECT modified, expiry FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3",
@@ -819,7 +854,7 @@ impl Store for SqliteStore {
         pre: Precondition,
     ) -> StoreResult<SyncTimestamp> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
             ensure_later(tx, user, now)?;
             let mut stmt =
@@ -840,7 +875,7 @@ impl Store for SqliteStore {
         pre: Precondition,
     ) -> StoreResult<DeletedCollection> {
         let coll = self.find_collection(collection).await?;
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             let previous = match coll {
                 Some(c) => collection_ts(tx, user, c)?,
                 None => None,
@@ -867,7 +902,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
-        self.write(move |tx, _now| {
+        self.write(Some(user), move |tx, _now| {
             let previous = storage_ts(tx, user)?;
             pre.check(previous)?;
             tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1")?
@@ -894,7 +929,7 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<(String, SyncTimestamp)> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
             pre.check(modified)?;
             check_quota(tx, user, now, limits, bsos.iter().map(|b| b.payload_len() as u64).sum())?;
@@ -920,7 +955,7 @@ impl Store for SqliteStore {
             return Err(StoreError::BatchNotFound);
         };
         let batch = batch.to_string();
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
             pre.check(modified)?;
             let id = live_batch(tx, user, coll, &batch, now)?;
@@ -945,7 +980,7 @@ impl Store for SqliteStore {
             return Err(StoreError::BatchNotFound);
         };
         let batch = batch.to_string();
-        self.write(move |tx, now| {
+        self.write(Some(user), move |tx, now| {
             pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
             let id = live_batch(tx, user, coll, &batch, now)?;
             ensure_later(tx, user, now)?;
@@ -982,7 +1017,7 @@ impl Store for SqliteStore {
         let mut report = PurgeReport::default();
         loop {
             let (bsos, batches) = self
-                .write(|tx, now| {
+                .write(None, |tx, now| {
                     let bsos = tx
                         .prepare_cached(
                             "DELETE FROM bsos WHERE rowid IN
@@ -1006,7 +1041,7 @@ impl Store for SqliteStore {
                 break;
             }
         }
-        self.write(|tx, _| {
+        self.write(None, |tx, _| {
             tx.execute_batch("PRAGMA incremental_vacuum(2000)")?;
             Ok(())
         })
