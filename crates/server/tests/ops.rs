@@ -1,0 +1,161 @@
+//! Operations over real HTTP: health, metrics, maintenance, backoff, CORS, reverse-proxy
+//! prefixes, restarts.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn s15_180_health_endpoints() {
+    let s = TestServer::start().await;
+    let r = send(s.http.get(format!("{}/__heartbeat__", s.base))).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!((v["status"].as_str(), v["database"].as_str()), (Some("Ok"), Some("Ok")));
+    assert!(r.header("x-weave-timestamp").is_none());
+    assert_eq!(
+        send(s.http.get(format!("{}/__lbheartbeat__", s.base))).await.status,
+        200
+    );
+    let v = send(s.http.get(format!("{}/__version__", s.base))).await.json();
+    assert_eq!(v["name"], "syncstead");
+    assert!(v["version"].is_string());
+}
+
+#[tokio::test]
+async fn metrics_listener_counts_requests_and_is_separate() {
+    let s = TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let u = s.client(1);
+    u.put("/storage/col/a", json!({"payload": "x"})).await;
+    u.get("/storage/col/a").await;
+    let addr = s.running.as_ref().unwrap().metrics_addr.unwrap();
+    let text = send(s.http.get(format!("http://{addr}/metrics"))).await.text;
+    assert!(text.contains("syncstead_requests_total"), "{text}");
+    assert!(text.contains("/1.5/{uid}/storage/{collection}/{id}"));
+    assert!(text.contains("syncstead_store_seconds"));
+    assert!(text.contains("syncstead_users 1"));
+    // The public listener does not serve metrics.
+    send(s.http.get(format!("{}/metrics", s.base)))
+        .await
+        .assert_error(404, 0);
+}
+
+#[tokio::test]
+async fn s15_150_maintenance_mode_answers_503_with_retry_after() {
+    let s = TestServer::start_with(|c| {
+        c.maintenance = Some(true);
+        c.retry_after_seconds = Some(120);
+    })
+    .await;
+    let r = s.client(1).get("/info/collections").await;
+    r.assert_error(503, 0);
+    assert_eq!(r.header("retry-after").as_deref(), Some("120"));
+    assert!(r.header("x-weave-timestamp").is_some());
+    assert_eq!(
+        send(s.http.get(format!("{}/__lbheartbeat__", s.base))).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn maintenance_file_switches_mode_without_restart() {
+    let s = TestServer::start().await;
+    let u = s.client(1);
+    assert_eq!(u.get("/info/collections").await.status, 200);
+    let flag = s.dir.path().join("maintenance");
+    std::fs::write(&flag, "").unwrap();
+    let mut status = 200;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = u.get("/info/collections").await.status.as_u16();
+        if status == 503 {
+            break;
+        }
+    }
+    assert_eq!(status, 503);
+    std::fs::remove_file(&flag).unwrap();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = u.get("/info/collections").await.status.as_u16();
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn x_weave_backoff_when_overloaded() {
+    let s = TestServer::start_with(|c| {
+        c.backoff_inflight = Some(0);
+        c.backoff_seconds = Some(42);
+    })
+    .await;
+    let r = s.client(1).get("/info/collections").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-weave-backoff").as_deref(), Some("42"));
+    let quiet = TestServer::start().await;
+    assert!(quiet
+        .client(1)
+        .get("/info/collections")
+        .await
+        .header("x-weave-backoff")
+        .is_none());
+}
+
+#[tokio::test]
+async fn s15_181_cors_preflight() {
+    let s = TestServer::start().await;
+    let r = send(
+        s.http
+            .request(Method::OPTIONS, format!("{}/1.5/1/storage/bookmarks", s.base))
+            .header("origin", "https://example.org")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,x-if-unmodified-since"),
+    )
+    .await;
+    assert!(r.status.is_success());
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("*"));
+    assert_eq!(r.header("access-control-max-age").as_deref(), Some("1728000"));
+    assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
+}
+
+/// Behind a TLS reverse proxy under a path prefix, clients sign the public URL; the server
+/// must accept the request whether or not the proxy strips the prefix (T10-115).
+#[tokio::test]
+async fn t10_115_public_url_and_path_prefix() {
+    let s = TestServer::start_with(|c| c.public_url = Some("https://sync.example.com/sync/".into())).await;
+    let creds = s.creds(5);
+    let public: url::Url = "https://sync.example.com/sync/1.5/5/info/collections".parse().unwrap();
+    for path in ["/sync/1.5/5/info/collections", "/1.5/5/info/collections"] {
+        let auth = syncstead_client::hawk_authorization(&creds, "GET", &public).unwrap();
+        let r = send(s.http.get(format!("{}{path}", s.base)).header("authorization", auth)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    // Signed for the address the server listens on instead: refused.
+    let direct: url::Url = format!("{}/1.5/5/info/collections", s.base).parse().unwrap();
+    let auth = syncstead_client::hawk_authorization(&creds, "GET", &direct).unwrap();
+    send(s.http.get(direct.as_str()).header("authorization", auth))
+        .await
+        .assert_error(401, 0);
+}
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    let s = TestServer::start().await;
+    let dir = s.dir.path().to_path_buf();
+    let t = s
+        .client(9)
+        .post("/storage/col", json!([{"id": "a", "payload": "kept"}]))
+        .await
+        .json()["modified"]
+        .clone();
+    let TestServer { running, dir: tmp, .. } = s;
+    running.unwrap().shutdown().await.unwrap();
+    let again = TestServer::start_with(|c| c.data_dir = Some(dir.clone())).await;
+    let r = again.client(9).get("/storage/col?full=1").await;
+    assert_eq!(r.json(), json!([{"id": "a", "modified": t, "payload": "kept"}]));
+    drop(tmp);
+}

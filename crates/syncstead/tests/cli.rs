@@ -1,0 +1,116 @@
+//! The `syncstead` binary as a user runs it: a real process, real signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_syncstead"))
+}
+
+#[test]
+fn serve_help_documents_every_setting() {
+    let out = bin().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env) in [
+        ("--listen", "SYNCSTEAD_LISTEN"),
+        ("--public-url", "SYNCSTEAD_PUBLIC_URL"),
+        ("--data-dir", "SYNCSTEAD_DATA_DIR"),
+        ("--database-url", "SYNCSTEAD_DATABASE_URL"),
+        ("--master-secret", "SYNCSTEAD_MASTER_SECRET"),
+        ("--master-secret-file", "SYNCSTEAD_MASTER_SECRET_FILE"),
+        ("--metrics-listen", "SYNCSTEAD_METRICS_LISTEN"),
+        ("--config", "SYNCSTEAD_CONFIG"),
+        ("--sqlite-synchronous", "SYNCSTEAD_SQLITE_SYNCHRONOUS"),
+        ("--quota-bytes", "SYNCSTEAD_QUOTA_BYTES"),
+        ("--maintenance", "SYNCSTEAD_MAINTENANCE"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(env),
+            "{flag} / {env} missing from:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn unknown_config_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("syncstead.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n").unwrap();
+    let out = bin().args(["serve", "--config"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
+}
+
+#[test]
+fn serve_with_no_setup_then_token_then_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .current_dir(dir.path())
+        .env_remove("SYNCSTEAD_MASTER_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server prints its address").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("listening on") {
+            break rest.trim().trim_start_matches("http://").to_string();
+        }
+    };
+    // The default data directory holds the database and a private master secret.
+    let secret = dir.path().join("syncstead-data/master-secret");
+    assert!(secret.exists());
+    assert!(dir.path().join("syncstead-data/syncstead.db").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // `syncstead token` finds the same secret; the token works against the server.
+    let out = bin()
+        .args(["token", "--uid", "42", "--public-url", &format!("http://{addr}")])
+        .current_dir(dir.path())
+        .env_remove("SYNCSTEAD_MASTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let creds = syncstead_client::Credentials {
+        id: token["id"].as_str().unwrap().into(),
+        key: token["key"].as_str().unwrap().into(),
+    };
+    let endpoint = token["api_endpoint"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let client = syncstead_client::StorageClient::new(reqwest::Client::new(), &endpoint, creds).unwrap();
+        client
+            .request(reqwest::Method::GET, "/info/collections")
+            .unwrap()
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    // SIGTERM: a clean, successful exit.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut waited = 0;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 200, "server did not stop on SIGTERM");
+    };
+    assert!(status.success());
+}
