@@ -254,7 +254,12 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
 
 async fn get_collection(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let ctx = context(&state, req).await?;
-    let query = CollectionQuery::parse(&ctx.query)?;
+    let mut query = CollectionQuery::parse(&ctx.query)?;
+    // An unbounded read is cut at max_total_records with a paging token, as Mozilla's
+    // MySQL-backed server does (S15-081), so one request cannot make the server hold a
+    // whole huge collection in memory.
+    let cap = state.settings.limits.max_total_records.min(u32::MAX as u64) as u32;
+    query.limit = Some(query.limit.map_or(cap, |l| l.min(cap)));
     let format = negotiate(&ctx.headers)?;
     let page = timed(
         "get_collection",

@@ -1122,3 +1122,69 @@ async fn s15_042_s15_043_timestamps_strictly_increase_per_user() {
     let stored = u.get("/storage/col").await.json().as_array().unwrap().len();
     assert_eq!(stored, n, "every acknowledged write is stored");
 }
+
+#[tokio::test]
+async fn s15_090_put_payload_over_the_record_limit_is_400_8() {
+    let s = TestServer::start_with(|c| c.max_record_payload_bytes = Some(262_144)).await;
+    let u = s.client(1);
+    u.put("/storage/col/x", json!({"payload": "x".repeat(262_145)}))
+        .await
+        .assert_error(400, 8);
+    assert_eq!(
+        u.put("/storage/col/x", json!({"payload": "x".repeat(262_144)}))
+            .await
+            .status,
+        200
+    );
+    let b = u
+        .post("/storage/col", json!([bso("y", &"x".repeat(262_145))]))
+        .await
+        .json();
+    assert_eq!(b["failed"]["y"], "retry bytes");
+}
+
+#[tokio::test]
+async fn s15_003_s15_046_collections_persist_when_emptied() {
+    let s = TestServer::start().await;
+    let u = s.client(1);
+    u.post("/storage/col", json!([bso("a", "x")])).await;
+    let t = u.delete("/storage/col?ids=a").await.json();
+    assert_eq!(u.get("/info/collections").await.json()["col"], t);
+    // Appending to a batch does not touch the collection (S15-046).
+    u.post("/storage/col?batch=true", json!([bso("b", "x")])).await;
+    assert_eq!(u.get("/info/collections").await.json()["col"], t);
+}
+
+#[tokio::test]
+async fn s15_081_without_limit_everything_is_returned() {
+    let s = TestServer::start().await;
+    let u = s.client(1);
+    for chunk in 0..3 {
+        let items: Vec<Value> = (0..100).map(|i| bso(&format!("{chunk}-{i}"), "x")).collect();
+        u.post("/storage/col", Value::Array(items)).await;
+    }
+    let r = u.get("/storage/col").await;
+    assert_eq!(r.json().as_array().unwrap().len(), 300);
+    assert!(r.header("x-weave-next-offset").is_none());
+}
+
+#[tokio::test]
+async fn s15_013_site_root_answers() {
+    let s = TestServer::start().await;
+    assert_eq!(send(s.http.get(&s.base)).await.status, 200);
+}
+
+#[tokio::test]
+async fn s15_081_unbounded_reads_are_paged_at_max_total_records() {
+    let s = TestServer::start_with(|c| c.max_total_records = Some(150)).await;
+    let u = s.client(1);
+    for chunk in 0..2 {
+        let items: Vec<Value> = (0..100).map(|i| bso(&format!("{chunk}-{i}"), "x")).collect();
+        u.post("/storage/col", Value::Array(items)).await;
+    }
+    let r = u.get("/storage/col").await;
+    assert_eq!(r.json().as_array().unwrap().len(), 150);
+    let offset = r.header("x-weave-next-offset").expect("a token when the read is cut");
+    let rest = u.get(&format!("/storage/col?offset={offset}")).await;
+    assert_eq!(rest.json().as_array().unwrap().len(), 50);
+}

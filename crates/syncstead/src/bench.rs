@@ -471,27 +471,39 @@ impl SyncUser {
         self.turn = 1 - self.turn;
     }
 
-    /// Reads every collection back in full and compares it with what was written.
+    /// Reads every collection back in full, page by page, and compares it with what was written.
     async fn verify_all(&mut self) {
         let expected = std::mem::take(&mut self.expected);
         for (coll, records) in &expected {
-            let Some((_, _, text)) = self
-                .client
-                .call("final read", Method::GET, &format!("/storage/{coll}?full=1"), &[], None)
-                .await
-            else {
-                self.client.stats.verify_errors += 1;
-                continue;
-            };
-            let Some(Value::Array(items)) = parse_json(&text) else {
-                self.client.stats.verify_errors += 1;
-                continue;
-            };
-            let got: HashMap<&str, &str> = items
-                .iter()
-                .filter_map(|i| Some((i["id"].as_str()?, i["payload"].as_str()?)))
-                .collect();
-            if got.len() != records.len() || records.iter().any(|(id, p)| got.get(id.as_str()) != Some(&p.as_str())) {
+            let mut got: HashMap<String, String> = HashMap::new();
+            let mut offset: Option<String> = None;
+            loop {
+                let mut path = format!("/storage/{coll}?full=1&limit=1000");
+                if let Some(o) = &offset {
+                    path.push_str(&format!("&offset={o}"));
+                }
+                let Some((_, h, text)) = self.client.call("final read", Method::GET, &path, &[], None).await else {
+                    self.client.stats.verify_errors += 1;
+                    break;
+                };
+                let Some(Value::Array(items)) = parse_json(&text) else {
+                    self.client.stats.verify_errors += 1;
+                    break;
+                };
+                for i in items {
+                    if let (Some(id), Some(p)) = (i["id"].as_str(), i["payload"].as_str()) {
+                        got.insert(id.to_string(), p.to_string());
+                    }
+                }
+                offset = h
+                    .get("x-weave-next-offset")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                if offset.is_none() {
+                    break;
+                }
+            }
+            if got.len() != records.len() || records.iter().any(|(id, p)| got.get(id) != Some(p)) {
                 self.client.stats.verify_errors += 1;
             }
         }
