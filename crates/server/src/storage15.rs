@@ -267,44 +267,65 @@ async fn get_collection(State(state): State<AppState>, req: Request) -> Result<R
     )
     .await?;
     let n = page.bsos.len();
-    let mut r = match format {
-        Format::Json => {
-            let body = if query.full {
-                serde_json::to_string(&page.bsos)
-            } else {
-                serde_json::to_string(&page.bsos.iter().map(|b| &b.id).collect::<Vec<_>>())
-            }
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-            json_response(StatusCode::OK, page.modified, body)
-        }
-        Format::Newlines => {
-            let mut body = String::new();
-            for b in &page.bsos {
-                let line = if query.full {
-                    serde_json::to_string(b)
-                } else {
-                    serde_json::to_string(&b.id)
-                };
-                body.push_str(&line.map_err(|e| ApiError::Internal(e.to_string()))?);
-                body.push('\n');
-            }
-            let mut r = (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/newlines"))],
-                body,
-            )
-                .into_response();
-            r.headers_mut().insert(X_LAST_MODIFIED, ts_header(page.modified));
-            r
-        }
+    let payload_bytes: usize = page.bsos.iter().map(|b| b.payload.len()).sum();
+    let (modified, next_offset, full) = (page.modified, page.next_offset, query.full);
+    let render = move || render_bsos(page.bsos, full, format);
+    // Large pages are rendered off the async workers, so small requests are not held up.
+    let body = if payload_bytes > OFFLOAD_BYTES {
+        tokio::task::spawn_blocking(render)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    } else {
+        render()
     };
+    let content_type = match format {
+        Format::Json => "application/json",
+        Format::Newlines => "application/newlines",
+    };
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response();
+    r.headers_mut().insert(X_LAST_MODIFIED, ts_header(modified));
     r = with_records(r, n);
-    if let Some(next) = page.next_offset {
+    if let Some(next) = next_offset {
         if let Ok(v) = HeaderValue::from_str(&next) {
             r.headers_mut().insert(X_WEAVE_NEXT_OFFSET, v);
         }
     }
     Ok(r)
+}
+
+/// Bodies or pages with more payload than this are parsed or rendered on a blocking thread.
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
+/// Renders records as a JSON array or as newline-delimited JSON (S15-070, S15-085),
+/// releasing each record as soon as it is written so a page is never held twice.
+fn render_bsos(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bsos.iter().map(|b| b.payload.len() + b.id.len() + 48).sum::<usize>() + 2);
+    if format == Format::Json {
+        out.push(b'[');
+    }
+    for (i, bso) in bsos.into_iter().enumerate() {
+        if format == Format::Json && i > 0 {
+            out.push(b',');
+        }
+        // Serialising plain strings and numbers into a Vec cannot fail.
+        if full {
+            let _ = serde_json::to_writer(&mut out, &bso);
+        } else {
+            let _ = serde_json::to_writer(&mut out, &bso.id);
+        }
+        if format == Format::Newlines {
+            out.push(b'\n');
+        }
+    }
+    if format == Format::Json {
+        out.push(b']');
+    }
+    out
 }
 
 async fn get_bso(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -437,7 +458,14 @@ async fn post_collection(State(state): State<AppState>, req: Request) -> Result<
     let query = PostQuery::parse(&ctx.query)?;
     check_declared_limits(&state, &ctx.headers)?;
     let body = read_body(&state, &ctx.headers, ctx.body).await?;
-    let items = parse_post_body(&body, kind == BodyType::Newlines)?;
+    let newlines = kind == BodyType::Newlines;
+    let items = if body.len() > OFFLOAD_BYTES {
+        tokio::task::spawn_blocking(move || parse_post_body(&body, newlines))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    } else {
+        parse_post_body(&body, newlines)?
+    };
     if ctx.collection == "crypto"
         && items
             .iter()

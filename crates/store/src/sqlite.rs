@@ -68,6 +68,8 @@ pub struct SqliteStore {
     /// after each commit (before anyone hears of the write), so polling
     /// `info/collections` with X-If-Modified-Since needs no database round trip.
     storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
+    /// Dropping the store drops this and so stops the checkpoint thread.
+    _checkpoint_stop: std::sync::mpsc::Sender<()>,
 }
 
 const MAX_CACHED_TIMES: usize = 200_000;
@@ -90,6 +92,11 @@ fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResu
             Synchronous::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
+        // Savepoints (one per request in a group commit) journal pages; keep that in memory.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // The checkpoint thread keeps the log short; this is only the backstop if it lags.
+        conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     }
     // A reader's page cache is thrown away whenever another connection commits, and
     // dropping a large cache costs more than re-reading pages from the OS cache: keep
@@ -166,6 +173,18 @@ fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
+/// Copies the write-ahead log into the database twice a second, on its own connection, so
+/// the writer never pays for checkpoints inside a request. PASSIVE never blocks the writer
+/// or readers.
+fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(500)) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+    }
+}
+
 fn ts(ms: i64) -> SyncTimestamp {
     SyncTimestamp::from_millis(ms)
 }
@@ -200,9 +219,16 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_thread(writer, jobs))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        let (checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
+        let checkpoint_conn = open_connection(&options.path, false, options.synchronous)?;
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_thread(checkpoint_conn, checkpoint_rx))
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(SqliteStore {
             path: options.path,
             writer: sender,
+            _checkpoint_stop: checkpoint_stop,
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
             collections: Arc::new(RwLock::new(collections)),

@@ -135,7 +135,19 @@ fn token(uid: u64, ttl: u64, layer: ConfigLayer) -> Result<(), String> {
     Ok(())
 }
 
+/// glibc gives every thread that allocates its own memory arena (up to 8 per core) and
+/// rarely hands freed memory back; two arenas keep the server's footprint flat under
+/// concurrency at no measurable cost in speed.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
