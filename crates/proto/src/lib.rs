@@ -8,6 +8,7 @@ pub mod query;
 pub mod respcode;
 pub mod timestamp;
 pub mod token;
+pub mod tokenserver;
 
 pub use bso::{Bso, BsoInput};
 pub use timestamp::SyncTimestamp;

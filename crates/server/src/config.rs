@@ -133,6 +133,66 @@ pub struct ConfigLayer {
     /// X-Weave-Backoff seconds sent when overloaded [default: 60].
     #[arg(long, env = "SYNCSTEAD_BACKOFF_SECONDS", value_name = "SECS")]
     pub backoff_seconds: Option<u64>,
+
+    /// Serve the token server (`/1.0/sync/1.5`) [default: true].
+    #[arg(long, env = "SYNCSTEAD_TOKEN_SERVER", value_name = "BOOL")]
+    pub token_server: Option<bool>,
+
+    /// Serve storage 1.5 (`/1.5/<uid>`) as a storage node [default: true].
+    #[arg(long, env = "SYNCSTEAD_STORAGE_NODE", value_name = "BOOL")]
+    pub storage_node: Option<bool>,
+
+    /// Let accounts that have never synced here sign up. When false, only accounts on the
+    /// allow list (`syncstead user allow <fxa uid>`) may [default: true].
+    #[arg(long, env = "SYNCSTEAD_ALLOW_NEW_USERS", value_name = "BOOL")]
+    pub allow_new_users: Option<bool>,
+
+    /// Most accounts the token server assigns; 0 for no limit [default: 0].
+    #[arg(long, env = "SYNCSTEAD_MAX_USERS", value_name = "N")]
+    pub max_users: Option<u64>,
+
+    /// How OAuth tokens are checked: `local` (JWT signature against public keys) or
+    /// `remote` (POST to oauth_verify_url) [default: local].
+    #[arg(long, env = "SYNCSTEAD_OAUTH_VERIFICATION", value_name = "MODE")]
+    pub oauth_verification: Option<String>,
+
+    /// JWKS URL the public keys are fetched from (cached; refetched for an unknown key id)
+    /// [default: https://oauth.accounts.firefox.com/v1/jwks; set empty to disable].
+    #[arg(long, env = "SYNCSTEAD_OAUTH_JWKS_URL", value_name = "URL")]
+    pub oauth_jwks_url: Option<String>,
+
+    /// File with the OAuth public key(s): PEM, a JWK or a JWKS; used before the JWKS URL.
+    #[arg(long, env = "SYNCSTEAD_OAUTH_PUBLIC_KEY_FILE", value_name = "FILE")]
+    pub oauth_public_key_file: Option<PathBuf>,
+
+    /// Mozilla accounts' token verify endpoint for remote verification
+    /// [default: https://oauth.accounts.firefox.com/v1/verify].
+    #[arg(long, env = "SYNCSTEAD_OAUTH_VERIFY_URL", value_name = "URL")]
+    pub oauth_verify_url: Option<String>,
+
+    /// Required `iss` of access tokens; empty to accept any, as Mozilla's server does [default: empty].
+    #[arg(long, env = "SYNCSTEAD_OAUTH_ISSUER", value_name = "ISSUER")]
+    pub oauth_issuer: Option<String>,
+
+    /// Timeout for calls to Mozilla accounts [default: 10].
+    #[arg(long, env = "SYNCSTEAD_OAUTH_TIMEOUT_SECONDS", value_name = "SECS")]
+    pub oauth_timeout_seconds: Option<u64>,
+
+    /// Domain appended to account uids to name users [default: api.accounts.firefox.com].
+    #[arg(long, env = "SYNCSTEAD_FXA_EMAIL_DOMAIN", value_name = "DOMAIN")]
+    pub fxa_email_domain: Option<String>,
+
+    /// Lifetime of storage tokens in seconds [default: 3600].
+    #[arg(long, env = "SYNCSTEAD_TOKEN_DURATION", value_name = "SECS")]
+    pub token_duration: Option<u64>,
+
+    /// Capacity given to this server's own node when it registers itself [default: 100000].
+    #[arg(long, env = "SYNCSTEAD_NODE_CAPACITY", value_name = "N")]
+    pub node_capacity: Option<i64>,
+
+    /// `node_type` label in token responses [default: spanner, as Mozilla's server].
+    #[arg(long, env = "SYNCSTEAD_NODE_TYPE", value_name = "LABEL")]
+    pub node_type: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -281,6 +341,29 @@ pub struct Settings {
     pub retry_after_seconds: u64,
     pub backoff_inflight: usize,
     pub backoff_seconds: u64,
+    pub token_server: bool,
+    pub storage_node: bool,
+    pub allow_new_users: bool,
+    pub max_users: Option<u64>,
+    pub oauth: OAuthSettings,
+    pub fxa_email_domain: String,
+    pub token_duration: u64,
+    pub node_capacity: i64,
+    pub node_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuthSettings {
+    Local {
+        jwks_url: Option<String>,
+        public_key_file: Option<PathBuf>,
+        issuer: Option<String>,
+        timeout_seconds: u64,
+    },
+    Remote {
+        verify_url: String,
+        timeout_seconds: u64,
+    },
 }
 
 impl std::fmt::Debug for Settings {
@@ -342,6 +425,31 @@ impl Settings {
             ));
         }
         let public_url = layer.public_url.as_deref().map(PublicUrl::parse).transpose()?;
+        let timeout_seconds = layer.oauth_timeout_seconds.unwrap_or(10).max(1);
+        let oauth = match layer.oauth_verification.as_deref().unwrap_or("local") {
+            "local" => OAuthSettings::Local {
+                jwks_url: match layer.oauth_jwks_url {
+                    Some(u) if u.is_empty() => None,
+                    Some(u) => Some(u),
+                    None => Some("https://oauth.accounts.firefox.com/v1/jwks".into()),
+                },
+                public_key_file: layer.oauth_public_key_file,
+                issuer: layer.oauth_issuer.filter(|i| !i.is_empty()),
+                timeout_seconds,
+            },
+            "remote" => OAuthSettings::Remote {
+                verify_url: layer
+                    .oauth_verify_url
+                    .unwrap_or_else(|| "https://oauth.accounts.firefox.com/v1/verify".into()),
+                timeout_seconds,
+            },
+            other => {
+                return Err(ConfigError::Invalid(
+                    "oauth_verification",
+                    format!("{other:?} is not local or remote"),
+                ))
+            }
+        };
         let master_secret = match (layer.master_secret, layer.master_secret_file) {
             (Some(s), _) => s,
             (None, Some(file)) => read_secret_file(&file)?,
@@ -367,6 +475,17 @@ impl Settings {
             retry_after_seconds: layer.retry_after_seconds.unwrap_or(300),
             backoff_inflight: layer.backoff_inflight.unwrap_or(512),
             backoff_seconds: layer.backoff_seconds.unwrap_or(60),
+            token_server: layer.token_server.unwrap_or(true),
+            storage_node: layer.storage_node.unwrap_or(true),
+            allow_new_users: layer.allow_new_users.unwrap_or(true),
+            max_users: layer.max_users.filter(|n| *n > 0),
+            oauth,
+            fxa_email_domain: layer
+                .fxa_email_domain
+                .unwrap_or_else(|| "api.accounts.firefox.com".into()),
+            token_duration: layer.token_duration.unwrap_or(3600).max(1),
+            node_capacity: layer.node_capacity.unwrap_or(100_000).max(1),
+            node_type: layer.node_type.unwrap_or_else(|| "spanner".into()),
         })
     }
 

@@ -5,8 +5,10 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod oauth;
 mod ops;
 pub mod storage15;
+pub mod tokenserver;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Router, ServiceExt};
 use syncstead_proto::token::TokenSigner;
 use syncstead_proto::SyncTimestamp;
-use syncstead_store::{SqliteOptions, SqliteStore, Store};
+use syncstead_store::{Backend, NewUserPolicy, SqliteOptions, SqliteStore, Store, TokenStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::Layer;
@@ -41,6 +43,8 @@ pub enum ServeError {
     Bind(SocketAddr, std::io::Error),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("OAuth keys: {0}")]
+    OAuthKeys(String),
 }
 
 /// Process-wide state that changes while the server runs.
@@ -53,9 +57,14 @@ pub struct Runtime {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub token_store: Arc<dyn TokenStore>,
     pub settings: Arc<Settings>,
     pub hawk: Arc<HawkVerifier>,
     pub runtime: Arc<Runtime>,
+    /// Present when this server is a token server.
+    pub tokens: Option<Arc<tokenserver::TokenService>>,
+    /// The URL clients reach this server at, without a trailing slash.
+    pub public_base: String,
 }
 
 /// Filled in by authentication so the access log can name the user.
@@ -73,7 +82,7 @@ pub async fn timed<T>(op: &'static str, fut: impl Future<Output = T>) -> T {
 }
 
 /// Opens the store the settings name.
-pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServeError> {
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Backend>, ServeError> {
     let path = settings.sqlite_path()?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -85,7 +94,7 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServeErro
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, settings: Settings, public_base: String) -> Result<Self, ServeError> {
         let hawk = HawkVerifier {
             signer: TokenSigner::new(&settings.master_secret),
             public_url: settings.public_url.clone(),
@@ -96,13 +105,69 @@ impl AppState {
         };
         let runtime = Runtime::default();
         runtime.maintenance.store(settings.maintenance, Ordering::Relaxed);
-        AppState {
-            store,
+        let tokens = if settings.token_server {
+            Some(Arc::new(token_service(&settings)?))
+        } else {
+            None
+        };
+        Ok(AppState {
+            store: backend.clone(),
+            token_store: backend,
             settings: Arc::new(settings),
             hawk: Arc::new(hawk),
             runtime: Arc::new(runtime),
-        }
+            tokens,
+            public_base,
+        })
     }
+}
+
+fn token_service(settings: &Settings) -> Result<tokenserver::TokenService, ServeError> {
+    use config::OAuthSettings;
+    let verifier = match &settings.oauth {
+        OAuthSettings::Local {
+            jwks_url,
+            public_key_file,
+            issuer,
+            timeout_seconds,
+        } => {
+            let configured = match public_key_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| ServeError::OAuthKeys(format!("{}: {e}", path.display())))?;
+                    oauth::load_keys(&text).map_err(|e| ServeError::OAuthKeys(format!("{}: {e}", path.display())))?
+                }
+                None => Vec::new(),
+            };
+            oauth::Verifier::local(
+                configured,
+                jwks_url.clone(),
+                issuer.clone(),
+                Duration::from_secs(*timeout_seconds),
+            )
+        }
+        OAuthSettings::Remote {
+            verify_url,
+            timeout_seconds,
+        } => oauth::Verifier::remote(verify_url.clone(), Duration::from_secs(*timeout_seconds)),
+    };
+    // The metrics hash only needs to be stable and private: derive it from the master secret.
+    let metrics_secret = data_encoding::HEXLOWER.encode(&syncstead_proto::token::sha256(
+        format!("syncstead metrics hash\n{}", settings.master_secret).as_bytes(),
+    ));
+    Ok(tokenserver::TokenService {
+        verifier,
+        policy: NewUserPolicy {
+            open: true,
+            allow_list_only: !settings.allow_new_users,
+            max_users: settings.max_users,
+            release_rate: 0.1,
+        },
+        email_domain: settings.fxa_email_domain.clone(),
+        duration: settings.token_duration,
+        metrics_secret,
+        node_type: settings.node_type.clone(),
+    })
 }
 
 fn cors() -> tower_http::cors::CorsLayer {
@@ -133,10 +198,14 @@ fn cors() -> tower_http::cors::CorsLayer {
 
 /// The whole HTTP application, before path-prefix handling.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(storage15::router())
-        .merge(ops::router())
-        .fallback(|| async { ApiError::NotFound })
+    let mut app = Router::new().merge(ops::router());
+    if state.settings.storage_node {
+        app = app.merge(storage15::router());
+    }
+    if state.tokens.is_some() {
+        app = app.merge(tokenserver::router());
+    }
+    app.fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(state.clone(), weave_middleware))
         .layer(cors())
         .with_state(state)
@@ -192,7 +261,8 @@ async fn weave_middleware(State(state): State<AppState>, mut req: Request, next:
     if ops::metrics_enabled() {
         metrics::counter!("syncstead_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
             .increment(1);
-        metrics::histogram!("syncstead_request_seconds", "route" => route.clone()).record(elapsed.as_secs_f64());
+        metrics::histogram!("syncstead_request_seconds", "route" => route.clone(), "method" => method.to_string())
+            .record(elapsed.as_secs_f64());
     }
     tracing::info!(
         target: "syncstead::access",
@@ -270,12 +340,21 @@ pub async fn start(mut settings: Settings) -> Result<RunningServer, ServeError> 
     start_with_store(settings, store).await
 }
 
-pub async fn start_with_store(settings: Settings, store: Arc<dyn Store>) -> Result<RunningServer, ServeError> {
+pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Result<RunningServer, ServeError> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| ServeError::Bind(settings.listen, e))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(store, settings);
+    // Zero-touch node assignment: a server that is both token server and storage node
+    // registers itself as a node the first time it starts.
+    let own = settings
+        .public_url
+        .as_ref()
+        .map_or_else(|| format!("http://{addr}"), |p| p.base());
+    if settings.token_server && settings.storage_node {
+        store.add_node(&own, settings.node_capacity, true).await?;
+    }
+    let state = AppState::new(store, settings, own)?;
     let settings = state.settings.clone();
 
     let mut background = vec![

@@ -67,6 +67,17 @@ pub async fn purge_task(state: AppState) {
             Ok(r) => tracing::info!(bsos = r.bsos, batches = r.batches, "purged expired data"),
             Err(e) => tracing::error!(error = %e, "purge failed"),
         }
+        if state.tokens.is_some() && state.settings.storage_node {
+            // Buckets of records replaced by a key change or a move (T10-090), once no
+            // token for them can still be valid.
+            let grace_ms = (state.settings.token_duration + state.settings.expired_token_grace_seconds) as i64 * 1000;
+            let before = syncstead_proto::SyncTimestamp::now().as_millis() - grace_ms;
+            match state.token_store.purge_replaced(&state.public_base, before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(buckets = n, "purged the data of replaced users"),
+                Err(e) => tracing::error!(error = %e, "purge of replaced users failed"),
+            }
+        }
     }
 }
 

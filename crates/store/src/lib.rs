@@ -8,8 +8,10 @@ use syncstead_proto::query::CollectionQuery;
 use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 
 pub mod sqlite;
+pub mod tokens;
 
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use tokens::{Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate};
 
 pub type UserId = i64;
 
@@ -209,3 +211,29 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip to the database, for `__heartbeat__`.
     async fn check(&self) -> StoreResult<()>;
 }
+
+/// The token server's records: storage nodes, and the users assigned to them.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Finds or creates the account's current record, checks the request against it and
+    /// updates it, all in one transaction (tokenserver.md §5).
+    async fn login(&self, request: Login, policy: NewUserPolicy) -> Result<Assignment, LoginError>;
+    async fn nodes(&self) -> StoreResult<Vec<Node>>;
+    /// Adds a node with `capacity`; false if it exists (and `if_absent` leaves it untouched).
+    async fn add_node(&self, url: &str, capacity: i64, if_absent: bool) -> StoreResult<bool>;
+    async fn update_node(&self, url: &str, update: NodeUpdate) -> StoreResult<bool>;
+    /// Removes a node; its users move to another node at their next token request.
+    async fn remove_node(&self, url: &str) -> StoreResult<bool>;
+    /// Adds an account to (or removes it from) the sign-up allow list.
+    async fn allow_account(&self, fxa_uid: &str, allow: bool) -> StoreResult<bool>;
+    async fn allowed_accounts(&self) -> StoreResult<Vec<String>>;
+    /// Current records: (email, uid, node).
+    async fn token_users(&self) -> StoreResult<Vec<(String, i64, String)>>;
+    /// Deletes the stored data of records on `node` replaced before `before_ms` (a key
+    /// change or a move gave the account a new uid); returns how many buckets were emptied.
+    async fn purge_replaced(&self, node: &str, before_ms: i64) -> StoreResult<u64>;
+}
+
+/// Everything a backend provides.
+pub trait Backend: Store + TokenStore {}
+impl<T: Store + TokenStore> Backend for T {}

@@ -23,7 +23,12 @@ use crate::{
     UserId, WriteLimits, BATCH_LIFETIME_MS,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_storage.sql"))];
+mod tokens;
+
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_storage.sql")),
+    (2, include_str!("../migrations/sqlite/0002_tokenserver.sql")),
+];
 
 /// How hard SQLite pushes each commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,7 +65,7 @@ struct Collections {
 
 pub struct SqliteStore {
     path: PathBuf,
-    writer: std::sync::mpsc::Sender<Job>,
+    writer: std::sync::mpsc::Sender<Queued>,
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_slots: Arc<Semaphore>,
     collections: Arc<RwLock<Collections>>,
@@ -128,16 +133,30 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 type Job = Box<dyn FnOnce(&Transaction) -> Completion + Send>;
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 
-/// Most jobs one commit covers: bounds the latency a group adds to its first member.
+/// Most jobs one commit covers, and roughly the most payload bytes: together they bound how
+/// long a request can wait behind a group that is already running.
 const MAX_GROUP: usize = 64;
+const GROUP_BYTES: usize = 1 << 20;
+/// The estimate for jobs whose size is unknown up front (batch commits, bulk deletes).
+const HEAVY: usize = GROUP_BYTES / 4;
 
-fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+/// A job with an estimate of the payload bytes it writes.
+struct Queued {
+    bytes: usize,
+    job: Job,
+}
+
+fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Queued>) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        let mut bytes = first.bytes;
+        let mut group = vec![first.job];
+        while group.len() < MAX_GROUP && bytes < GROUP_BYTES {
             match jobs.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(q) => {
+                    bytes += q.bytes;
+                    group.push(q.job);
+                }
                 Err(_) => break,
             }
         }
@@ -214,7 +233,7 @@ impl SqliteStore {
             }
         }
         let readers = options.readers.max(1);
-        let (sender, jobs) = std::sync::mpsc::channel::<Job>();
+        let (sender, jobs) = std::sync::mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_thread(writer, jobs))
@@ -287,7 +306,7 @@ impl SqliteStore {
 
     /// Runs `f` on the writer, in its own savepoint of the current group transaction.
     /// The answer arrives after the group has committed.
-    async fn submit<R, F>(&self, user: Option<UserId>, f: F) -> StoreResult<R>
+    async fn submit<R, F>(&self, user: Option<UserId>, bytes: usize, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Transaction) -> StoreResult<R> + Send + 'static,
@@ -326,7 +345,7 @@ impl SqliteStore {
             })
         });
         self.writer
-            .send(job)
+            .send(Queued { bytes, job })
             .map_err(|_| StoreError::Database("the writer has stopped".into()))?;
         answer
             .await
@@ -335,7 +354,7 @@ impl SqliteStore {
 
     /// Runs a write at a fresh time T. A conflict (another write of the bucket already
     /// used T) is retried once at the next tick, as S15-043 allows, before it is reported.
-    async fn write<R, F>(&self, user: Option<UserId>, f: F) -> StoreResult<R>
+    async fn write<R, F>(&self, user: Option<UserId>, bytes: usize, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: Fn(&Transaction, SyncTimestamp) -> StoreResult<R> + Send + Sync + 'static,
@@ -343,7 +362,7 @@ impl SqliteStore {
         let f = Arc::new(f);
         for attempt in 0..2 {
             let f = f.clone();
-            match self.submit(user, move |tx| f(tx, SyncTimestamp::now())).await {
+            match self.submit(user, bytes, move |tx| f(tx, SyncTimestamp::now())).await {
                 Err(StoreError::Conflict) if attempt == 0 => {
                     // Wait for the clock to reach the next centisecond, then try once more.
                     let now = std::time::SystemTime::now()
@@ -366,7 +385,7 @@ impl SqliteStore {
         }
         let owned = name.to_string();
         let id = self
-            .submit(None, move |tx| {
+            .submit(None, 0, move |tx| {
                 if let Some(id) = tx
                     .prepare_cached("SELECT id FROM collections WHERE name = ?1")?
                     .query_row([&owned], |r| r.get(0))
@@ -455,6 +474,21 @@ fn touch_storage(tx: &Transaction, user: UserId, now: SyncTimestamp) -> StoreRes
          ON CONFLICT (user_id) DO UPDATE SET modified = excluded.modified",
     )?
     .execute(params![user, now.as_millis()])?;
+    Ok(())
+}
+
+/// Deletes everything a bucket holds.
+fn delete_bucket(tx: &Transaction, user: UserId) -> StoreResult<()> {
+    tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1")?
+        .execute([user])?;
+    tx.prepare_cached("DELETE FROM user_collections WHERE user_id = ?1")?
+        .execute([user])?;
+    tx.prepare_cached("DELETE FROM batch_items WHERE batch_id IN (SELECT id FROM batches WHERE user_id = ?1)")?
+        .execute([user])?;
+    tx.prepare_cached("DELETE FROM batches WHERE user_id = ?1")?
+        .execute([user])?;
+    tx.prepare_cached("DELETE FROM user_storage WHERE user_id = ?1")?
+        .execute([user])?;
     Ok(())
 }
 
@@ -802,7 +836,7 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<SyncTimestamp> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), move |tx, now| {
+        self.write(Some(user), bso.payload_len(), move |tx, now| {
             let current: Option<i64> = tx
                 .prepare_cached("SELECT modified FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3")?
                 .query_row(params![user, coll, bso.id], |r| r.get(0))
@@ -826,16 +860,20 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<SyncTimestamp> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), move |tx, now| {
-            pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
-            ensure_later(tx, user, now)?;
-            check_quota(tx, user, now, limits, 0)?;
-            for bso in &bsos {
-                upsert(tx, user, coll, bso, now, false)?;
-            }
-            touch(tx, user, coll, now)?;
-            Ok(now)
-        })
+        self.write(
+            Some(user),
+            bsos.iter().map(BsoInput::payload_len).sum(),
+            move |tx, now| {
+                pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
+                ensure_later(tx, user, now)?;
+                check_quota(tx, user, now, limits, 0)?;
+                for bso in &bsos {
+                    upsert(tx, user, coll, bso, now, false)?;
+                }
+                touch(tx, user, coll, now)?;
+                Ok(now)
+            },
+        )
         .await
     }
 
@@ -851,7 +889,7 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound);
         };
         let id = id.to_string();
-        self.write(Some(user), move |tx, now| {
+        self.write(Some(user), 0, move |tx, now| {
             let current: Option<(i64, i64)> = tx
                 .prepare_cached(
                     "SELECT modified, expiry FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3",
@@ -880,7 +918,7 @@ impl Store for SqliteStore {
         pre: Precondition,
     ) -> StoreResult<SyncTimestamp> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), move |tx, now| {
+        self.write(Some(user), 0, move |tx, now| {
             pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
             ensure_later(tx, user, now)?;
             let mut stmt =
@@ -901,7 +939,7 @@ impl Store for SqliteStore {
         pre: Precondition,
     ) -> StoreResult<DeletedCollection> {
         let coll = self.find_collection(collection).await?;
-        self.write(Some(user), move |tx, now| {
+        self.write(Some(user), HEAVY, move |tx, now| {
             let previous = match coll {
                 Some(c) => collection_ts(tx, user, c)?,
                 None => None,
@@ -928,19 +966,10 @@ impl Store for SqliteStore {
     }
 
     async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
-        self.write(Some(user), move |tx, _now| {
+        self.write(Some(user), HEAVY, move |tx, _now| {
             let previous = storage_ts(tx, user)?;
             pre.check(previous)?;
-            tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1")?
-                .execute([user])?;
-            tx.prepare_cached("DELETE FROM user_collections WHERE user_id = ?1")?
-                .execute([user])?;
-            tx.prepare_cached("DELETE FROM batch_items WHERE batch_id IN (SELECT id FROM batches WHERE user_id = ?1)")?
-                .execute([user])?;
-            tx.prepare_cached("DELETE FROM batches WHERE user_id = ?1")?
-                .execute([user])?;
-            tx.prepare_cached("DELETE FROM user_storage WHERE user_id = ?1")?
-                .execute([user])?;
+            delete_bucket(tx, user)?;
             Ok(previous)
         })
         .await
@@ -955,16 +984,20 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<(String, SyncTimestamp)> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), move |tx, now| {
-            let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
-            pre.check(modified)?;
-            check_quota(tx, user, now, limits, bsos.iter().map(|b| b.payload_len() as u64).sum())?;
-            tx.prepare_cached("INSERT INTO batches (user_id, collection_id, expiry) VALUES (?1, ?2, ?3)")?
-                .execute(params![user, coll, now.as_millis() + BATCH_LIFETIME_MS])?;
-            let batch = tx.last_insert_rowid();
-            stage(tx, batch, &bsos)?;
-            Ok((batch.to_string(), modified))
-        })
+        self.write(
+            Some(user),
+            bsos.iter().map(BsoInput::payload_len).sum(),
+            move |tx, now| {
+                let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
+                pre.check(modified)?;
+                check_quota(tx, user, now, limits, bsos.iter().map(|b| b.payload_len() as u64).sum())?;
+                tx.prepare_cached("INSERT INTO batches (user_id, collection_id, expiry) VALUES (?1, ?2, ?3)")?
+                    .execute(params![user, coll, now.as_millis() + BATCH_LIFETIME_MS])?;
+                let batch = tx.last_insert_rowid();
+                stage(tx, batch, &bsos)?;
+                Ok((batch.to_string(), modified))
+            },
+        )
         .await
     }
 
@@ -981,15 +1014,19 @@ impl Store for SqliteStore {
             return Err(StoreError::BatchNotFound);
         };
         let batch = batch.to_string();
-        self.write(Some(user), move |tx, now| {
-            let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
-            pre.check(modified)?;
-            let id = live_batch(tx, user, coll, &batch, now)?;
-            let new_bytes: u64 = bsos.iter().map(|b| b.payload_len() as u64).sum();
-            check_quota(tx, user, now, limits, staged_bytes(tx, id)? + new_bytes)?;
-            stage(tx, id, &bsos)?;
-            Ok(modified)
-        })
+        self.write(
+            Some(user),
+            bsos.iter().map(BsoInput::payload_len).sum(),
+            move |tx, now| {
+                let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
+                pre.check(modified)?;
+                let id = live_batch(tx, user, coll, &batch, now)?;
+                let new_bytes: u64 = bsos.iter().map(|b| b.payload_len() as u64).sum();
+                check_quota(tx, user, now, limits, staged_bytes(tx, id)? + new_bytes)?;
+                stage(tx, id, &bsos)?;
+                Ok(modified)
+            },
+        )
         .await
     }
 
@@ -1006,7 +1043,7 @@ impl Store for SqliteStore {
             return Err(StoreError::BatchNotFound);
         };
         let batch = batch.to_string();
-        self.write(Some(user), move |tx, now| {
+        self.write(Some(user), HEAVY, move |tx, now| {
             pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
             let id = live_batch(tx, user, coll, &batch, now)?;
             ensure_later(tx, user, now)?;
@@ -1043,7 +1080,7 @@ impl Store for SqliteStore {
         let mut report = PurgeReport::default();
         loop {
             let (bsos, batches) = self
-                .write(None, |tx, now| {
+                .write(None, HEAVY, |tx, now| {
                     let bsos = tx
                         .prepare_cached(
                             "DELETE FROM bsos WHERE rowid IN
@@ -1067,7 +1104,7 @@ impl Store for SqliteStore {
                 break;
             }
         }
-        self.write(None, |tx, _| {
+        self.write(None, HEAVY, |tx, _| {
             tx.execute_batch("PRAGMA incremental_vacuum(2000)")?;
             Ok(())
         })

@@ -39,6 +39,60 @@ enum Command {
     },
     /// Load-test a storage 1.5 server with simulated Firefox clients (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Manage the storage nodes the token server assigns users to.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+        #[command(flatten)]
+        config: Box<ConfigLayer>,
+    },
+    /// Manage who may sign up through the token server.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        #[command(flatten)]
+        config: Box<ConfigLayer>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Add a node by the URL clients reach it at (e.g. https://sync-2.example.com).
+    Add {
+        url: String,
+        /// How many users the node may hold.
+        #[arg(long, default_value_t = 100_000)]
+        capacity: i64,
+    },
+    /// List nodes with their load.
+    List,
+    /// Change a node: capacity, available slots, or its downed/backoff flags.
+    Set {
+        url: String,
+        #[arg(long)]
+        capacity: Option<i64>,
+        #[arg(long)]
+        available: Option<i64>,
+        /// A downed node gets no new users, and its users move at their next sign-in.
+        #[arg(long)]
+        downed: Option<bool>,
+        /// A node in backoff gets no new users.
+        #[arg(long)]
+        backoff: Option<bool>,
+    },
+    /// Remove a node; its users move to another node at their next sign-in.
+    Remove { url: String },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Let a Mozilla account (its uid, as logged when it was refused) sign up while
+    /// `allow_new_users` is false.
+    Allow { fxa_uid: String },
+    /// Take an account off the allow list.
+    Deny { fxa_uid: String },
+    /// List the allow list and the users with their uid and node.
+    List,
 }
 
 fn init_logging(settings: &Settings) {
@@ -84,7 +138,12 @@ async fn serve(layer: ConfigLayer) -> Result<(), String> {
     let mut server = syncstead_server::start(settings).await.map_err(|e| e.to_string())?;
     println!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
     println!("  listening on       http://{}", server.addr);
-    println!("  storage 1.5 node   {public}/1.5/<uid>");
+    if server.state.settings.token_server {
+        println!("  token server       {public}/1.0/sync/1.5  (Firefox: identity.sync.tokenserver.uri)");
+    }
+    if server.state.settings.storage_node {
+        println!("  storage 1.5 node   {public}/1.5/<uid>");
+    }
     println!("  health             {public}/__heartbeat__");
     if let Some(m) = server.metrics_addr {
         println!("  metrics            http://{m}/metrics");
@@ -146,6 +205,89 @@ fn limit_malloc_arenas() {
     }
 }
 
+async fn open_backend(layer: ConfigLayer) -> Result<std::sync::Arc<dyn syncstead_store::Backend>, String> {
+    let settings = load_settings(layer)?;
+    syncstead_server::open_store(&settings).await.map_err(|e| e.to_string())
+}
+
+async fn node(action: NodeAction, layer: ConfigLayer) -> Result<(), String> {
+    let store = open_backend(layer).await?;
+    let e = |e: syncstead_store::StoreError| e.to_string();
+    match action {
+        NodeAction::Add { url, capacity } => {
+            if !store.add_node(&url, capacity, false).await.map_err(e)? {
+                return Err(format!("node {url} exists already"));
+            }
+            println!("added {url} (capacity {capacity})");
+        }
+        NodeAction::List => {
+            println!(
+                "{:<40} {:>9} {:>9} {:>9} {:>6} {:>7}",
+                "node", "capacity", "load", "available", "downed", "backoff"
+            );
+            for n in store.nodes().await.map_err(e)? {
+                println!(
+                    "{:<40} {:>9} {:>9} {:>9} {:>6} {:>7}",
+                    n.url, n.capacity, n.current_load, n.available, n.downed, n.backoff
+                );
+            }
+        }
+        NodeAction::Set {
+            url,
+            capacity,
+            available,
+            downed,
+            backoff,
+        } => {
+            let update = syncstead_store::NodeUpdate {
+                capacity,
+                available,
+                downed,
+                backoff,
+            };
+            if !store.update_node(&url, update).await.map_err(e)? {
+                return Err(format!("no node {url}"));
+            }
+            println!("updated {url}");
+        }
+        NodeAction::Remove { url } => {
+            if !store.remove_node(&url).await.map_err(e)? {
+                return Err(format!("no node {url}"));
+            }
+            println!("removed {url}; its users move at their next sign-in");
+        }
+    }
+    Ok(())
+}
+
+async fn user(action: UserAction, layer: ConfigLayer) -> Result<(), String> {
+    let store = open_backend(layer).await?;
+    let e = |e: syncstead_store::StoreError| e.to_string();
+    match action {
+        UserAction::Allow { fxa_uid } => {
+            store.allow_account(&fxa_uid, true).await.map_err(e)?;
+            println!("allowed {fxa_uid}");
+        }
+        UserAction::Deny { fxa_uid } => {
+            if !store.allow_account(&fxa_uid, false).await.map_err(e)? {
+                return Err(format!("{fxa_uid} was not on the allow list"));
+            }
+            println!("removed {fxa_uid} from the allow list");
+        }
+        UserAction::List => {
+            println!("allow list:");
+            for a in store.allowed_accounts().await.map_err(e)? {
+                println!("  {a}");
+            }
+            println!("users (account, uid, node):");
+            for (email, uid, node) in store.token_users().await.map_err(e)? {
+                println!("  {email} {uid} {node}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
@@ -160,6 +302,8 @@ fn main() -> ExitCode {
         Command::Serve(layer) => runtime.block_on(serve(*layer)),
         Command::Token { uid, ttl, config } => token(uid, ttl, *config),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Node { action, config } => runtime.block_on(node(action, *config)),
+        Command::User { action, config } => runtime.block_on(user(action, *config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
