@@ -205,7 +205,7 @@ mod tests {
 
     /// Computed check from the spec: secret "", uid "test123" (T10-08x).
     #[test]
-    fn metrics_hash_vector() {
+    fn t10_080_metrics_hash_vector() {
         assert_eq!(metrics_hash("", "test123"), "4d00ecae64b98dd7dc7dea68d0dd615d");
     }
 }

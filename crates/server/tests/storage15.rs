@@ -92,7 +92,7 @@ async fn s15_012_unknown_query_parameters_are_ignored() {
 }
 
 #[tokio::test]
-async fn s15_020_t10_121_authentication_failures_are_401() {
+async fn s15_020_t10_110_t10_113_t10_116_t10_121_authentication_failures_are_401() {
     let s = TestServer::start().await;
     let u = s.client(7);
     let url = format!("{}/1.5/7/info/collections", s.base);
@@ -152,7 +152,7 @@ async fn s15_020_t10_121_authentication_failures_are_401() {
 }
 
 #[tokio::test]
-async fn s15_021_token_uid_must_match_path() {
+async fn s15_021_t10_120_token_uid_must_match_path() {
     let s = TestServer::start().await;
     let creds = s.creds(1);
     let url = format!("{}/1.5/2/storage/bookmarks/x", s.base);

@@ -117,7 +117,7 @@ fn storage_client(s: &TestServer, token: &Value) -> User {
 }
 
 #[tokio::test]
-async fn t10_100_new_user_gets_a_token_that_works_on_storage() {
+async fn t10_100_t10_101_new_user_gets_a_token_that_works_on_storage() {
     let (s, _keys) = token_server(|_| {}).await;
     let kid = key_id(1_510_726_317_123, &[4u8; 16]);
     let r = sign_in(&s, "0123456789abcdef0123456789abcdef", Some(1_510_726_317_000), &kid).await;
@@ -139,6 +139,7 @@ async fn t10_100_new_user_gets_a_token_that_works_on_storage() {
     assert_eq!(t["hashalg"], "sha256");
     assert_eq!(t["api_endpoint"], format!("{}/1.5/{}", s.base, t["uid"]));
     assert!(r.header("x-timestamp").unwrap().parse::<u64>().is_ok());
+    assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
     // The credential works against the storage node (Hawk, uid).
     let u = storage_client(&s, &t);
     assert_eq!(
@@ -170,7 +171,7 @@ async fn t10_100_new_user_gets_a_token_that_works_on_storage() {
 }
 
 #[tokio::test]
-async fn t10_061_key_change_gives_a_fresh_uid_and_hides_old_data() {
+async fn t10_031_t10_061_key_change_gives_a_fresh_uid_and_hides_old_data() {
     let (s, _keys) = token_server(|_| {}).await;
     let user = "00000000000000000000000000000abc";
     let first = sign_in(&s, user, Some(1000), &key_id(1000, &[1u8; 16])).await.json();
@@ -303,7 +304,7 @@ async fn t10_012_t10_022_bad_oauth_tokens() {
 }
 
 #[tokio::test]
-async fn t10_050_generation_and_keys_changed_at_rules() {
+async fn t10_050_t10_051_generation_and_keys_changed_at_rules() {
     let (s, _keys) = token_server(|_| {}).await;
     let user = "cccccccccccccccccccccccccccccccc";
     let state = [3u8; 16];
@@ -373,7 +374,7 @@ async fn fake_fxa(verify_status: u16) -> (String, tokio::task::JoinHandle<()>) {
 }
 
 #[tokio::test]
-async fn t10_024_keys_from_a_jwks_url() {
+async fn t10_020_t10_024_keys_from_a_jwks_url() {
     let (fxa_base, _task) = fake_fxa(200).await;
     let s = TestServer::start_with(|c| c.oauth_jwks_url = Some(format!("{fxa_base}/v1/jwks"))).await;
     let r = sign_in(&s, "abababababababababababababababab", None, &key_id(1, &[1u8; 16])).await;
@@ -422,7 +423,7 @@ async fn t10_024_remote_verification() {
 /// One token server, two storage nodes with their own databases and the shared secret:
 /// users spread by capacity, and users of a downed node move at their next token request.
 #[tokio::test]
-async fn t10_070_two_storage_nodes_behind_one_token_server() {
+async fn t10_070_t10_072_two_storage_nodes_behind_one_token_server() {
     let keys = tempfile::tempdir().unwrap();
     let file = keys.path().join("fxa.jwk");
     std::fs::write(&file, fxa().jwk.to_string()).unwrap();

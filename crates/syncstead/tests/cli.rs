@@ -114,3 +114,38 @@ fn serve_with_no_setup_then_token_then_sigterm() {
     };
     assert!(status.success());
 }
+
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = bin().args(args).current_dir(dir).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn node_and_user_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(run_in(d, &["node", "add", "https://sync-1.example.com/", "--capacity", "50"]).0);
+    let (ok, text) = run_in(d, &["node", "add", "https://sync-1.example.com"]);
+    assert!(!ok && text.contains("exists"), "{text}");
+    assert!(run_in(d, &["node", "set", "https://sync-1.example.com", "--downed", "true"]).0);
+    let (_, list) = run_in(d, &["node", "list"]);
+    assert!(
+        list.contains("https://sync-1.example.com") && list.contains("50") && list.contains("true"),
+        "{list}"
+    );
+    assert!(!run_in(d, &["node", "set", "https://nowhere.example.com", "--capacity", "1"]).0);
+    assert!(run_in(d, &["node", "remove", "https://sync-1.example.com"]).0);
+    assert!(!run_in(d, &["node", "list"]).1.contains("sync-1"));
+
+    assert!(run_in(d, &["user", "allow", "0123456789abcdef0123456789abcdef"]).0);
+    assert!(run_in(d, &["user", "list"])
+        .1
+        .contains("0123456789abcdef0123456789abcdef"));
+    assert!(run_in(d, &["user", "deny", "0123456789abcdef0123456789abcdef"]).0);
+    assert!(!run_in(d, &["user", "deny", "0123456789abcdef0123456789abcdef"]).0);
+}
