@@ -29,6 +29,11 @@ pub fn parse_uid(s: &str) -> Option<u64> {
 
 /// `^[a-zA-Z0-9._-]{1,32}$` (S15-002).
 pub fn is_valid_collection(s: &str) -> bool {
+    is_short_token(s)
+}
+
+/// `^[a-zA-Z0-9._-]{1,32}$`: the syntax of collection names and of `X-Client-State`.
+pub fn is_short_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && s.bytes()

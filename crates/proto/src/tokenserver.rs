@@ -57,10 +57,7 @@ impl KeyId {
 
 /// `X-Client-State` syntax (T10-015).
 pub fn is_valid_client_state_header(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    crate::names::is_short_token(s)
 }
 
 /// Whether an OAuth `scope` claim grants Sync: split on whitespace and commas (spec README §5).

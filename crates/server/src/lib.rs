@@ -352,7 +352,17 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
         .as_ref()
         .map_or_else(|| format!("http://{addr}"), |p| p.base());
     if settings.token_server && settings.storage_node {
-        store.add_node(&own, settings.node_capacity, true).await?;
+        // When this server is the only node, it follows its public URL: a self-hoster who
+        // later puts it behind a proxy keeps every user on it.
+        match store.nodes().await?.as_slice() {
+            [only] if only.url != own => {
+                tracing::info!(from = %only.url, to = %own, "the single storage node follows public_url");
+                store.rename_node(&only.url, &own).await?;
+            }
+            _ => {
+                store.add_node(&own, settings.node_capacity, true).await?;
+            }
+        }
     }
     let state = AppState::new(store, settings, own)?;
     let settings = state.settings.clone();

@@ -510,3 +510,35 @@ async fn t10_071_zero_touch_single_node() {
     assert_eq!(nodes[0].url, s.base);
     assert_eq!(nodes[0].capacity, 100_000);
 }
+
+/// A self-hoster who first ran on the default address and then set `public_url` keeps
+/// their users: the single node follows the public URL.
+#[tokio::test]
+async fn t10_071_single_node_follows_public_url() {
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("fxa.jwk");
+    std::fs::write(&file, fxa().jwk.to_string()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let configure = |c: &mut syncstead_server::ConfigLayer, public: Option<&str>| {
+        c.data_dir = Some(data.path().to_path_buf());
+        c.oauth_public_key_file = Some(file.clone());
+        c.oauth_jwks_url = Some(String::new());
+        c.public_url = public.map(str::to_string);
+    };
+    let s = TestServer::start_with(|c| configure(c, None)).await;
+    let first = sign_in(&s, "12121212121212121212121212121212", None, &key_id(1, &[1u8; 16]))
+        .await
+        .json();
+    s.stop().await;
+    let moved = TestServer::start_with(|c| configure(c, Some("https://sync.example.com/"))).await;
+    let again = sign_in(&moved, "12121212121212121212121212121212", None, &key_id(1, &[1u8; 16]))
+        .await
+        .json();
+    assert_eq!(again["uid"], first["uid"], "same bucket");
+    assert_eq!(
+        again["api_endpoint"],
+        format!("https://sync.example.com/1.5/{}", first["uid"])
+    );
+    let nodes = moved.running.as_ref().unwrap().state.token_store.nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+}

@@ -222,6 +222,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Adds a node with `capacity`; false if it exists (and `if_absent` leaves it untouched).
     async fn add_node(&self, url: &str, capacity: i64, if_absent: bool) -> StoreResult<bool>;
     async fn update_node(&self, url: &str, update: NodeUpdate) -> StoreResult<bool>;
+    /// Changes a node's URL, keeping its users (the server moved behind a new address).
+    async fn rename_node(&self, from: &str, to: &str) -> StoreResult<bool>;
     /// Removes a node; its users move to another node at their next token request.
     async fn remove_node(&self, url: &str) -> StoreResult<bool>;
     /// Adds an account to (or removes it from) the sign-up allow list.

@@ -477,6 +477,10 @@ fn touch_storage(tx: &Transaction, user: UserId, now: SyncTimestamp) -> StoreRes
     Ok(())
 }
 
+fn total_payload(bsos: &[BsoInput]) -> u64 {
+    bsos.iter().map(|b| b.payload_len() as u64).sum()
+}
+
 /// Deletes everything a bucket holds.
 fn delete_bucket(tx: &Transaction, user: UserId) -> StoreResult<()> {
     tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1")?
@@ -860,20 +864,16 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<SyncTimestamp> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(
-            Some(user),
-            bsos.iter().map(BsoInput::payload_len).sum(),
-            move |tx, now| {
-                pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
-                ensure_later(tx, user, now)?;
-                check_quota(tx, user, now, limits, 0)?;
-                for bso in &bsos {
-                    upsert(tx, user, coll, bso, now, false)?;
-                }
-                touch(tx, user, coll, now)?;
-                Ok(now)
-            },
-        )
+        self.write(Some(user), total_payload(&bsos) as usize, move |tx, now| {
+            pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
+            ensure_later(tx, user, now)?;
+            check_quota(tx, user, now, limits, 0)?;
+            for bso in &bsos {
+                upsert(tx, user, coll, bso, now, false)?;
+            }
+            touch(tx, user, coll, now)?;
+            Ok(now)
+        })
         .await
     }
 
@@ -984,20 +984,16 @@ impl Store for SqliteStore {
         limits: WriteLimits,
     ) -> StoreResult<(String, SyncTimestamp)> {
         let coll = self.ensure_collection(collection).await?;
-        self.write(
-            Some(user),
-            bsos.iter().map(BsoInput::payload_len).sum(),
-            move |tx, now| {
-                let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
-                pre.check(modified)?;
-                check_quota(tx, user, now, limits, bsos.iter().map(|b| b.payload_len() as u64).sum())?;
-                tx.prepare_cached("INSERT INTO batches (user_id, collection_id, expiry) VALUES (?1, ?2, ?3)")?
-                    .execute(params![user, coll, now.as_millis() + BATCH_LIFETIME_MS])?;
-                let batch = tx.last_insert_rowid();
-                stage(tx, batch, &bsos)?;
-                Ok((batch.to_string(), modified))
-            },
-        )
+        self.write(Some(user), total_payload(&bsos) as usize, move |tx, now| {
+            let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
+            pre.check(modified)?;
+            check_quota(tx, user, now, limits, total_payload(&bsos))?;
+            tx.prepare_cached("INSERT INTO batches (user_id, collection_id, expiry) VALUES (?1, ?2, ?3)")?
+                .execute(params![user, coll, now.as_millis() + BATCH_LIFETIME_MS])?;
+            let batch = tx.last_insert_rowid();
+            stage(tx, batch, &bsos)?;
+            Ok((batch.to_string(), modified))
+        })
         .await
     }
 
@@ -1014,19 +1010,15 @@ impl Store for SqliteStore {
             return Err(StoreError::BatchNotFound);
         };
         let batch = batch.to_string();
-        self.write(
-            Some(user),
-            bsos.iter().map(BsoInput::payload_len).sum(),
-            move |tx, now| {
-                let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
-                pre.check(modified)?;
-                let id = live_batch(tx, user, coll, &batch, now)?;
-                let new_bytes: u64 = bsos.iter().map(|b| b.payload_len() as u64).sum();
-                check_quota(tx, user, now, limits, staged_bytes(tx, id)? + new_bytes)?;
-                stage(tx, id, &bsos)?;
-                Ok(modified)
-            },
-        )
+        self.write(Some(user), total_payload(&bsos) as usize, move |tx, now| {
+            let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
+            pre.check(modified)?;
+            let id = live_batch(tx, user, coll, &batch, now)?;
+            let new_bytes: u64 = total_payload(&bsos);
+            check_quota(tx, user, now, limits, staged_bytes(tx, id)? + new_bytes)?;
+            stage(tx, id, &bsos)?;
+            Ok(modified)
+        })
         .await
     }
 
@@ -1047,7 +1039,7 @@ impl Store for SqliteStore {
             pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
             let id = live_batch(tx, user, coll, &batch, now)?;
             ensure_later(tx, user, now)?;
-            let new_bytes: u64 = bsos.iter().map(|b| b.payload_len() as u64).sum();
+            let new_bytes: u64 = total_payload(&bsos);
             check_quota(tx, user, now, limits, staged_bytes(tx, id)? + new_bytes)?;
             // The commit body overrides staged fields of the same id (S15-125).
             stage(tx, id, &bsos)?;

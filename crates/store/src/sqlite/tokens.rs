@@ -342,6 +342,17 @@ impl TokenStore for SqliteStore {
         .await
     }
 
+    async fn rename_node(&self, from: &str, to: &str) -> StoreResult<bool> {
+        let (from, to) = (
+            from.trim_end_matches('/').to_string(),
+            to.trim_end_matches('/').to_string(),
+        );
+        self.submit(None, 0, move |tx| {
+            Ok(tx.execute("UPDATE nodes SET node = ?2 WHERE node = ?1", [from, to])? > 0)
+        })
+        .await
+    }
+
     async fn remove_node(&self, url: &str) -> StoreResult<bool> {
         let url = url.trim_end_matches('/').to_string();
         self.submit(None, 0, move |tx| {
