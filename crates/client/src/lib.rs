@@ -1,5 +1,8 @@
-//! The Sync client library. So far: Hawk-signed access to a storage 1.5 node with a
-//! tokenlib credential (what a token server hands out).
+//! The Sync client library. So far: storage format 5 crypto and key material
+//! ([`crypto`]), and Hawk-signed access to a storage 1.5 node with a tokenlib credential
+//! (what a token server hands out).
+
+pub mod crypto;
 
 use std::time::SystemTime;
 

@@ -9,6 +9,7 @@ pub mod respcode;
 pub mod timestamp;
 pub mod token;
 pub mod tokenserver;
+pub mod username;
 
 pub use bso::{Bso, BsoInput};
 pub use timestamp::SyncTimestamp;
