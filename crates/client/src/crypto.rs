@@ -199,7 +199,7 @@ pub fn parse_sync_key(text: &str) -> Result<[u8; 16], CryptoError> {
     if s.len() != 26 {
         return Err(CryptoError::BadKey("a Sync Key has 26 characters"));
     }
-    while s.len() % 8 != 0 {
+    while !s.len().is_multiple_of(8) {
         s.push('=');
     }
     BASE32
