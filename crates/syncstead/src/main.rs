@@ -39,6 +39,21 @@ enum Command {
     },
     /// Load-test a storage 1.5 server with simulated Firefox clients (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Write a consistent snapshot of the database to FILE, while the server runs.
+    Backup {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        config: Box<ConfigLayer>,
+    },
+    /// Replace the database with a snapshot taken by `syncstead backup` (stop the server first).
+    Restore {
+        file: std::path::PathBuf,
+        /// Replace an existing database.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        config: Box<ConfigLayer>,
+    },
     /// Manage the storage nodes the token server assigns users to.
     Node {
         #[command(subcommand)]
@@ -127,6 +142,14 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Prints a startup line; a closed standard output must not stop the server.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 async fn serve(layer: ConfigLayer) -> Result<(), String> {
     let settings = load_settings(layer)?;
     init_logging(&settings);
@@ -136,19 +159,19 @@ async fn serve(layer: ConfigLayer) -> Result<(), String> {
         .map_or_else(|| format!("http://{}", settings.listen), |p| p.base());
     let database = settings.database_url.clone();
     let mut server = syncstead_server::start(settings).await.map_err(|e| e.to_string())?;
-    println!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
-    println!("  listening on       http://{}", server.addr);
+    say!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
+    say!("  listening on       http://{}", server.addr);
     if server.state.settings.token_server {
-        println!("  token server       {public}/1.0/sync/1.5  (Firefox: identity.sync.tokenserver.uri)");
+        say!("  token server       {public}/1.0/sync/1.5  (Firefox: identity.sync.tokenserver.uri)");
     }
     if server.state.settings.storage_node {
-        println!("  storage 1.5 node   {public}/1.5/<uid>");
+        say!("  storage 1.5 node   {public}/1.5/<uid>");
     }
-    println!("  health             {public}/__heartbeat__");
+    say!("  health             {public}/__heartbeat__");
     if let Some(m) = server.metrics_addr {
-        println!("  metrics            http://{m}/metrics");
+        say!("  metrics            http://{m}/metrics");
     }
-    println!("  database           {database}");
+    say!("  database           {database}");
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down: finishing in-flight requests");
@@ -203,6 +226,23 @@ fn limit_malloc_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+fn backup(file: &std::path::Path, layer: ConfigLayer) -> Result<(), String> {
+    let settings = load_settings(layer)?;
+    let db = settings.sqlite_path().map_err(|e| e.to_string())?;
+    let pages = syncstead_store::sqlite::backup(&db, file).map_err(|e| e.to_string())?;
+    println!("backed up {} to {} ({pages} pages)", db.display(), file.display());
+    println!("keep the master secret with it: without it, issued tokens no longer verify");
+    Ok(())
+}
+
+fn restore(file: &std::path::Path, force: bool, layer: ConfigLayer) -> Result<(), String> {
+    let settings = load_settings(layer)?;
+    let db = settings.sqlite_path().map_err(|e| e.to_string())?;
+    syncstead_store::sqlite::restore(file, &db, force).map_err(|e| e.to_string())?;
+    println!("restored {} into {}", file.display(), db.display());
+    Ok(())
 }
 
 async fn open_backend(layer: ConfigLayer) -> Result<std::sync::Arc<dyn syncstead_store::Backend>, String> {
@@ -302,6 +342,8 @@ fn main() -> ExitCode {
         Command::Serve(layer) => runtime.block_on(serve(*layer)),
         Command::Token { uid, ttl, config } => token(uid, ttl, *config),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Backup { file, config } => backup(&file, *config),
+        Command::Restore { file, force, config } => restore(&file, force, *config),
         Command::Node { action, config } => runtime.block_on(node(action, *config)),
         Command::User { action, config } => runtime.block_on(user(action, *config)),
     };

@@ -42,12 +42,12 @@ fn unknown_config_keys_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
 }
 
-#[test]
-fn serve_with_no_setup_then_token_then_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `syncstead serve` in `dir` on an ephemeral port; returns the process and address.
+fn spawn_server(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     let mut child = bin()
         .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
-        .current_dir(dir.path())
+        .args(extra)
+        .current_dir(dir)
         .env_remove("SYNCSTEAD_MASTER_SECRET")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -60,6 +60,33 @@ fn serve_with_no_setup_then_token_then_sigterm() {
             break rest.trim().trim_start_matches("http://").to_string();
         }
     };
+    // Keep reading, so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+/// SIGTERM, then waits for a successful exit.
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut waited = 0;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 200, "server did not stop on SIGTERM");
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn serve_with_no_setup_then_token_then_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(dir.path(), &[]);
     // The default data directory holds the database and a private master secret.
     let secret = dir.path().join("syncstead-data/master-secret");
     assert!(secret.exists());
@@ -99,20 +126,7 @@ fn serve_with_no_setup_then_token_then_sigterm() {
     });
     assert_eq!(status, 200);
     // SIGTERM: a clean, successful exit.
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut waited = 0;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        waited += 1;
-        assert!(waited < 200, "server did not stop on SIGTERM");
-    };
-    assert!(status.success());
+    stop(child);
 }
 
 fn run_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
@@ -148,4 +162,80 @@ fn node_and_user_admin_commands() {
         .contains("0123456789abcdef0123456789abcdef"));
     assert!(run_in(d, &["user", "deny", "0123456789abcdef0123456789abcdef"]).0);
     assert!(!run_in(d, &["user", "deny", "0123456789abcdef0123456789abcdef"]).0);
+}
+
+fn storage(addr: &str, secret: &str, uid: u64) -> syncstead_client::StorageClient {
+    let node = format!("http://{addr}");
+    let creds = syncstead_proto::token::TokenSigner::new(secret).mint(&syncstead_proto::token::TokenPayload {
+        node: node.clone(),
+        fxa_kid: None,
+        fxa_uid: None,
+        hashed_device_id: None,
+        hashed_fxa_uid: None,
+        expires: (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600) as f64,
+        uid,
+        tokenserver_origin: None,
+        salt: syncstead_proto::token::random_salt(),
+    });
+    syncstead_client::StorageClient::new(reqwest::Client::new(), &format!("{node}/1.5/{uid}"), creds).unwrap()
+}
+
+/// A snapshot taken while the server runs restores into a fresh data directory with
+/// everything written before it and nothing written after it.
+#[test]
+fn backup_while_serving_then_restore_into_a_fresh_directory() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let old = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(old.path(), &[]);
+    let secret = std::fs::read_to_string(old.path().join("syncstead-data/master-secret")).unwrap();
+    let secret = secret.trim().to_string();
+    let client = storage(&addr, &secret, 7);
+    let put = |id: &str| {
+        let rb = client
+            .request(reqwest::Method::PUT, &format!("/storage/bookmarks/{id}"))
+            .unwrap();
+        rt.block_on(async {
+            rb.header("content-type", "application/json")
+                .body(format!("{{\"payload\":\"{id}\"}}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    for i in 0..50 {
+        assert_eq!(put(&format!("before{i}")), 200);
+    }
+    let snap = old.path().join("snap.db");
+    let (ok, text) = run_in(old.path(), &["backup", snap.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert_eq!(put("after"), 200);
+    let (ok, _) = run_in(old.path(), &["backup", snap.to_str().unwrap()]);
+    assert!(!ok, "an existing backup file is never overwritten");
+    stop(child);
+
+    let new = tempfile::tempdir().unwrap();
+    let (ok, text) = run_in(new.path(), &["restore", snap.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let (ok, text) = run_in(new.path(), &["restore", snap.to_str().unwrap()]);
+    assert!(!ok && text.contains("--force"), "{text}");
+    let junk = new.path().join("junk.db");
+    std::fs::write(&junk, b"not a database at all, just some bytes").unwrap();
+    assert!(!run_in(new.path(), &["restore", junk.to_str().unwrap(), "--force"]).0);
+
+    std::fs::write(new.path().join("syncstead-data/master-secret"), format!("{secret}\n")).unwrap();
+    let (child, addr) = spawn_server(new.path(), &[]);
+    let client = storage(&addr, &secret, 7);
+    let rb = client.request(reqwest::Method::GET, "/storage/bookmarks").unwrap();
+    let ids: Vec<String> = rt.block_on(async { rb.send().await.unwrap().json().await.unwrap() });
+    assert_eq!(ids.len(), 50);
+    assert!(ids.iter().all(|id| id.starts_with("before")));
+    stop(child);
 }
