@@ -1,0 +1,188 @@
+//! Crash safety: writers hammer a real `syncstead serve` process, which is killed with
+//! SIGKILL at a random moment; after a restart every acknowledged write is there, intact,
+//! and every POST is either wholly there or wholly absent.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+
+fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstead"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "error",
+        ])
+        .args(["--master-secret", "crash-secret"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("server starts").unwrap();
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+fn client(port: u16, uid: u64) -> syncstead_client::StorageClient {
+    let node = format!("http://127.0.0.1:{port}");
+    let creds = syncstead_proto::token::TokenSigner::new("crash-secret").mint(&syncstead_proto::token::TokenPayload {
+        node: node.clone(),
+        fxa_kid: None,
+        fxa_uid: None,
+        hashed_device_id: None,
+        hashed_fxa_uid: None,
+        expires: (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600) as f64,
+        uid,
+        tokenserver_origin: None,
+        salt: syncstead_proto::token::random_salt(),
+    });
+    syncstead_client::StorageClient::new(reqwest::Client::new(), &format!("{node}/1.5/{uid}"), creds).unwrap()
+}
+
+/// (collection, id) → payload of every acknowledged write; every POST as its list of ids.
+#[derive(Default)]
+struct Ledger {
+    acked: HashMap<(u64, String), String>,
+    posts: Vec<(u64, Vec<String>)>,
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let kills = 3;
+    for round in 0..kills {
+        let mut child = spawn(dir.path(), port);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for writer in 0..4u64 {
+            let (ledger, stop) = (ledger.clone(), stop.clone());
+            tasks.push(rt.spawn(async move {
+                let uid = 1 + writer;
+                let c = client(port, uid);
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let ids: Vec<String> = (0..20).map(|i| format!("r{round}w{writer}n{n}i{i}")).collect();
+                    let body: Vec<serde_json::Value> = ids
+                        .iter()
+                        .map(|id| serde_json::json!({"id": id, "payload": format!("payload of {id}")}))
+                        .collect();
+                    let rb = c.request(reqwest::Method::POST, "/storage/history").unwrap();
+                    let sent = rb
+                        .header("content-type", "application/json")
+                        .body(serde_json::to_string(&body).unwrap())
+                        .send()
+                        .await;
+                    let ok = matches!(&sent, Ok(r) if r.status() == 200);
+                    let mut l = ledger.lock().unwrap();
+                    l.posts.push((uid, ids.clone()));
+                    if ok {
+                        for id in ids {
+                            let payload = format!("payload of {id}");
+                            l.acked.insert((uid, id), payload);
+                        }
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(300..900)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            rt.block_on(t).unwrap();
+        }
+    }
+
+    // Restart cleanly, with no repair, and read everything back.
+    let mut child = spawn(dir.path(), port);
+    let ledger = ledger.lock().unwrap();
+    let mut stored: HashMap<(u64, String), String> = HashMap::new();
+    for uid in 1..=4u64 {
+        let c = client(port, uid);
+        let mut offset: Option<String> = None;
+        loop {
+            let mut path = "/storage/history?full=1&limit=1000".to_string();
+            if let Some(o) = &offset {
+                path.push_str(&format!("&offset={o}"));
+            }
+            let rb = c.request(reqwest::Method::GET, &path).unwrap();
+            let (items, next): (Vec<serde_json::Value>, Option<String>) = rt.block_on(async {
+                let r = rb.send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let next = r
+                    .headers()
+                    .get("x-weave-next-offset")
+                    .map(|v| v.to_str().unwrap().to_string());
+                (r.json().await.unwrap(), next)
+            });
+            for item in items {
+                stored.insert(
+                    (uid, item["id"].as_str().unwrap().to_string()),
+                    item["payload"].as_str().unwrap().to_string(),
+                );
+            }
+            offset = next;
+            if offset.is_none() {
+                break;
+            }
+        }
+    }
+    let lost: Vec<_> = ledger
+        .acked
+        .iter()
+        .filter(|(k, v)| stored.get(*k) != Some(*v))
+        .collect();
+    assert!(!ledger.acked.is_empty());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged records lost or changed",
+        lost.len(),
+        ledger.acked.len()
+    );
+    for (uid, ids) in &ledger.posts {
+        let present = ids
+            .iter()
+            .filter(|id| stored.contains_key(&(*uid, (*id).clone())))
+            .count();
+        assert!(
+            present == 0 || present == ids.len(),
+            "a POST is partly visible: {present} of {}",
+            ids.len()
+        );
+    }
+    eprintln!(
+        "kills: {kills}, acknowledged records checked: {}, lost: 0",
+        ledger.acked.len()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
