@@ -7,9 +7,11 @@ use async_trait::async_trait;
 use syncstead_proto::query::CollectionQuery;
 use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 
+pub mod accounts;
 pub mod sqlite;
 pub mod tokens;
 
+pub use accounts::{Account, AccountError};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use tokens::{Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate};
 
@@ -236,6 +238,29 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn purge_replaced(&self, node: &str, before_ms: i64) -> StoreResult<u64>;
 }
 
+/// Weave 1.1 accounts.
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    /// Creates an account unless the username is taken or `max_accounts` are reached.
+    async fn create_account(
+        &self,
+        username: &str,
+        email: &str,
+        password_hash: &str,
+        max_accounts: Option<u64>,
+    ) -> Result<Account, AccountError>;
+    async fn account(&self, username: &str) -> StoreResult<Option<Account>>;
+    async fn accounts(&self) -> StoreResult<Vec<Account>>;
+    /// Deletes the account and all of its stored data.
+    async fn delete_account(&self, username: &str) -> StoreResult<bool>;
+    /// Sets a new password hash and clears any pending reset code.
+    async fn set_password(&self, username: &str, password_hash: &str) -> StoreResult<bool>;
+    async fn set_email(&self, username: &str, email: &str) -> StoreResult<bool>;
+    async fn set_disabled(&self, username: &str, disabled: bool) -> StoreResult<bool>;
+    /// Stores (or with `None` clears) the hash of a password-reset code and its expiry (ms).
+    async fn set_reset_code(&self, username: &str, code: Option<(String, i64)>) -> StoreResult<bool>;
+}
+
 /// Everything a backend provides.
-pub trait Backend: Store + TokenStore {}
-impl<T: Store + TokenStore> Backend for T {}
+pub trait Backend: Store + TokenStore + AccountStore {}
+impl<T: Store + TokenStore + AccountStore> Backend for T {}

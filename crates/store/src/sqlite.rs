@@ -23,11 +23,13 @@ use crate::{
     UserId, WriteLimits, BATCH_LIFETIME_MS,
 };
 
+mod accounts;
 mod tokens;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_storage.sql")),
     (2, include_str!("../migrations/sqlite/0002_tokenserver.sql")),
+    (3, include_str!("../migrations/sqlite/0003_accounts.sql")),
 ];
 
 /// How hard SQLite pushes each commit to disk.
