@@ -193,6 +193,41 @@ pub struct ConfigLayer {
     /// `node_type` label in token responses [default: spanner, as Mozilla's server].
     #[arg(long, env = "SYNCSTEAD_NODE_TYPE", value_name = "LABEL")]
     pub node_type: Option<String>,
+
+    /// Who may create Weave 1.1 accounts through the User API: `open`, `secret` (requests
+    /// must carry X-Weave-Secret), `admin` (only `syncstead user add`) or `closed` [default: open].
+    #[arg(long, env = "SYNCSTEAD_REGISTRATION", value_name = "POLICY")]
+    pub registration: Option<String>,
+
+    /// The shared secret of `registration = "secret"`.
+    #[arg(long, env = "SYNCSTEAD_WEAVE_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub weave_secret: Option<String>,
+
+    /// Most Weave 1.1 accounts; 0 for no limit [default: 0].
+    #[arg(long, env = "SYNCSTEAD_MAX_ACCOUNTS", value_name = "N")]
+    pub max_accounts: Option<u64>,
+
+    /// Require the username to be the one derived from the e-mail, as clients derive it
+    /// [default: true].
+    #[arg(long, env = "SYNCSTEAD_STRICT_USERNAMES", value_name = "BOOL")]
+    pub strict_usernames: Option<bool>,
+
+    /// Argon2id memory cost in KiB for Weave 1.1 passwords [default: 19456].
+    #[arg(long, env = "SYNCSTEAD_ARGON2_MEMORY_KIB", value_name = "KIB")]
+    pub argon2_memory_kib: Option<u32>,
+
+    /// Argon2id iterations [default: 2].
+    #[arg(long, env = "SYNCSTEAD_ARGON2_ITERATIONS", value_name = "N")]
+    pub argon2_iterations: Option<u32>,
+}
+
+/// Who may create Weave 1.1 accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Open,
+    Secret,
+    Admin,
+    Closed,
 }
 
 macro_rules! merge_fields {
@@ -350,6 +385,12 @@ pub struct Settings {
     pub token_duration: u64,
     pub node_capacity: i64,
     pub node_type: String,
+    pub registration: Registration,
+    pub weave_secret: Option<String>,
+    pub max_accounts: Option<u64>,
+    pub strict_usernames: bool,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,6 +466,18 @@ impl Settings {
             ));
         }
         let public_url = layer.public_url.as_deref().map(PublicUrl::parse).transpose()?;
+        let registration = match layer.registration.as_deref().unwrap_or("open") {
+            "open" => Registration::Open,
+            "secret" => Registration::Secret,
+            "admin" => Registration::Admin,
+            "closed" => Registration::Closed,
+            other => {
+                return Err(ConfigError::Invalid(
+                    "registration",
+                    format!("{other:?} is not open, secret, admin or closed"),
+                ))
+            }
+        };
         let timeout_seconds = layer.oauth_timeout_seconds.unwrap_or(10).max(1);
         let oauth = match layer.oauth_verification.as_deref().unwrap_or("local") {
             "local" => OAuthSettings::Local {
@@ -486,6 +539,12 @@ impl Settings {
             token_duration: layer.token_duration.unwrap_or(3600).max(1),
             node_capacity: layer.node_capacity.unwrap_or(100_000).max(1),
             node_type: layer.node_type.unwrap_or_else(|| "spanner".into()),
+            registration,
+            weave_secret: layer.weave_secret.filter(|s| !s.is_empty()),
+            max_accounts: layer.max_accounts.filter(|n| *n > 0),
+            strict_usernames: layer.strict_usernames.unwrap_or(true),
+            argon2_memory_kib: layer.argon2_memory_kib.unwrap_or(19_456),
+            argon2_iterations: layer.argon2_iterations.unwrap_or(2),
         })
     }
 

@@ -15,6 +15,9 @@ pub enum ApiError {
     BadRequest(u8),
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// Weave 1.1 HTTP Basic failure (U10-012, S11-012).
+    #[error("basic authentication failed")]
+    BasicUnauthorized,
     #[error("over quota")]
     OverQuota,
     #[error("not acceptable")]
@@ -85,6 +88,14 @@ impl IntoResponse for ApiError {
                 let mut r = json_code(StatusCode::UNAUTHORIZED, respcode::NONE);
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
+                r
+            }
+            ApiError::BasicUnauthorized => {
+                let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"Sync\""),
+                );
                 r
             }
             ApiError::OverQuota => json_code(StatusCode::FORBIDDEN, respcode::OVER_QUOTA),

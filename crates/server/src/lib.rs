@@ -7,8 +7,10 @@ pub mod error;
 pub mod headers;
 pub mod oauth;
 mod ops;
+pub mod passwords;
 pub mod storage15;
 pub mod tokenserver;
+pub mod user_api;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Router, ServiceExt};
 use syncstead_proto::token::TokenSigner;
 use syncstead_proto::SyncTimestamp;
-use syncstead_store::{Backend, NewUserPolicy, SqliteOptions, SqliteStore, Store, TokenStore};
+use syncstead_store::{AccountStore, Backend, NewUserPolicy, SqliteOptions, SqliteStore, Store, TokenStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::Layer;
@@ -58,6 +60,9 @@ pub struct Runtime {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub token_store: Arc<dyn TokenStore>,
+    pub accounts: Arc<dyn AccountStore>,
+    /// Weave 1.1 password checking.
+    pub weave: Arc<user_api::WeaveAuth>,
     pub settings: Arc<Settings>,
     pub hawk: Arc<HawkVerifier>,
     pub runtime: Arc<Runtime>,
@@ -110,9 +115,12 @@ impl AppState {
         } else {
             None
         };
+        let hasher = passwords::Hasher::new(settings.argon2_memory_kib, settings.argon2_iterations);
         Ok(AppState {
             store: backend.clone(),
-            token_store: backend,
+            token_store: backend.clone(),
+            accounts: backend,
+            weave: Arc::new(user_api::WeaveAuth::new(hasher)),
             settings: Arc::new(settings),
             hawk: Arc::new(hawk),
             runtime: Arc::new(runtime),
@@ -198,7 +206,7 @@ fn cors() -> tower_http::cors::CorsLayer {
 
 /// The whole HTTP application, before path-prefix handling.
 pub fn router(state: AppState) -> Router {
-    let mut app = Router::new().merge(ops::router());
+    let mut app = Router::new().merge(ops::router()).merge(user_api::router());
     if state.settings.storage_node {
         app = app.merge(storage15::router());
     }

@@ -30,6 +30,9 @@ impl TestServer {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             data_dir: Some(dir.path().to_path_buf()),
             master_secret: Some(SECRET.into()),
+            // Cheap Argon2 keeps debug-build tests fast; the cost does not change behaviour.
+            argon2_memory_kib: Some(64),
+            argon2_iterations: Some(1),
             ..Default::default()
         };
         configure(&mut layer);

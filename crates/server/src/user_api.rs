@@ -1,0 +1,348 @@
+//! User API 1.0 (`/user/1.0/<username>/…`), as specified in `shared/spec/user-api-1.0.md`:
+//! legacy account creation, password and e-mail changes, and node assignment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use syncstead_proto::respcode;
+use syncstead_proto::username::username_for_account;
+use syncstead_store::{Account, AccountError};
+
+use crate::config::Registration;
+use crate::error::ApiError;
+use crate::passwords::{basic_credentials, strong_enough, throttle_keys, valid_email, Hasher, Throttle, VerifiedCache};
+use crate::AppState;
+
+/// Password checking shared by the User API and Storage 1.1.
+pub struct WeaveAuth {
+    pub hasher: Hasher,
+    pub verified: VerifiedCache,
+    pub throttle: Throttle,
+    /// Verified against when the user does not exist, so that a wrong username costs as
+    /// much time as a wrong password.
+    dummy_hash: String,
+}
+
+impl WeaveAuth {
+    pub fn new(hasher: Hasher) -> Self {
+        let dummy_hash = hasher.hash("not a password anyone has");
+        WeaveAuth {
+            hasher,
+            verified: VerifiedCache::new(Duration::from_secs(600)),
+            throttle: Throttle::new(
+                5,
+                Duration::from_secs(900),
+                Duration::from_secs(30),
+                Duration::from_secs(900),
+            ),
+            dummy_hash,
+        }
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/user/{version}/{username}",
+            get(exists).put(create).delete(delete_account),
+        )
+        .route("/user/{version}/{username}/node/weave", get(node))
+        .route("/user/{version}/{username}/password", post(change_password))
+        .route("/user/{version}/{username}/email", post(change_email))
+        .route(
+            "/user/{version}/{username}/password_reset",
+            get(request_reset).delete(clear_reset),
+        )
+        .route("/misc/{version}/captcha_html", get(captcha).post(captcha))
+}
+
+fn text(body: impl Into<String>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// U10-001: the version segment is `1.0` or `1`; usernames are `[a-zA-Z0-9._-]+`.
+fn check_path(version: &str, username: &str) -> Result<(), ApiError> {
+    let ok_name = !username.is_empty()
+        && username.len() <= 100
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if !matches!(version, "1.0" | "1") || !ok_name {
+        return Err(ApiError::NotFound);
+    }
+    Ok(())
+}
+
+/// HTTP Basic for `username` (U10-012, S11-010…S11-013), throttled per username and
+/// per client address.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    username: &str,
+    addr: Option<SocketAddr>,
+) -> Result<Account, ApiError> {
+    let auth = &state.weave;
+    let keys = throttle_keys(username, addr.map(|a| a.ip()));
+    if let Some(wait) = keys.iter().filter_map(|k| auth.throttle.locked(k)).max() {
+        return Err(ApiError::Unavailable { retry_after: wait });
+    }
+    let fail = |why: &'static str| {
+        for k in &keys {
+            auth.throttle.failure(k);
+        }
+        tracing::info!(why, "basic authentication failed");
+        ApiError::BasicUnauthorized
+    };
+    let Some((user, password)) = basic_credentials(headers) else {
+        return Err(ApiError::BasicUnauthorized);
+    };
+    // The Basic user is the URL username, or an e-mail address that derives to it (S11-011).
+    if user != username && username_for_account(&user) != username {
+        return Err(fail("user does not match the path"));
+    }
+    let account = state.accounts.account(username).await?;
+    let (hash, usable) = match &account {
+        Some(a) => (a.password_hash.clone(), !a.disabled),
+        None => (auth.dummy_hash.clone(), false),
+    };
+    let verified = if usable && auth.verified.contains(username, &hash, &password) {
+        true
+    } else {
+        let weave = state.weave.clone();
+        let (h, p) = (hash.clone(), password.clone());
+        let ok = tokio::task::spawn_blocking(move || weave.hasher.verify(&p, &h))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        ok && usable
+    };
+    match account {
+        Some(a) if verified => {
+            auth.verified.insert(username, &hash, &password);
+            for k in &keys {
+                auth.throttle.success(k);
+            }
+            Ok(a)
+        }
+        _ => Err(fail("wrong password, unknown or disabled account")),
+    }
+}
+
+async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
+    let weave = state.weave.clone();
+    tokio::task::spawn_blocking(move || weave.hasher.hash(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// U10-020: `1` if the username is taken, `0` if free.
+async fn exists(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    let taken = state.accounts.account(&username).await?.is_some();
+    Ok(text(if taken { "1" } else { "0" }))
+}
+
+/// U10-030: the checks in order, then the account.
+async fn create(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    let settings = &state.settings;
+    if matches!(settings.registration, Registration::Closed | Registration::Admin) {
+        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE));
+    }
+    if state.accounts.account(&username).await?.is_some() {
+        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE));
+    }
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE));
+    };
+    let email = fields
+        .get("email")
+        .or_else(|| fields.get("e-mail"))
+        .and_then(Value::as_str)
+        .filter(|e| valid_email(e))
+        .ok_or(ApiError::BadRequest(respcode::NO_EMAIL))?;
+    if settings.strict_usernames && username_for_account(email) != username {
+        return Err(ApiError::BadRequest(respcode::EMAIL_MISMATCH));
+    }
+    let password = fields
+        .get("password")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .ok_or(ApiError::BadRequest(respcode::MISSING_PASSWORD))?;
+    if !strong_enough(password, &username) {
+        return Err(ApiError::BadRequest(respcode::WEAK_PASSWORD));
+    }
+    // U10-090: the shared secret stands in for a CAPTCHA (which this server does not offer).
+    if settings.registration == Registration::Secret {
+        let given = headers.get("x-weave-secret").map(|v| v.as_bytes()).unwrap_or(b"");
+        let expected = settings.weave_secret.as_deref().unwrap_or("").as_bytes();
+        if expected.is_empty() || !bool::from(given.ct_eq(expected)) {
+            return Err(ApiError::BadRequest(respcode::INVALID_CAPTCHA));
+        }
+    }
+    let hash = hash_password(&state, password.to_string()).await?;
+    match state
+        .accounts
+        .create_account(&username, email, &hash, settings.max_accounts)
+        .await
+    {
+        Ok(_) => Ok(text(username)),
+        Err(AccountError::Exists) | Err(AccountError::Full) => Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE)),
+        Err(AccountError::Store(e)) => Err(ApiError::Unavailable { retry_after: 60 }).inspect_err(|_| {
+            tracing::error!(error = %e, "account creation failed");
+        }),
+    }
+}
+
+/// U10-040: deletes the account and everything it stored.
+async fn delete_account(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    authenticate(&state, &headers, &username, Some(addr)).await?;
+    state.accounts.delete_account(&username).await?;
+    state.weave.verified.forget(&username);
+    Ok(text("0"))
+}
+
+/// U10-050/051: this server's own URL, ending with `/`.
+async fn node(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    if state.accounts.account(&username).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(text(format!("{}/", state.public_base)))
+}
+
+fn utf8_body(body: &Bytes) -> Result<String, ApiError> {
+    String::from_utf8(body.to_vec()).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))
+}
+
+/// U10-063…066: the body is the new password; Basic auth or a reset code authorises it.
+async fn change_password(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    if let Some(code) = headers.get("x-weave-password-reset") {
+        let account = state.accounts.account(&username).await?.ok_or(ApiError::NotFound)?;
+        if !reset_code_matches(&account, code.as_bytes()) {
+            for k in throttle_keys(&username, Some(addr.ip())) {
+                state.weave.throttle.failure(&k);
+            }
+            return Err(ApiError::BadRequest(respcode::INVALID_RESET_CODE));
+        }
+    } else {
+        authenticate(&state, &headers, &username, Some(addr)).await?;
+    }
+    let password = utf8_body(&body)?;
+    if password.is_empty() {
+        return Err(ApiError::BadRequest(respcode::MISSING_PASSWORD));
+    }
+    if !strong_enough(&password, &username) {
+        return Err(ApiError::BadRequest(respcode::WEAK_PASSWORD));
+    }
+    let hash = hash_password(&state, password).await?;
+    state.accounts.set_password(&username, &hash).await?;
+    state.weave.verified.forget(&username);
+    Ok(text("success"))
+}
+
+/// The reset code is stored hashed; it is single-use and expires.
+pub fn reset_code_hash(code: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(&syncstead_proto::token::sha256(code))
+}
+
+fn reset_code_matches(account: &Account, code: &[u8]) -> bool {
+    let now = syncstead_proto::SyncTimestamp::now().as_millis();
+    match &account.reset {
+        Some((hash, expires)) if *expires > now => bool::from(reset_code_hash(code).as_bytes().ct_eq(hash.as_bytes())),
+        _ => false,
+    }
+}
+
+/// U10-070: the body is the new address.
+async fn change_email(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    authenticate(&state, &headers, &username, Some(addr)).await?;
+    let email = utf8_body(&body)?.trim().to_string();
+    if !valid_email(&email) {
+        return Err(ApiError::BadRequest(respcode::NO_EMAIL));
+    }
+    state.accounts.set_email(&username, &email).await?;
+    Ok(text(email))
+}
+
+/// U10-060/061: without a mail server the reset mail cannot be sent: 503, and the
+/// operator issues a code with `syncstead user reset-code`.
+async fn request_reset(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    let account = state
+        .accounts
+        .account(&username)
+        .await?
+        .ok_or(ApiError::BadRequest(respcode::INVALID_USERNAME))?;
+    if !valid_email(&account.email) {
+        return Err(ApiError::BadRequest(respcode::NO_EMAIL));
+    }
+    Err(ApiError::Unavailable { retry_after: 3600 })
+}
+
+/// U10-062.
+async fn clear_reset(
+    State(state): State<AppState>,
+    Path((version, username)): Path<(String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_path(&version, &username)?;
+    authenticate(&state, &headers, &username, Some(addr)).await?;
+    state.accounts.set_reset_code(&username, None).await?;
+    Ok(text("success"))
+}
+
+/// U10-080: no CAPTCHA is configured.
+async fn captcha(Path(version): Path<String>) -> Result<Response, ApiError> {
+    let _ = version;
+    Ok((StatusCode::NOT_FOUND, text("")).into_response())
+}
