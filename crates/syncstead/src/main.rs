@@ -101,12 +101,32 @@ enum NodeAction {
 
 #[derive(Subcommand)]
 enum UserAction {
+    /// Create a Weave 1.1 account (Pale Moon, Basilisk) for an e-mail address; the
+    /// password is prompted for, or read from standard input when it is not a terminal.
+    Add {
+        email: String,
+        /// Use this username instead of the one clients derive from the e-mail
+        /// (only with strict_usernames = false).
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Set a new password for a Weave 1.1 account (username or e-mail).
+    Passwd { account: String },
+    /// Delete a Weave 1.1 account and all of its data.
+    Delete { account: String },
+    /// Stop a Weave 1.1 account from signing in (its data stays).
+    Disable { account: String },
+    /// Let a disabled Weave 1.1 account sign in again.
+    Enable { account: String },
+    /// Issue a one-time password-reset code for a Weave 1.1 account (valid 24 hours), for
+    /// servers without a mail server: the user sends it as X-Weave-Password-Reset.
+    ResetCode { account: String },
     /// Let a Mozilla account (its uid, as logged when it was refused) sign up while
     /// `allow_new_users` is false.
     Allow { fxa_uid: String },
     /// Take an account off the allow list.
     Deny { fxa_uid: String },
-    /// List the allow list and the users with their uid and node.
+    /// List Weave 1.1 accounts, the token server's allow list, and its users.
     List,
 }
 
@@ -300,10 +320,98 @@ async fn node(action: NodeAction, layer: ConfigLayer) -> Result<(), String> {
     Ok(())
 }
 
+/// A password from the terminal (without echo, twice) or from standard input.
+fn read_password() -> Result<String, String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.len() < 8 {
+        return Err("a password needs at least 8 bytes".into());
+    }
+    Ok(password)
+}
+
+/// An account named by its username or by the e-mail address it derives from.
+fn account_name(account: &str) -> String {
+    syncstead_proto::username::username_for_account(account)
+}
+
 async fn user(action: UserAction, layer: ConfigLayer) -> Result<(), String> {
+    let settings = load_settings(layer.clone())?;
+    let hasher = syncstead_server::passwords::Hasher::new(settings.argon2_memory_kib, settings.argon2_iterations);
     let store = open_backend(layer).await?;
     let e = |e: syncstead_store::StoreError| e.to_string();
+    let missing = |name: &str| format!("no Weave 1.1 account {name}");
     match action {
+        UserAction::Add { email, username } => {
+            if !syncstead_server::passwords::valid_email(&email) {
+                return Err(format!("{email:?} is not an e-mail address"));
+            }
+            let name = match username {
+                Some(u) if settings.strict_usernames => {
+                    return Err(format!("--username {u} needs strict_usernames = false"));
+                }
+                Some(u) => u,
+                None => account_name(&email),
+            };
+            let hash = hasher.hash(&read_password()?);
+            store
+                .create_account(&name, &email, &hash, settings.max_accounts)
+                .await
+                .map_err(|err| format!("cannot create {name}: {err}"))?;
+            println!("created {name} for {email}");
+        }
+        UserAction::Passwd { account } => {
+            let name = account_name(&account);
+            let hash = hasher.hash(&read_password()?);
+            if !store.set_password(&name, &hash).await.map_err(e)? {
+                return Err(missing(&name));
+            }
+            println!("password of {name} changed");
+        }
+        UserAction::Delete { account } => {
+            let name = account_name(&account);
+            if !store.delete_account(&name).await.map_err(e)? {
+                return Err(missing(&name));
+            }
+            println!("deleted {name} and its data");
+        }
+        UserAction::Disable { account } => {
+            let name = account_name(&account);
+            if !store.set_disabled(&name, true).await.map_err(e)? {
+                return Err(missing(&name));
+            }
+            println!("disabled {name}");
+        }
+        UserAction::Enable { account } => {
+            let name = account_name(&account);
+            if !store.set_disabled(&name, false).await.map_err(e)? {
+                return Err(missing(&name));
+            }
+            println!("enabled {name}");
+        }
+        UserAction::ResetCode { account } => {
+            let name = account_name(&account);
+            let mut bytes = [0u8; 12];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            let code = data_encoding::BASE32_NOPAD.encode(&bytes);
+            let expires = syncstead_proto::SyncTimestamp::now().as_millis() + 24 * 3600 * 1000;
+            let hash = syncstead_server::user_api::reset_code_hash(code.as_bytes());
+            if !store.set_reset_code(&name, Some((hash, expires))).await.map_err(e)? {
+                return Err(missing(&name));
+            }
+            println!("{code}");
+        }
         UserAction::Allow { fxa_uid } => {
             store.allow_account(&fxa_uid, true).await.map_err(e)?;
             println!("allowed {fxa_uid}");
@@ -315,7 +423,16 @@ async fn user(action: UserAction, layer: ConfigLayer) -> Result<(), String> {
             println!("removed {fxa_uid} from the allow list");
         }
         UserAction::List => {
-            println!("allow list:");
+            println!("Weave 1.1 accounts (username, e-mail, state):");
+            for a in store.accounts().await.map_err(e)? {
+                println!(
+                    "  {} {} {}",
+                    a.username,
+                    a.email,
+                    if a.disabled { "disabled" } else { "active" }
+                );
+            }
+            println!("token server allow list:");
             for a in store.allowed_accounts().await.map_err(e)? {
                 println!("  {a}");
             }

@@ -239,3 +239,90 @@ fn backup_while_serving_then_restore_into_a_fresh_directory() {
     assert!(ids.iter().all(|id| id.starts_with("before")));
     stop(child);
 }
+
+fn run_with_stdin(dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `syncstead user add|passwd|disable|enable|reset-code|delete` for Weave 1.1 accounts,
+/// checked against the User API of a running server.
+#[test]
+fn weave_account_admin_commands() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cheap = ["--argon2-memory-kib", "64", "--argon2-iterations", "1"];
+    let (child, addr) = spawn_server(d, &cheap);
+    // Settings go between `user` and the action.
+    let with = |args: &[&str]| -> Vec<String> {
+        std::iter::once(&args[0])
+            .chain(cheap.iter())
+            .chain(&args[1..])
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |args: &[&str], stdin: &str| {
+        let args = with(args);
+        run_with_stdin(d, &args.iter().map(String::as_str).collect::<Vec<_>>(), stdin)
+    };
+    let user = "kismw365lo7emoxr3ohojgpild6lph4b";
+    assert!(run(&["user", "add", "john@example.com"], "first password\n").0);
+    assert!(
+        !run(&["user", "add", "john@example.com"], "first password\n").0,
+        "exists"
+    );
+    assert!(!run(&["user", "add", "not an address"], "first password\n").0);
+    assert!(!run(&["user", "add", "x@example.com"], "short\n").0, "weak password");
+    let delete_reset = |password: &str| {
+        let url = format!("http://{addr}/user/1.0/{user}/password_reset");
+        let auth = format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes())
+        );
+        rt.block_on(async {
+            reqwest::Client::new()
+                .delete(url)
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    assert_eq!(delete_reset("first password"), 200);
+    assert!(run(&["user", "passwd", "john@example.com"], "second password\n").0);
+    assert_eq!(delete_reset("second password"), 200);
+    assert!(run(&["user", "disable", user], "").0);
+    assert_eq!(delete_reset("second password"), 401);
+    assert!(run(&["user", "enable", user], "").0);
+    assert_eq!(delete_reset("second password"), 200);
+    let (ok, code) = run(&["user", "reset-code", user], "");
+    assert!(ok && code.trim().len() >= 16, "{code}");
+    let (_, list) = run(&["user", "list"], "");
+    assert!(
+        list.contains(user) && list.contains("john@example.com") && list.contains("active"),
+        "{list}"
+    );
+    assert!(run(&["user", "delete", "john@example.com"], "").0);
+    assert!(!run(&["user", "delete", "john@example.com"], "").0);
+    stop(child);
+}
