@@ -10,6 +10,7 @@ pub mod timestamp;
 pub mod token;
 pub mod tokenserver;
 pub mod username;
+pub mod wbo;
 
 pub use bso::{Bso, BsoInput};
 pub use timestamp::SyncTimestamp;

@@ -8,6 +8,7 @@ pub mod headers;
 pub mod oauth;
 mod ops;
 pub mod passwords;
+pub mod storage11;
 pub mod storage15;
 pub mod tokenserver;
 pub mod user_api;
@@ -25,7 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Router, ServiceExt};
 use syncstead_proto::token::TokenSigner;
 use syncstead_proto::SyncTimestamp;
-use syncstead_store::{AccountStore, Backend, NewUserPolicy, SqliteOptions, SqliteStore, Store, TokenStore};
+use syncstead_store::{
+    AccountStore, Backend, LegacyStore, NewUserPolicy, SqliteOptions, SqliteStore, Store, TokenStore,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::Layer;
@@ -61,6 +64,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub token_store: Arc<dyn TokenStore>,
     pub accounts: Arc<dyn AccountStore>,
+    pub legacy: Arc<dyn LegacyStore>,
     /// Weave 1.1 password checking.
     pub weave: Arc<user_api::WeaveAuth>,
     pub settings: Arc<Settings>,
@@ -119,7 +123,8 @@ impl AppState {
         Ok(AppState {
             store: backend.clone(),
             token_store: backend.clone(),
-            accounts: backend,
+            accounts: backend.clone(),
+            legacy: backend,
             weave: Arc::new(user_api::WeaveAuth::new(hasher)),
             settings: Arc::new(settings),
             hawk: Arc::new(hawk),
@@ -213,6 +218,9 @@ pub fn router(state: AppState) -> Router {
     if state.tokens.is_some() {
         app = app.merge(tokenserver::router());
     }
+    for prefix in storage11::PREFIXES {
+        app = app.merge(storage11::router(prefix));
+    }
     app.fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(state.clone(), weave_middleware))
         .layer(cors())
@@ -255,7 +263,13 @@ async fn weave_middleware(State(state): State<AppState>, mut req: Request, next:
             .and_then(|v| v.to_str().ok())
             .and_then(|v| SyncTimestamp::parse_seconds(v).ok())
             .unwrap_or_default();
-        let ts = arrival.max(last_modified);
+        // A handler may already have set it to its write time (Storage 1.1).
+        let written = headers
+            .get(X_WEAVE_TIMESTAMP)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| SyncTimestamp::parse_seconds(v).ok())
+            .unwrap_or_default();
+        let ts = arrival.max(last_modified).max(written);
         headers.insert(
             X_WEAVE_TIMESTAMP,
             HeaderValue::from_str(&ts.to_string()).expect("ASCII"),
@@ -292,7 +306,19 @@ async fn strip_prefix(State(prefix): State<Arc<str>>, mut req: Request, next: Ne
         req.extensions_mut().insert(original);
     }
     let path = req.uri().path();
-    if let Some(rest) = path.strip_prefix(&*prefix).filter(|r| r.starts_with('/')) {
+    let rest = path
+        .strip_prefix(&*prefix)
+        .filter(|r| r.starts_with('/'))
+        .unwrap_or(path);
+    // Storage 1.1 ignores a trailing slash (S11-003); 1.5 answers it with 404.
+    let legacy = storage11::PREFIXES.iter().any(|p| rest.starts_with(&format!("/{p}/")));
+    let trimmed = if legacy && rest.len() > 1 {
+        rest.trim_end_matches('/')
+    } else {
+        rest
+    };
+    if trimmed.len() != path.len() {
+        let rest = trimmed;
         let mut pq = rest.to_string();
         if let Some(q) = req.uri().query() {
             pq.push('?');

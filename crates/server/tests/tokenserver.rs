@@ -471,8 +471,8 @@ async fn t10_070_t10_072_two_storage_nodes_behind_one_token_server() {
     };
     let u = storage_client(home, first);
     assert_eq!(u.put("/storage/tabs/x", json!({"payload": "p"})).await.status, 200);
-    // Storage nodes are not token servers.
-    assert_eq!(get_token(&node_a, "/1.0/sync/1.5", None, &[]).await.status, 404);
+    // Storage nodes are not token servers: the path only takes Storage 1.1's DELETE there.
+    assert_eq!(get_token(&node_a, "/1.0/sync/1.5", None, &[]).await.status, 405);
 
     // Node A goes down: its users are reassigned to B with a fresh uid.
     store

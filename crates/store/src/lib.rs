@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use syncstead_proto::query::CollectionQuery;
+use syncstead_proto::wbo::{Wbo, WboInput, WboQuery};
 use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 
 pub mod accounts;
@@ -261,6 +262,42 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn set_reset_code(&self, username: &str, code: Option<(String, i64)>) -> StoreResult<bool>;
 }
 
+/// Live count, live payload bytes and last-modified (max `modified`, expired included,
+/// S11-033) of one 1.1 collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WboCollection {
+    pub name: String,
+    pub modified: SyncTimestamp,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Storage 1.1 (storage-1.1.md): last writer wins, a collection's time is its newest
+/// item, only payload writes move `modified`.
+#[async_trait]
+pub trait LegacyStore: Send + Sync + 'static {
+    async fn wbo_collections(&self, user: UserId) -> StoreResult<Vec<WboCollection>>;
+    async fn wbo_get(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<Vec<Wbo>>;
+    async fn wbo_get_one(&self, user: UserId, collection: &str, id: &str) -> StoreResult<Option<Wbo>>;
+    /// Writes the WBOs at one time T, unless the collection changed after
+    /// `if_unmodified_since` (S11-072). Returns T and the `modified` of each WBO after the write.
+    async fn wbo_put(
+        &self,
+        user: UserId,
+        collection: &str,
+        wbos: Vec<WboInput>,
+        if_unmodified_since: Option<SyncTimestamp>,
+    ) -> StoreResult<(SyncTimestamp, Vec<SyncTimestamp>)>;
+    /// Deletes the WBOs the selectors name (all, without selectors).
+    async fn wbo_delete(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &WboQuery,
+        if_unmodified_since: Option<SyncTimestamp>,
+    ) -> StoreResult<SyncTimestamp>;
+}
+
 /// Everything a backend provides.
-pub trait Backend: Store + TokenStore + AccountStore {}
-impl<T: Store + TokenStore + AccountStore> Backend for T {}
+pub trait Backend: Store + TokenStore + AccountStore + LegacyStore {}
+impl<T: Store + TokenStore + AccountStore + LegacyStore> Backend for T {}

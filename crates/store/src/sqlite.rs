@@ -24,6 +24,7 @@ use crate::{
 };
 
 mod accounts;
+mod legacy;
 mod tokens;
 
 const MIGRATIONS: &[(i64, &str)] = &[

@@ -1,0 +1,436 @@
+//! Storage 1.1 (`/1.1/<username>/…`, also `/1.0/` and `/1/`) with HTTP Basic auth, as
+//! specified in `shared/spec/storage-1.1.md`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::Router;
+use serde_json::{json, Value};
+use syncstead_proto::names::is_valid_collection;
+use syncstead_proto::respcode;
+use syncstead_proto::wbo::{parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
+use syncstead_proto::SyncTimestamp;
+use syncstead_store::{Precondition, UserId};
+
+use crate::error::ApiError;
+use crate::headers::{X_IF_UNMODIFIED_SINCE, X_WEAVE_RECORDS, X_WEAVE_TIMESTAMP};
+use crate::user_api::authenticate;
+use crate::AppState;
+
+pub const PREFIXES: [&str; 3] = ["1.1", "1.0", "1"];
+
+/// The routes under one API prefix. The three-segment path is shared with the token server
+/// under `/1.0/` (GET there is the token server's; DELETE here is "delete all storage").
+pub fn router(prefix: &str) -> Router<AppState> {
+    Router::new()
+        .route(&format!("/{prefix}/{{application}}/{{version}}"), delete(delete_all))
+        .route(&format!("/{prefix}/{{username}}/info/{{what}}"), get(info))
+        .route(
+            &format!("/{prefix}/{{username}}/storage/{{collection}}"),
+            get(get_collection)
+                .post(post_collection)
+                .put(post_collection)
+                .delete(delete_collection),
+        )
+        .route(
+            &format!("/{prefix}/{{username}}/storage/{{collection}}/{{id}}"),
+            get(get_item).put(put_item).delete(delete_item),
+        )
+}
+
+fn json_body(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+/// S11-031: the write time, so the header never runs ahead of or behind the records.
+fn at(mut r: Response, t: SyncTimestamp) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&t.to_string()) {
+        r.headers_mut().insert(X_WEAVE_TIMESTAMP, v);
+    }
+    r
+}
+
+async fn user(state: &AppState, headers: &HeaderMap, username: &str, addr: SocketAddr) -> Result<UserId, ApiError> {
+    Ok(authenticate(state, headers, username, Some(addr)).await?.bucket())
+}
+
+fn collection(name: &str) -> Result<(), ApiError> {
+    if is_valid_collection(name) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(respcode::INVALID_COLLECTION))
+    }
+}
+
+fn unmodified_since(headers: &HeaderMap) -> Result<Option<SyncTimestamp>, ApiError> {
+    match headers.get(X_IF_UNMODIFIED_SINCE) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| SyncTimestamp::parse_seconds(s).ok())
+            .map(Some)
+            .ok_or(ApiError::BadRequest(respcode::NONE)),
+    }
+}
+
+async fn info(
+    State(state): State<AppState>,
+    Path((username, what)): Path<(String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !matches!(
+        what.as_str(),
+        "collections" | "collection_counts" | "collection_usage" | "quota"
+    ) {
+        return Err(ApiError::NotFound);
+    }
+    let bucket = user(&state, &headers, &username, addr).await?;
+    let colls = state.legacy.wbo_collections(bucket).await?;
+    if what == "quota" {
+        let used: u64 = colls.iter().map(|c| c.bytes).sum();
+        let quota = state.settings.quota_bytes.map(|q| q as f64 / 1024.0);
+        return Ok(json_body(
+            StatusCode::OK,
+            json!([used as f64 / 1024.0, quota]).to_string(),
+        ));
+    }
+    let map: serde_json::Map<String, Value> = colls
+        .into_iter()
+        .filter(|c| what == "collections" || c.count > 0)
+        .map(|c| {
+            let v = match what.as_str() {
+                "collections" => serde_json::to_value(c.modified).unwrap_or_default(),
+                "collection_counts" => json!(c.count),
+                _ => json!(c.bytes as f64 / 1024.0),
+            };
+            (c.name, v)
+        })
+        .collect();
+    let n = map.len();
+    // Timestamps must keep two decimals: render them by hand rather than through Value.
+    let body = if what == "collections" {
+        let parts: Vec<String> = map
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}:{:.2}",
+                    serde_json::to_string(k).unwrap_or_default(),
+                    v.as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        format!("{{{}}}", parts.join(","))
+    } else {
+        Value::Object(map).to_string()
+    };
+    let mut r = json_body(StatusCode::OK, body);
+    r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(n));
+    Ok(r)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Newlines,
+    Whoisi,
+}
+
+/// S11-053: by the client's q-values; on a tie whoisi wins; anything else is JSON.
+fn format(headers: &HeaderMap) -> Format {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Format::Json;
+    };
+    let mut best: Option<(f32, u8, Format)> = None;
+    for part in accept.split(',') {
+        let mut pieces = part.split(';');
+        let media = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = pieces
+            .filter_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.trim().parse::<f32>().ok()))
+            .next()
+            .unwrap_or(1.0);
+        let (rank, f) = match media.as_str() {
+            "application/whoisi" => (3, Format::Whoisi),
+            "application/newlines" => (2, Format::Newlines),
+            "application/json" => (1, Format::Json),
+            _ => continue,
+        };
+        if best.is_none_or(|(bq, br, _)| q > bq || (q == bq && rank > br)) {
+            best = Some((q, rank, f));
+        }
+    }
+    best.map_or(Format::Json, |(_, _, f)| f)
+}
+
+fn render(items: &[Value], format: Format) -> (Vec<u8>, &'static str) {
+    match format {
+        Format::Json => (serde_json::to_vec(items).unwrap_or_default(), "application/json"),
+        Format::Newlines => {
+            let mut out = Vec::new();
+            for item in items {
+                out.extend_from_slice(item.to_string().as_bytes());
+                out.push(b'\n');
+            }
+            (out, "application/newlines")
+        }
+        Format::Whoisi => {
+            let mut out = Vec::new();
+            for item in items {
+                let text = item.to_string();
+                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+            (out, "application/whoisi")
+        }
+    }
+}
+
+async fn get_collection(
+    State(state): State<AppState>,
+    Path((username, coll)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    collection(&coll)?;
+    let bucket = user(&state, &headers, &username, addr).await?;
+    let q = WboQuery::parse(query.as_deref().unwrap_or("")).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
+    let wbos = state.legacy.wbo_get(bucket, &coll, &q).await?;
+    let n = wbos.len();
+    let fmt = format(&headers);
+    let (body, content_type) = if q.full {
+        // serde_json::Value would drop the trailing zeros of timestamps: write each WBO as text.
+        match fmt {
+            Format::Json => {
+                let parts: Vec<String> = wbos
+                    .iter()
+                    .map(|w| serde_json::to_string(w).unwrap_or_default())
+                    .collect();
+                (format!("[{}]", parts.join(",")).into_bytes(), "application/json")
+            }
+            _ => {
+                let mut out = Vec::new();
+                for w in &wbos {
+                    let text = serde_json::to_string(w).unwrap_or_default();
+                    if fmt == Format::Whoisi {
+                        out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                        out.extend_from_slice(text.as_bytes());
+                    } else {
+                        out.extend_from_slice(text.as_bytes());
+                        out.push(b'\n');
+                    }
+                }
+                (
+                    out,
+                    if fmt == Format::Whoisi {
+                        "application/whoisi"
+                    } else {
+                        "application/newlines"
+                    },
+                )
+            }
+        }
+    } else {
+        let ids: Vec<Value> = wbos.iter().map(|w| Value::String(w.id.clone())).collect();
+        render(&ids, fmt)
+    };
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response();
+    r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(n));
+    Ok(r)
+}
+
+async fn get_item(
+    State(state): State<AppState>,
+    Path((username, coll, id)): Path<(String, String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    collection(&coll)?;
+    let bucket = user(&state, &headers, &username, addr).await?;
+    let wbo = state
+        .legacy
+        .wbo_get_one(bucket, &coll, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(json_body(
+        StatusCode::OK,
+        serde_json::to_string(&wbo).unwrap_or_default(),
+    ))
+}
+
+/// S11-071: 400 `14` once the quota is used up.
+async fn check_quota(state: &AppState, bucket: UserId) -> Result<(), ApiError> {
+    if let Some(quota) = state.settings.quota_bytes {
+        let used: u64 = state
+            .legacy
+            .wbo_collections(bucket)
+            .await?
+            .iter()
+            .map(|c| c.bytes)
+            .sum();
+        if used >= quota {
+            return Err(ApiError::BadRequest(respcode::OVER_QUOTA));
+        }
+    }
+    Ok(())
+}
+
+async fn put_item(
+    State(state): State<AppState>,
+    Path((username, coll, id)): Path<(String, String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    collection(&coll)?;
+    let bucket = user(&state, &headers, &username, addr).await?;
+    let since = unmodified_since(&headers)?;
+    let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+    };
+    let mut wbo = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
+    if id.is_empty() || id.chars().count() > 64 {
+        return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+    }
+    wbo.id = id;
+    check_quota(&state, bucket).await?;
+    let (t, modified) = state.legacy.wbo_put(bucket, &coll, vec![wbo], since).await?;
+    let m = modified.first().copied().unwrap_or(t);
+    Ok(at(json_body(StatusCode::OK, m.to_string()), t))
+}
+
+/// S11-080…S11-084.
+async fn post_collection(
+    State(state): State<AppState>,
+    Path((username, coll)): Path<(String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    collection(&coll)?;
+    let bucket = user(&state, &headers, &username, addr).await?;
+    let since = unmodified_since(&headers)?;
+    let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
+    let elements = match value {
+        Value::Array(items) => items,
+        Value::Object(obj) => {
+            let w = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
+            if w.id.is_empty() || w.id.contains('/') {
+                return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+            }
+            vec![Value::Object(obj)]
+        }
+        _ => return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE)),
+    };
+    check_quota(&state, bucket).await?;
+    let mut accepted: Vec<WboInput> = Vec::new();
+    let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut total = 0usize;
+    for (index, element) in elements.into_iter().enumerate() {
+        let Value::Object(obj) = element else {
+            failed.entry(String::new()).or_default().push("invalid wbo".into());
+            continue;
+        };
+        let w = match parse_wbo(&obj) {
+            Ok(w) if w.id.is_empty() => {
+                failed.entry(String::new()).or_default().push("invalid id".into());
+                continue;
+            }
+            Ok(w) => w,
+            Err(reason) => {
+                let id = obj
+                    .get("id")
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .unwrap_or_default();
+                failed.entry(id).or_default().push(reason);
+                continue;
+            }
+        };
+        total += w.payload.as_ref().map_or(0, String::len);
+        if index >= MAX_POST_ITEMS {
+            failed.entry(w.id).or_default().push("retry wbo".into());
+        } else if total >= MAX_POST_BYTES {
+            failed.entry(w.id).or_default().push("retry bytes".into());
+        } else {
+            accepted.push(w);
+        }
+    }
+    let success: Vec<String> = accepted.iter().map(|w| w.id.clone()).collect();
+    let (t, _) = state.legacy.wbo_put(bucket, &coll, accepted, since).await?;
+    let body = format!(
+        "{{\"modified\":{t},\"success\":{},\"failed\":{}}}",
+        serde_json::to_string(&success).unwrap_or_default(),
+        serde_json::to_string(&failed).unwrap_or_default()
+    );
+    Ok(at(json_body(StatusCode::OK, body), t))
+}
+
+async fn delete_collection(
+    State(state): State<AppState>,
+    Path((username, coll)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    collection(&coll)?;
+    let bucket = user(&state, &headers, &username, addr).await?;
+    let since = unmodified_since(&headers)?;
+    let q = WboQuery::parse(query.as_deref().unwrap_or("")).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
+    // `full` only shapes output; it selects nothing.
+    let q = WboQuery { full: false, ..q };
+    let t = state.legacy.wbo_delete(bucket, &coll, &q, since).await?;
+    Ok(at(json_body(StatusCode::OK, t.to_string()), t))
+}
+
+async fn delete_item(
+    State(state): State<AppState>,
+    Path((username, coll, id)): Path<(String, String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    collection(&coll)?;
+    let bucket = user(&state, &headers, &username, addr).await?;
+    let since = unmodified_since(&headers)?;
+    let q = WboQuery {
+        ids: Some(vec![id]),
+        ..Default::default()
+    };
+    let t = state.legacy.wbo_delete(bucket, &coll, &q, since).await?;
+    Ok(at(json_body(StatusCode::OK, t.to_string()), t))
+}
+
+/// S11-094/095: `DELETE /<api>/<username>/storage`, only with `X-Confirm-Delete`.
+async fn delete_all(
+    State(state): State<AppState>,
+    Path((username, what)): Path<(String, String)>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if what != "storage" {
+        return Err(ApiError::NotFound);
+    }
+    let bucket = user(&state, &headers, &username, addr).await?;
+    if headers.get("x-confirm-delete").is_none() {
+        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE));
+    }
+    state.store.delete_storage(bucket, Precondition::None).await?;
+    let t = SyncTimestamp::now();
+    Ok(at(json_body(StatusCode::OK, t.to_string()), t))
+}

@@ -1,0 +1,362 @@
+//! Storage 1.1 over real HTTP with Basic auth (storage-1.1.md).
+
+mod common;
+
+use common::*;
+use data_encoding::BASE64;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const EMAIL: &str = "john@example.com";
+const USER: &str = "kismw365lo7emoxr3ohojgpild6lph4b";
+const PASSWORD: &str = "correct horse battery";
+
+struct Weave<'a> {
+    s: &'a TestServer,
+    auth: String,
+}
+
+impl Weave<'_> {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Resp {
+        let mut rb = self
+            .s
+            .http
+            .request(method, format!("{}/1.1/{USER}{path}", self.s.base))
+            .header("authorization", &self.auth);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.header("content-type", "text/plain").body(b.to_string());
+        }
+        send(rb).await
+    }
+    async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, path, None, &[]).await
+    }
+}
+
+async fn account(s: &TestServer) -> Weave<'_> {
+    let r = send(
+        s.http
+            .put(format!("{}/user/1.0/{USER}", s.base))
+            .body(json!({"password": PASSWORD, "email": EMAIL}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    Weave {
+        s,
+        auth: format!("Basic {}", BASE64.encode(format!("{USER}:{PASSWORD}").as_bytes())),
+    }
+}
+
+fn ids(r: &Resp) -> Vec<String> {
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn s11_010_s11_012_basic_auth() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    let url = format!("{}/1.1/{USER}/info/collections", s.base);
+    let r = send(s.http.get(&url)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate").as_deref(), Some("Basic realm=\"Sync\""));
+    let wrong = format!("Basic {}", BASE64.encode(format!("{USER}:nope nope").as_bytes()));
+    assert_eq!(send(s.http.get(&url).header("authorization", wrong)).await.status, 401);
+    // Another user's path with valid credentials: refused.
+    let other = format!("{}/1.1/someoneelse/info/collections", s.base);
+    assert_eq!(
+        send(s.http.get(other).header("authorization", &w.auth)).await.status,
+        401
+    );
+    assert_eq!(w.get("/info/collections").await.status, 200);
+}
+
+#[tokio::test]
+async fn s11_001_s11_003_prefixes_and_trailing_slash() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    w.call(Method::PUT, "/storage/tabs/a", Some(json!({"payload": "x"})), &[])
+        .await;
+    for prefix in ["1.1", "1.0", "1"] {
+        let r = send(
+            s.http
+                .get(format!("{}/{prefix}/{USER}/storage/tabs/", s.base))
+                .header("authorization", &w.auth),
+        )
+        .await;
+        assert_eq!(ids(&r), vec!["a"], "{prefix}");
+    }
+    // The token server keeps GET /1.0/<a>/<b>; DELETE there is storage.
+    let r = send(
+        s.http
+            .delete(format!("{}/1.0/{USER}/storage", s.base))
+            .header("authorization", &w.auth),
+    )
+    .await;
+    r.assert_error(400, 4);
+}
+
+#[tokio::test]
+async fn s11_022_s11_032_s11_074_put_and_get_items() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    let r = w.call(Method::PUT, "/storage/bookmarks/b1", Some(json!({"payload": "p", "parentid": "menu", "predecessorid": "b0", "sortindex": 5, "ttl": 1000, "extra": 1})), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let t1 = r.text.clone();
+    assert_eq!(r.header("x-weave-timestamp"), Some(t1.clone()));
+    let item = w.get("/storage/bookmarks/b1").await;
+    assert_eq!(
+        item.json(),
+        json!({"id": "b1", "parentid": "menu", "predecessorid": "b0", "sortindex": 5, "modified": t1.parse::<f64>().unwrap(), "payload": "p"})
+    );
+    assert!(
+        item.text.contains(&format!("\"modified\":{t1}")),
+        "two decimals: {}",
+        item.text
+    );
+    // Metadata-only writes leave modified alone (S11-032) and so the collection time too.
+    let r = w
+        .call(Method::PUT, "/storage/bookmarks/b1", Some(json!({"sortindex": 9})), &[])
+        .await;
+    assert_eq!(r.text, t1);
+    assert_eq!(w.get("/storage/bookmarks/b1").await.json()["sortindex"], 9);
+    w.get("/storage/bookmarks/nope").await.assert_error(404, 0);
+    w.call(Method::PUT, "/storage/bookmarks/b2", Some(json!({"payload": 4})), &[])
+        .await
+        .assert_error(400, 8);
+    let r = send(
+        s.http
+            .put(format!("{}/1.1/{USER}/storage/bookmarks/b2", s.base))
+            .header("authorization", &w.auth)
+            .body("{nope"),
+    )
+    .await;
+    r.assert_error(400, 6);
+    w.get("/storage/bad%20name").await.assert_error(400, 13);
+}
+
+#[tokio::test]
+async fn s11_033_collection_time_is_the_newest_item() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    let t1 = w
+        .call(Method::PUT, "/storage/history/a", Some(json!({"payload": "1"})), &[])
+        .await
+        .text;
+    let t2 = w
+        .call(Method::PUT, "/storage/history/b", Some(json!({"payload": "2"})), &[])
+        .await
+        .text;
+    let info = w.get("/info/collections").await;
+    assert!(info.text.contains(&format!("\"history\":{t2}")), "{}", info.text);
+    assert_eq!(info.header("x-weave-records").as_deref(), Some("1"));
+    w.call(Method::DELETE, "/storage/history/b", None, &[]).await;
+    let info = w.get("/info/collections").await;
+    assert!(
+        info.text.contains(&format!("\"history\":{t1}")),
+        "after deleting the newest: {}",
+        info.text
+    );
+    // X-If-Unmodified-Since compares with that time (S11-072).
+    let r = w
+        .call(
+            Method::PUT,
+            "/storage/history/c",
+            Some(json!({"payload": "3"})),
+            &[("x-if-unmodified-since", "1.00")],
+        )
+        .await;
+    assert_eq!(r.status, 412);
+    let ok = w
+        .call(
+            Method::PUT,
+            "/storage/history/c",
+            Some(json!({"payload": "3"})),
+            &[("x-if-unmodified-since", &t1)],
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn s11_082_s11_084_post_results() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    let mut items: Vec<Value> = (0..102)
+        .map(|i| json!({"id": format!("{i:03}"), "payload": "x"}))
+        .collect();
+    items.push(json!({"payload": "no id"}));
+    items.push(json!("not an object"));
+    items.push(json!({"id": "bad", "ttl": -1}));
+    let r = w
+        .call(Method::POST, "/storage/forms", Some(Value::Array(items)), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.starts_with("{\"modified\":") && r.text.contains('.'));
+    let b = r.json();
+    assert_eq!(b["success"].as_array().unwrap().len(), 100);
+    assert_eq!(b["failed"]["100"], json!(["retry wbo"]));
+    assert_eq!(b["failed"]["bad"], json!(["invalid ttl"]));
+    assert_eq!(b["failed"][""], json!(["invalid id", "invalid wbo"]));
+    // A single object is a PUT of that object.
+    let r = w
+        .call(
+            Method::POST,
+            "/storage/forms",
+            Some(json!({"id": "single", "payload": "y"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.json()["success"], json!(["single"]));
+    let r = w
+        .call(
+            Method::PUT,
+            "/storage/forms",
+            Some(json!([{"id": "viaput", "payload": "z"}])),
+            &[],
+        )
+        .await;
+    assert_eq!(r.json()["success"], json!(["viaput"]), "PUT on a collection is a POST");
+}
+
+#[tokio::test]
+async fn s11_050_s11_055_queries_and_formats() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    for (id, si, parent) in [("01", 1, "p1"), ("02", 3, "p2"), ("03", 2, "p1")] {
+        w.call(
+            Method::PUT,
+            &format!("/storage/bookmarks/{id}"),
+            Some(json!({"payload": id, "sortindex": si, "parentid": parent})),
+            &[],
+        )
+        .await;
+    }
+    assert_eq!(
+        ids(&w.get("/storage/bookmarks?sort=index").await),
+        vec!["02", "03", "01"]
+    );
+    assert_eq!(
+        ids(&w.get("/storage/bookmarks?sort=oldest").await),
+        vec!["01", "02", "03"]
+    );
+    assert_eq!(
+        ids(&w.get("/storage/bookmarks?parentid=p1&sort=oldest").await),
+        vec!["01", "03"]
+    );
+    assert_eq!(
+        ids(&w.get("/storage/bookmarks?index_above=1&index_below=3").await),
+        vec!["03"]
+    );
+    assert_eq!(
+        ids(&w.get("/storage/bookmarks?sort=oldest&limit=1&offset=1").await),
+        vec!["02"]
+    );
+    assert_eq!(
+        ids(&w.get("/storage/bookmarks?ids=01,03&sort=oldest").await),
+        vec!["01", "03"]
+    );
+    let r = w.get("/storage/bookmarks?sort=oldest&full=1").await;
+    assert_eq!(r.json()[0]["payload"], "01");
+    assert_eq!(r.header("x-weave-records").as_deref(), Some("3"));
+    for bad in ["older=x", "newer=x", "index_above=x", "limit=x", "offset=x"] {
+        assert_eq!(w.get(&format!("/storage/bookmarks?{bad}")).await.status, 400, "{bad}");
+    }
+    assert_eq!(w.get("/storage/nothing").await.json(), json!([]));
+    // S11-055: whoisi is length-prefixed JSON.
+    let r = w
+        .call(
+            Method::GET,
+            "/storage/bookmarks?ids=01,02&sort=oldest",
+            None,
+            &[("accept", "application/whoisi")],
+        )
+        .await;
+    assert_eq!(r.header("content-type").as_deref(), Some("application/whoisi"));
+    assert_eq!(r.text.as_bytes(), b"\0\0\0\x04\"01\"\0\0\0\x04\"02\"");
+    let r = w
+        .call(
+            Method::GET,
+            "/storage/bookmarks?sort=oldest",
+            None,
+            &[("accept", "application/newlines")],
+        )
+        .await;
+    assert_eq!(r.text, "\"01\"\n\"02\"\n\"03\"\n");
+}
+
+#[tokio::test]
+async fn s11_090_s11_095_deletes() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    let items: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("{i}"), "payload": "x", "parentid": if i < 2 { "a" } else { "b" }}))
+        .collect();
+    w.call(Method::POST, "/storage/history", Some(Value::Array(items)), &[])
+        .await;
+    let r = w.call(Method::DELETE, "/storage/history?parentid=a", None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.parse::<f64>().is_ok());
+    assert_eq!(w.get("/storage/history").await.json().as_array().unwrap().len(), 3);
+    assert_eq!(
+        w.call(Method::DELETE, "/storage/history/missing", None, &[])
+            .await
+            .status,
+        200
+    );
+    w.call(Method::DELETE, "/storage/history", None, &[]).await;
+    assert_eq!(w.get("/storage/history").await.json(), json!([]));
+    w.call(Method::PUT, "/storage/tabs/t", Some(json!({"payload": "x"})), &[])
+        .await;
+    w.call(Method::DELETE, "/storage", None, &[]).await.assert_error(400, 4);
+    assert_eq!(w.get("/storage/tabs").await.json(), json!(["t"]));
+    assert_eq!(
+        w.call(Method::DELETE, "/storage", None, &[("x-confirm-delete", "1")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(w.get("/info/collections").await.json(), json!({}));
+}
+
+#[tokio::test]
+async fn s11_036_s11_040_s11_043_info_and_expiry() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    w.call(
+        Method::POST,
+        "/storage/a",
+        Some(json!([{"id": "1", "payload": "xxxxx"}, {"id": "2", "payload": "yyy", "ttl": 0}])),
+        &[],
+    )
+    .await;
+    w.get("/storage/a/2").await.assert_error(404, 0);
+    assert_eq!(w.get("/info/collection_counts").await.json(), json!({"a": 1}));
+    assert_eq!(w.get("/info/collection_usage").await.json(), json!({"a": 5.0 / 1024.0}));
+    assert_eq!(w.get("/info/quota").await.json(), json!([5.0 / 1024.0, null]));
+}
+
+/// S11-120: a 1.1 account and a 1.5 user share the store but never each other's data.
+#[tokio::test]
+async fn s11_120_namespaces_never_collide() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    w.call(
+        Method::PUT,
+        "/storage/tabs/legacy",
+        Some(json!({"payload": "1.1 data"})),
+        &[],
+    )
+    .await;
+    let modern = s.client(1);
+    modern.put("/storage/tabs/modern", json!({"payload": "1.5 data"})).await;
+    assert_eq!(modern.get("/storage/tabs").await.json(), json!(["modern"]));
+    assert_eq!(w.get("/storage/tabs").await.json(), json!(["legacy"]));
+}
