@@ -274,21 +274,32 @@ async fn get_item(
     ))
 }
 
-/// S11-071: 400 `14` once the quota is used up.
-async fn check_quota(state: &AppState, bucket: UserId) -> Result<(), ApiError> {
-    if let Some(quota) = state.settings.quota_bytes {
-        let used: u64 = state
-            .legacy
-            .wbo_collections(bucket)
-            .await?
-            .iter()
-            .map(|c| c.bytes)
-            .sum();
-        if used >= quota {
-            return Err(ApiError::BadRequest(respcode::OVER_QUOTA));
-        }
+/// S11-071: 400 `14` once the quota is used up; otherwise the KiB left when that is 1 MiB
+/// or less, for `X-Weave-Quota-Remaining`.
+async fn check_quota(state: &AppState, bucket: UserId) -> Result<Option<u64>, ApiError> {
+    let Some(quota) = state.settings.quota_bytes else {
+        return Ok(None);
+    };
+    let used: u64 = state
+        .legacy
+        .wbo_collections(bucket)
+        .await?
+        .iter()
+        .map(|c| c.bytes)
+        .sum();
+    if used >= quota {
+        return Err(ApiError::BadRequest(respcode::OVER_QUOTA));
     }
-    Ok(())
+    let left_kib = (quota - used) / 1024;
+    Ok((left_kib <= 1024).then_some(left_kib))
+}
+
+fn with_quota(mut r: Response, left_kib: Option<u64>) -> Response {
+    if let Some(left) = left_kib {
+        r.headers_mut()
+            .insert("x-weave-quota-remaining", HeaderValue::from(left));
+    }
+    r
 }
 
 async fn put_item(
@@ -310,10 +321,10 @@ async fn put_item(
         return Err(ApiError::BadRequest(respcode::INVALID_WBO));
     }
     wbo.id = id;
-    check_quota(&state, bucket).await?;
+    let left = check_quota(&state, bucket).await?;
     let (t, modified) = state.legacy.wbo_put(bucket, &coll, vec![wbo], since).await?;
     let m = modified.first().copied().unwrap_or(t);
-    Ok(at(json_body(StatusCode::OK, m.to_string()), t))
+    Ok(with_quota(at(json_body(StatusCode::OK, m.to_string()), t), left))
 }
 
 /// S11-080…S11-084.
@@ -339,7 +350,7 @@ async fn post_collection(
         }
         _ => return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE)),
     };
-    check_quota(&state, bucket).await?;
+    let left = check_quota(&state, bucket).await?;
     let mut accepted: Vec<WboInput> = Vec::new();
     let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut total = 0usize;
@@ -379,7 +390,7 @@ async fn post_collection(
         serde_json::to_string(&success).unwrap_or_default(),
         serde_json::to_string(&failed).unwrap_or_default()
     );
-    Ok(at(json_body(StatusCode::OK, body), t))
+    Ok(with_quota(at(json_body(StatusCode::OK, body), t), left))
 }
 
 async fn delete_collection(

@@ -60,7 +60,7 @@ fn ids(r: &Resp) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn s11_010_s11_012_basic_auth() {
+async fn s11_002_s11_010_s11_011_s11_012_s11_013_basic_auth() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     let url = format!("{}/1.1/{USER}/info/collections", s.base);
@@ -104,7 +104,7 @@ async fn s11_001_s11_003_prefixes_and_trailing_slash() {
 }
 
 #[tokio::test]
-async fn s11_022_s11_032_s11_074_put_and_get_items() {
+async fn s11_004_s11_020_s11_022_s11_032_s11_034_s11_060_s11_070_s11_073_s11_074_put_and_get_items() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     let r = w.call(Method::PUT, "/storage/bookmarks/b1", Some(json!({"payload": "p", "parentid": "menu", "predecessorid": "b0", "sortindex": 5, "ttl": 1000, "extra": 1})), &[]).await;
@@ -143,7 +143,7 @@ async fn s11_022_s11_032_s11_074_put_and_get_items() {
 }
 
 #[tokio::test]
-async fn s11_033_collection_time_is_the_newest_item() {
+async fn s11_030_s11_031_s11_033_s11_035_s11_072_collection_time_is_the_newest_item() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     let t1 = w
@@ -186,7 +186,7 @@ async fn s11_033_collection_time_is_the_newest_item() {
 }
 
 #[tokio::test]
-async fn s11_082_s11_084_post_results() {
+async fn s11_080_s11_081_s11_082_s11_084_post_results() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     let mut items: Vec<Value> = (0..102)
@@ -227,7 +227,7 @@ async fn s11_082_s11_084_post_results() {
 }
 
 #[tokio::test]
-async fn s11_050_s11_055_queries_and_formats() {
+async fn s11_050_s11_051_s11_052_s11_053_s11_054_s11_055_queries_and_formats() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     for (id, si, parent) in [("01", 1, "p1"), ("02", 3, "p2"), ("03", 2, "p1")] {
@@ -293,7 +293,7 @@ async fn s11_050_s11_055_queries_and_formats() {
 }
 
 #[tokio::test]
-async fn s11_090_s11_095_deletes() {
+async fn s11_090_s11_091_s11_092_s11_093_s11_094_s11_095_deletes() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     let items: Vec<Value> = (0..5)
@@ -327,7 +327,7 @@ async fn s11_090_s11_095_deletes() {
 }
 
 #[tokio::test]
-async fn s11_036_s11_040_s11_043_info_and_expiry() {
+async fn s11_036_s11_040_s11_041_s11_042_s11_043_s11_044_info_and_expiry() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     w.call(
@@ -345,7 +345,7 @@ async fn s11_036_s11_040_s11_043_info_and_expiry() {
 
 /// S11-120: a 1.1 account and a 1.5 user share the store but never each other's data.
 #[tokio::test]
-async fn s11_120_namespaces_never_collide() {
+async fn s11_120_s11_121_namespaces_never_collide() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     w.call(
@@ -359,4 +359,43 @@ async fn s11_120_namespaces_never_collide() {
     modern.put("/storage/tabs/modern", json!({"payload": "1.5 data"})).await;
     assert_eq!(modern.get("/storage/tabs").await.json(), json!(["modern"]));
     assert_eq!(w.get("/storage/tabs").await.json(), json!(["legacy"]));
+}
+
+#[tokio::test]
+async fn s11_005_s11_006_s11_071_s11_100_s11_110_ids_methods_quota_maintenance() {
+    let s = TestServer::start_with(|c| c.quota_bytes = Some(20 * 1024)).await;
+    let w = account(&s).await;
+    // Ids with the characters clients use, percent-decoded.
+    let r = w
+        .call(
+            Method::PUT,
+            "/storage/passwords/%7Bd2f9e1c0-1234%7D",
+            Some(json!({"payload": "x"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.get("/storage/passwords").await.json(), json!(["{d2f9e1c0-1234}"]));
+    assert_eq!(
+        r.header("x-weave-quota-remaining").as_deref(),
+        Some("20"),
+        "KiB left (before the write) when 1 MiB or less remains"
+    );
+    assert_eq!(w.call(Method::PATCH, "/storage/passwords", None, &[]).await.status, 405);
+    w.call(
+        Method::PUT,
+        "/storage/big/a",
+        Some(json!({"payload": "x".repeat(21 * 1024)})),
+        &[],
+    )
+    .await;
+    let r = w
+        .call(Method::PUT, "/storage/big/b", Some(json!({"payload": "y"})), &[])
+        .await;
+    r.assert_error(400, 14);
+    let maint = TestServer::start_with(|c| c.maintenance = Some(true)).await;
+    let url = format!("{}/1.1/{USER}/info/collections", maint.base);
+    let r = send(maint.http.get(url).header("authorization", &w.auth)).await;
+    r.assert_error(503, 0);
+    assert!(r.header("retry-after").is_some());
 }

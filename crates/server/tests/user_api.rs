@@ -38,7 +38,7 @@ async fn create(s: &TestServer, user: &str, body: serde_json::Value) -> Resp {
 }
 
 #[tokio::test]
-async fn u10_020_u10_031_create_and_exists() {
+async fn u10_001_u10_002_u10_003_u10_020_u10_031_create_and_exists() {
     let s = TestServer::start().await;
     let r = call(&s, Method::GET, &format!("/user/1.0/{USER}"), None, None).await;
     assert_eq!((r.status.as_u16(), r.text.as_str()), (200, "0"));
@@ -65,7 +65,7 @@ async fn u10_020_u10_031_create_and_exists() {
 }
 
 #[tokio::test]
-async fn u10_030_create_checks_in_order() {
+async fn u10_010_u10_011_u10_013_u10_014_u10_030_create_checks_in_order() {
     let s = TestServer::start().await;
     let other = "v64aw4knp6ittxnarcpmoi7smokoazsr"; // johndoe@example.com
     create(&s, USER, json!({"password": PASSWORD, "email": EMAIL})).await;
@@ -106,7 +106,7 @@ async fn u10_030_create_checks_in_order() {
 }
 
 #[tokio::test]
-async fn registration_policies() {
+async fn u10_033_u10_090_registration_policies() {
     let closed = TestServer::start_with(|c| c.registration = Some("closed".into())).await;
     create(&closed, USER, json!({"password": PASSWORD, "email": EMAIL}))
         .await
@@ -165,7 +165,7 @@ async fn registration_policies() {
 }
 
 #[tokio::test]
-async fn u10_050_node_assignment() {
+async fn u10_050_u10_051_u10_054_node_assignment() {
     let s = TestServer::start().await;
     let r = call(&s, Method::GET, &format!("/user/1.0/{USER}/node/weave"), None, None).await;
     assert_eq!(r.status, 404);
@@ -175,7 +175,7 @@ async fn u10_050_node_assignment() {
 }
 
 #[tokio::test]
-async fn u10_012_u10_040_basic_auth_and_delete() {
+async fn u10_012_u10_040_u10_041_basic_auth_and_delete() {
     let s = TestServer::start().await;
     create(&s, USER, json!({"password": PASSWORD, "email": EMAIL})).await;
     let path = format!("/user/1.0/{USER}");
@@ -204,7 +204,7 @@ async fn u10_012_u10_040_basic_auth_and_delete() {
 }
 
 #[tokio::test]
-async fn u10_063_u10_066_password_changes() {
+async fn u10_062_u10_063_u10_064_u10_065_u10_066_password_changes() {
     let s = TestServer::start().await;
     create(&s, USER, json!({"password": PASSWORD, "email": EMAIL})).await;
     let path = format!("/user/1.0/{USER}/password");
@@ -256,7 +256,7 @@ async fn u10_063_u10_066_password_changes() {
 }
 
 #[tokio::test]
-async fn u10_060_u10_070_u10_080_email_reset_and_captcha() {
+async fn u10_060_u10_061_u10_070_u10_080_email_reset_and_captcha() {
     let s = TestServer::start().await;
     create(&s, USER, json!({"password": PASSWORD, "email": EMAIL})).await;
     let auth = Some(basic(USER, PASSWORD));
