@@ -21,7 +21,7 @@ pub enum ConfigError {
 
 /// Every setting, each optional so that layers can be merged. Flags and environment
 /// variables come from clap; the TOML file uses the same names.
-#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigLayer {
     /// TOML configuration file; its keys are the setting names below (e.g. `listen = "0.0.0.0:8000"`).
@@ -219,6 +219,15 @@ pub struct ConfigLayer {
     /// Argon2id iterations [default: 2].
     #[arg(long, env = "SYNCSTEAD_ARGON2_ITERATIONS", value_name = "N")]
     pub argon2_iterations: Option<u32>,
+
+    /// Mail server for Weave 1.1 password-reset e-mails, e.g.
+    /// `smtps://user:password@smtp.example.com` or `smtp://localhost:25`; off unless set.
+    #[arg(long, env = "SYNCSTEAD_SMTP_URL", value_name = "URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender of password-reset e-mails [default: Syncstead <noreply@HOST of public_url>].
+    #[arg(long, env = "SYNCSTEAD_SMTP_FROM", value_name = "ADDRESS")]
+    pub smtp_from: Option<String>,
 }
 
 /// Who may create Weave 1.1 accounts.
@@ -230,51 +239,29 @@ pub enum Registration {
     Closed,
 }
 
-macro_rules! merge_fields {
-    ($hi:expr, $lo:expr, $($f:ident),* $(,)?) => {
-        $( if $hi.$f.is_none() { $hi.$f = $lo.$f.take(); } )*
-    };
-}
-
 impl ConfigLayer {
-    /// `self` (flags and environment) over the TOML file it names, if any.
-    pub fn with_file(mut self) -> Result<ConfigLayer, ConfigError> {
+    /// `self` (flags and environment) over the TOML file it names, if any. Every field
+    /// is merged through its serde form, so a new setting cannot be forgotten here.
+    pub fn with_file(self) -> Result<ConfigLayer, ConfigError> {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
         let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
-        let mut file: ConfigLayer =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
-        merge_fields!(
-            self,
-            file,
-            listen,
-            public_url,
-            data_dir,
-            database_url,
-            master_secret,
-            master_secret_file,
-            metrics_listen,
-            log_format,
-            log_level,
-            sqlite_synchronous,
-            sqlite_readers,
-            max_request_bytes,
-            max_post_records,
-            max_post_bytes,
-            max_total_records,
-            max_total_bytes,
-            max_record_payload_bytes,
-            quota_bytes,
-            hawk_skew_seconds,
-            expired_token_grace_seconds,
-            purge_interval_seconds,
-            maintenance,
-            retry_after_seconds,
-            backoff_inflight,
-            backoff_seconds,
-        );
-        Ok(self)
+        let file: ConfigLayer = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        let to_map = |layer: &ConfigLayer| match serde_json::to_value(layer) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err(ConfigError::Parse(path.clone(), "cannot merge settings".into())),
+        };
+        let mut merged = to_map(&self)?;
+        for (key, value) in to_map(&file)? {
+            if merged.get(&key).is_none_or(serde_json::Value::is_null) {
+                merged.insert(key, value);
+            }
+        }
+        let mut layer: ConfigLayer = serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        layer.config = Some(path);
+        Ok(layer)
     }
 }
 
@@ -391,6 +378,8 @@ pub struct Settings {
     pub strict_usernames: bool,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+    pub smtp_url: Option<String>,
+    pub smtp_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,6 +534,8 @@ impl Settings {
             strict_usernames: layer.strict_usernames.unwrap_or(true),
             argon2_memory_kib: layer.argon2_memory_kib.unwrap_or(19_456),
             argon2_iterations: layer.argon2_iterations.unwrap_or(2),
+            smtp_url: layer.smtp_url.filter(|u| !u.is_empty()),
+            smtp_from: layer.smtp_from.filter(|f| !f.is_empty()),
         })
     }
 
@@ -640,6 +631,34 @@ mod tests {
         let s = Settings::resolve(layer.with_file().unwrap()).unwrap();
         assert_eq!(s.listen.port(), 2);
         assert_eq!(s.log_level, "debug");
+    }
+
+    /// Every kind of setting read from the file reaches the resolved settings.
+    #[test]
+    fn file_settings_of_every_surface_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "allow_new_users = false\nregistration = \"closed\"\noauth_verification = \"remote\"\n\
+             max_accounts = 3\ntoken_duration = 60\nsmtp_from = \"a@example.com\"\nquota_bytes = 5\n",
+        )
+        .unwrap();
+        let layer = ConfigLayer {
+            config: Some(file),
+            ..Default::default()
+        }
+        .with_file()
+        .unwrap();
+        let s = Settings::resolve(layer).unwrap();
+        assert!(!s.allow_new_users);
+        assert_eq!(s.registration, Registration::Closed);
+        assert!(matches!(s.oauth, OAuthSettings::Remote { .. }));
+        assert_eq!(
+            (s.max_accounts, s.token_duration, s.quota_bytes),
+            (Some(3), 60, Some(5))
+        );
+        assert_eq!(s.smtp_from.as_deref(), Some("a@example.com"));
     }
 
     #[test]
