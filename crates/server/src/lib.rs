@@ -50,6 +50,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("OAuth keys: {0}")]
     OAuthKeys(String),
+    #[error("mail: {0}")]
+    Mail(String),
 }
 
 /// Process-wide state that changes while the server runs.
@@ -120,12 +122,26 @@ impl AppState {
             None
         };
         let hasher = passwords::Hasher::new(settings.argon2_memory_kib, settings.argon2_iterations);
+        let mailer = match &settings.smtp_url {
+            Some(url) => {
+                let from = settings.smtp_from.clone().unwrap_or_else(|| {
+                    let host = settings
+                        .public_url
+                        .as_ref()
+                        .map_or("localhost", |p| p.host.as_str())
+                        .to_string();
+                    format!("Syncstead <noreply@{host}>")
+                });
+                Some(user_api::Mailer::new(url, &from).map_err(ServeError::Mail)?)
+            }
+            None => None,
+        };
         Ok(AppState {
             store: backend.clone(),
             token_store: backend.clone(),
             accounts: backend.clone(),
             legacy: backend,
-            weave: Arc::new(user_api::WeaveAuth::new(hasher)),
+            weave: Arc::new(user_api::WeaveAuth::new(hasher, mailer)),
             settings: Arc::new(settings),
             hawk: Arc::new(hawk),
             runtime: Arc::new(runtime),

@@ -21,21 +21,55 @@ use crate::error::ApiError;
 use crate::passwords::{basic_credentials, strong_enough, throttle_keys, valid_email, Hasher, Throttle, VerifiedCache};
 use crate::AppState;
 
+/// Sends password-reset e-mails.
+pub struct Mailer {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+impl Mailer {
+    pub fn new(url: &str, from: &str) -> Result<Self, String> {
+        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
+            .map_err(|e| format!("smtp_url: {e}"))?
+            .timeout(Some(Duration::from_secs(20)))
+            .build();
+        let from = from.parse().map_err(|e| format!("smtp_from: {e}"))?;
+        Ok(Mailer { transport, from })
+    }
+
+    async fn send(&self, to: &str, subject: &str, body: String) -> Result<(), String> {
+        use lettre::AsyncTransport;
+        let message = lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to.parse().map_err(|e| format!("recipient: {e}"))?)
+            .subject(subject)
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        self.transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Password checking shared by the User API and Storage 1.1.
 pub struct WeaveAuth {
     pub hasher: Hasher,
     pub verified: VerifiedCache,
     pub throttle: Throttle,
+    pub mailer: Option<Mailer>,
     /// Verified against when the user does not exist, so that a wrong username costs as
     /// much time as a wrong password.
     dummy_hash: String,
 }
 
 impl WeaveAuth {
-    pub fn new(hasher: Hasher) -> Self {
+    pub fn new(hasher: Hasher, mailer: Option<Mailer>) -> Self {
         let dummy_hash = hasher.hash("not a password anyone has");
         WeaveAuth {
             hasher,
+            mailer,
             verified: VerifiedCache::new(Duration::from_secs(600)),
             throttle: Throttle::new(
                 5,
@@ -62,6 +96,7 @@ pub fn router() -> Router<AppState> {
             get(request_reset).delete(clear_reset),
         )
         .route("/misc/{version}/captcha_html", get(captcha).post(captcha))
+        .route("/weave-password-reset", get(reset_form).post(reset_form_post))
 }
 
 fn text(body: impl Into<String>) -> Response {
@@ -310,22 +345,199 @@ async fn change_email(
     Ok(text(email))
 }
 
-/// U10-060/061: without a mail server the reset mail cannot be sent: 503, and the
-/// operator issues a code with `syncstead user reset-code`.
+/// U10-060/061: mails a one-time reset code (and a link to the reset form); without a
+/// mail server, 503, and the operator issues codes with `syncstead user reset-code`.
 async fn request_reset(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     check_path(&version, &username)?;
+    send_reset_mail(&state, &username).await?;
+    Ok(text("success"))
+}
+
+async fn send_reset_mail(state: &AppState, username: &str) -> Result<(), ApiError> {
     let account = state
         .accounts
-        .account(&username)
+        .account(username)
         .await?
         .ok_or(ApiError::BadRequest(respcode::INVALID_USERNAME))?;
     if !valid_email(&account.email) {
         return Err(ApiError::BadRequest(respcode::NO_EMAIL));
     }
-    Err(ApiError::Unavailable { retry_after: 3600 })
+    let Some(mailer) = &state.weave.mailer else {
+        return Err(ApiError::Unavailable { retry_after: 3600 });
+    };
+    // A few mails per account, then a pause: nobody can flood an inbox through this.
+    let key = format!("mail:{username}");
+    if let Some(wait) = state.weave.throttle.locked(&key) {
+        return Err(ApiError::Unavailable { retry_after: wait });
+    }
+    state.weave.throttle.failure(&key);
+    let code = new_reset_code();
+    let expires = syncstead_proto::SyncTimestamp::now().as_millis() + 24 * 3600 * 1000;
+    state
+        .accounts
+        .set_reset_code(username, Some((reset_code_hash(code.as_bytes()), expires)))
+        .await?;
+    let link = format!(
+        "{}/weave-password-reset?username={username}&key={code}",
+        state.public_base
+    );
+    let body = format!(
+        "Someone asked to reset the Sync password of this account.\n\n\
+         To choose a new password, open:\n{link}\n\n\
+         The code {code} works once, for 24 hours. If you did not ask for this, ignore this mail.\n"
+    );
+    mailer
+        .send(&account.email, "Reset your Sync password", body)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot send a password-reset mail");
+            ApiError::Unavailable { retry_after: 300 }
+        })
+}
+
+/// A one-time reset code: 80 random bits in base32.
+pub fn new_reset_code() -> String {
+    let mut bytes = [0u8; 10];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    data_encoding::BASE32_NOPAD.encode(&bytes)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn page(status: StatusCode, message: &str, form: Option<(&str, &str)>) -> Response {
+    let form = form.map_or(String::new(), |(username, key)| {
+        format!(
+            "<form method=\"post\" action=\"weave-password-reset\">\
+             <input type=\"hidden\" name=\"username\" value=\"{}\"><input type=\"hidden\" name=\"key\" value=\"{}\">\
+             <p><label>New password <input type=\"password\" name=\"password\"></label></p>\
+             <p><label>Again <input type=\"password\" name=\"confirm\"></label></p>\
+             <p><button>Change password</button></p></form>",
+            escape(username),
+            escape(key)
+        )
+    });
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sync password</title></head>\
+         <body><h1>Sync password</h1><p>{}</p>{form}</body></html>",
+        escape(message)
+    );
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        html,
+    )
+        .into_response()
+}
+
+fn form_urlencoded_pairs(s: &str) -> std::collections::HashMap<String, String> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |x: &str| {
+                percent_encoding::percent_decode_str(&x.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// U10-067: the page the reset mail links to.
+async fn reset_form(axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    let fields = form_urlencoded_pairs(query.as_deref().unwrap_or(""));
+    match (fields.get("username"), fields.get("key")) {
+        (Some(u), Some(k)) => page(
+            StatusCode::OK,
+            "Choose a new password (at least 8 characters).",
+            Some((u, k)),
+        ),
+        _ => page(StatusCode::OK, "Use the link from the password-reset mail.", None),
+    }
+}
+
+/// U10-067: with username and key, sets the new password; with a username alone, mails a code.
+async fn reset_form_post(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let fields = form_urlencoded_pairs(&String::from_utf8_lossy(&body));
+    let username = fields.get("username").cloned().unwrap_or_default();
+    if check_path("1.0", &username).is_err() {
+        return page(StatusCode::BAD_REQUEST, "Unknown account.", None);
+    }
+    let Some(key) = fields.get("key") else {
+        return match send_reset_mail(&state, &username).await {
+            Ok(()) => page(
+                StatusCode::OK,
+                "A reset link is on its way to the account's e-mail address.",
+                None,
+            ),
+            Err(_) => page(StatusCode::SERVICE_UNAVAILABLE, "No reset mail could be sent.", None),
+        };
+    };
+    let (password, confirm) = (
+        fields.get("password").cloned().unwrap_or_default(),
+        fields.get("confirm").cloned().unwrap_or_default(),
+    );
+    if password != confirm {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "The two passwords differ.",
+            Some((&username, key)),
+        );
+    }
+    if !strong_enough(&password, &username) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "That password is too weak: use at least 8 characters.",
+            Some((&username, key)),
+        );
+    }
+    let account = match state.accounts.account(&username).await {
+        Ok(Some(a)) => a,
+        _ => return page(StatusCode::BAD_REQUEST, "Unknown account.", None),
+    };
+    if !reset_code_matches(&account, key.as_bytes()) {
+        for k in throttle_keys(&username, Some(addr.ip())) {
+            state.weave.throttle.failure(&k);
+        }
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This reset link is not valid (any more).",
+            None,
+        );
+    }
+    let Ok(hash) = hash_password(&state, password).await else {
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong.", None);
+    };
+    if state.accounts.set_password(&username, &hash).await.is_err() {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Something went wrong; try again later.",
+            None,
+        );
+    }
+    state.weave.verified.forget(&username);
+    page(
+        StatusCode::OK,
+        "Your password was changed. Sign in to Sync with it on your devices.",
+        None,
+    )
 }
 
 /// U10-062.

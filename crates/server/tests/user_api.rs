@@ -304,3 +304,104 @@ async fn repeated_failures_are_throttled() {
     r.assert_error(503, 0);
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
 }
+
+/// A minimal SMTP server that keeps every message it receives.
+async fn fake_smtp() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inbox = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = inbox.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { return };
+            let inbox = kept.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let upper = line.to_ascii_uppercase();
+                    if upper.starts_with("DATA") {
+                        w.write_all(b"354 go ahead\r\n").await.unwrap();
+                        let mut message = String::new();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            if l == "." {
+                                break;
+                            }
+                            message.push_str(&l);
+                            message.push('\n');
+                        }
+                        inbox.lock().unwrap().push(message);
+                        w.write_all(b"250 queued\r\n").await.unwrap();
+                    } else if upper.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        w.write_all(b"250 ok\r\n").await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (port, inbox)
+}
+
+#[tokio::test]
+async fn u10_061_u10_067_reset_by_mail_and_web_form() {
+    let (port, inbox) = fake_smtp().await;
+    let s = TestServer::start_with(|c| {
+        c.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        c.smtp_from = Some("Sync <sync@example.com>".into());
+    })
+    .await;
+    create(&s, USER, json!({"password": PASSWORD, "email": EMAIL})).await;
+    let r = call(&s, Method::GET, &format!("/user/1.0/{USER}/password_reset"), None, None).await;
+    assert_eq!((r.status.as_u16(), r.text.as_str()), (200, "success"));
+    let raw = inbox.lock().unwrap().last().cloned().expect("a reset mail");
+    // Undo quoted-printable: soft line breaks and the encoded '='.
+    let mail = raw.replace("=\n", "").replace("=3D", "=");
+    assert!(mail.contains(EMAIL) || mail.to_lowercase().contains("to:"), "{mail}");
+    let key = mail
+        .split("key=")
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect::<String>()
+        })
+        .expect("the link carries the code");
+    // The form the link opens, then the new password.
+    let form = send(
+        s.http
+            .get(format!("{}/weave-password-reset?username={USER}&key={key}", s.base)),
+    )
+    .await;
+    assert!(form.status == 200 && form.text.contains("<form"), "{}", form.text);
+    let post = |password: &str, confirm: &str| {
+        send(
+            s.http
+                .post(format!("{}/weave-password-reset", s.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "username={USER}&key={key}&password={password}&confirm={confirm}"
+                )),
+        )
+    };
+    assert_eq!(post("new+password+1", "different+one").await.status, 400);
+    assert_eq!(post("short", "short").await.status, 400);
+    let r = post("new+password+1", "new+password+1").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let del = format!("/user/1.0/{USER}/password_reset");
+    assert_eq!(
+        call(&s, Method::DELETE, &del, Some(basic(USER, "new password 1")), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post("new+password+2", "new+password+2").await.status,
+        400,
+        "the code works once"
+    );
+}
