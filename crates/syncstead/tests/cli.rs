@@ -1,12 +1,10 @@
 //! The `syncstead` binary as a user runs it: a real process, real signals.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod common;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_syncstead"))
-}
+use std::process::Stdio;
+
+use common::*;
 
 #[test]
 fn serve_help_documents_every_setting() {
@@ -40,47 +38,6 @@ fn unknown_config_keys_are_refused() {
     let out = bin().args(["serve", "--config"]).arg(&file).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
-}
-
-/// Starts `syncstead serve` in `dir` on an ephemeral port; returns the process and address.
-fn spawn_server(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
-    let mut child = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("SYNCSTEAD_MASTER_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server prints its address").unwrap();
-        if let Some(rest) = line.trim().strip_prefix("listening on") {
-            break rest.trim().trim_start_matches("http://").to_string();
-        }
-    };
-    // Keep reading, so the server never writes into a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
-/// SIGTERM, then waits for a successful exit.
-fn stop(mut child: std::process::Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut waited = 0;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        waited += 1;
-        assert!(waited < 200, "server did not stop on SIGTERM");
-    };
-    assert!(status.success());
 }
 
 #[test]
@@ -162,26 +119,6 @@ fn node_and_user_admin_commands() {
         .contains("0123456789abcdef0123456789abcdef"));
     assert!(run_in(d, &["user", "deny", "0123456789abcdef0123456789abcdef"]).0);
     assert!(!run_in(d, &["user", "deny", "0123456789abcdef0123456789abcdef"]).0);
-}
-
-fn storage(addr: &str, secret: &str, uid: u64) -> syncstead_client::StorageClient {
-    let node = format!("http://{addr}");
-    let creds = syncstead_proto::token::TokenSigner::new(secret).mint(&syncstead_proto::token::TokenPayload {
-        node: node.clone(),
-        fxa_kid: None,
-        fxa_uid: None,
-        hashed_device_id: None,
-        hashed_fxa_uid: None,
-        expires: (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600) as f64,
-        uid,
-        tokenserver_origin: None,
-        salt: syncstead_proto::token::random_salt(),
-    });
-    syncstead_client::StorageClient::new(reqwest::Client::new(), &format!("{node}/1.5/{uid}"), creds).unwrap()
 }
 
 /// A snapshot taken while the server runs restores into a fresh data directory with

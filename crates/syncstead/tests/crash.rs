@@ -2,59 +2,14 @@
 //! SIGKILL at a random moment; after a restart every acknowledged write is there, intact,
 //! and every POST is either wholly there or wholly absent.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::*;
 use rand::Rng;
-
-fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncstead"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "error",
-        ])
-        .args(["--master-secret", "crash-secret"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("server starts").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    child
-}
-
-fn client(port: u16, uid: u64) -> syncstead_client::StorageClient {
-    let node = format!("http://127.0.0.1:{port}");
-    let creds = syncstead_proto::token::TokenSigner::new("crash-secret").mint(&syncstead_proto::token::TokenPayload {
-        node: node.clone(),
-        fxa_kid: None,
-        fxa_uid: None,
-        hashed_device_id: None,
-        hashed_fxa_uid: None,
-        expires: (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600) as f64,
-        uid,
-        tokenserver_origin: None,
-        salt: syncstead_proto::token::random_salt(),
-    });
-    syncstead_client::StorageClient::new(reqwest::Client::new(), &format!("{node}/1.5/{uid}"), creds).unwrap()
-}
 
 /// (collection, id) → payload of every acknowledged write; every POST as its list of ids.
 #[derive(Default)]
@@ -79,14 +34,22 @@ fn acknowledged_writes_survive_sigkill() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let kills = 3;
     for round in 0..kills {
-        let mut child = spawn(dir.path(), port);
+        let (mut child, _) = spawn_server(
+            dir.path(),
+            &[
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--master-secret",
+                "crash-secret",
+            ],
+        );
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for writer in 0..4u64 {
             let (ledger, stop) = (ledger.clone(), stop.clone());
             tasks.push(rt.spawn(async move {
                 let uid = 1 + writer;
-                let c = client(port, uid);
+                let c = storage(&format!("127.0.0.1:{port}"), "crash-secret", uid);
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
@@ -123,11 +86,19 @@ fn acknowledged_writes_survive_sigkill() {
     }
 
     // Restart cleanly, with no repair, and read everything back.
-    let mut child = spawn(dir.path(), port);
+    let (mut child, _) = spawn_server(
+        dir.path(),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--master-secret",
+            "crash-secret",
+        ],
+    );
     let ledger = ledger.lock().unwrap();
     let mut stored: HashMap<(u64, String), String> = HashMap::new();
     for uid in 1..=4u64 {
-        let c = client(port, uid);
+        let c = storage(&format!("127.0.0.1:{port}"), "crash-secret", uid);
         let mut offset: Option<String> = None;
         loop {
             let mut path = "/storage/history?full=1&limit=1000".to_string();
