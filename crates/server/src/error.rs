@@ -123,3 +123,15 @@ impl IntoResponse for ApiError {
         }
     }
 }
+
+/// The Weave 1.1 surfaces answer a failing backend with 503 and Retry-After (U10-021,
+/// U10-053, S11-100), which their clients treat as "try later"; 1.5 keeps 500 (S15 §17).
+pub async fn legacy_backend_unavailable(mut response: Response) -> Response {
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
+    response
+}

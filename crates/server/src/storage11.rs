@@ -41,6 +41,7 @@ pub fn router(prefix: &str) -> Router<AppState> {
             &format!("/{prefix}/{{username}}/storage/{{collection}}/{{id}}"),
             get(get_item).put(put_item).delete(delete_item),
         )
+        .layer(axum::middleware::map_response(crate::error::legacy_backend_unavailable))
 }
 
 fn json_body(status: StatusCode, body: String) -> Response {

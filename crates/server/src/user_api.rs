@@ -97,6 +97,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/misc/{version}/captcha_html", get(captcha).post(captcha))
         .route("/weave-password-reset", get(reset_form).post(reset_form_post))
+        .layer(axum::middleware::map_response(crate::error::legacy_backend_unavailable))
 }
 
 fn text(body: impl Into<String>) -> Response {
