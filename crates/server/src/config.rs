@@ -21,7 +21,7 @@ pub enum ConfigError {
 
 /// Every setting, each optional so that layers can be merged. Flags and environment
 /// variables come from clap; the TOML file uses the same names.
-#[derive(Debug, Default, Clone, Deserialize, serde::Serialize, clap::Args)]
+#[derive(Default, Clone, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigLayer {
     /// TOML configuration file; its keys are the setting names below (e.g. `listen = "0.0.0.0:8000"`).
@@ -237,6 +237,16 @@ pub enum Registration {
     Secret,
     Admin,
     Closed,
+}
+
+/// Settings layers hold secrets (master secret, SMTP credentials, Weave secret), so their
+/// Debug form names only the file.
+impl std::fmt::Debug for ConfigLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConfigLayer {
