@@ -187,6 +187,7 @@ async fn serve(layer: ConfigLayer) -> Result<(), String> {
     if server.state.settings.storage_node {
         say!("  storage 1.5 node   {public}/1.5/<uid>");
     }
+    say!("  Weave 1.1 server   {public}/  (Pale Moon, Basilisk: custom server, with the final slash)");
     say!("  health             {public}/__heartbeat__");
     if let Some(m) = server.metrics_addr {
         say!("  metrics            http://{m}/metrics");
