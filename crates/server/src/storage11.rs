@@ -73,6 +73,11 @@ fn collection(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// §5.1 selectors; a malformed number is 400 `8` (S11-050).
+fn selectors(query: Option<&str>) -> Result<WboQuery, ApiError> {
+    WboQuery::parse(query.unwrap_or("")).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))
+}
+
 fn unmodified_since(headers: &HeaderMap) -> Result<Option<SyncTimestamp>, ApiError> {
     match headers.get(X_IF_UNMODIFIED_SINCE) {
         None => Ok(None),
@@ -206,7 +211,7 @@ async fn get_collection(
 ) -> Result<Response, ApiError> {
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
-    let q = WboQuery::parse(query.as_deref().unwrap_or("")).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
+    let q = selectors(query.as_deref())?;
     let wbos = state.legacy.wbo_get(bucket, &coll, &q).await?;
     let n = wbos.len();
     let fmt = format(&headers);
@@ -404,7 +409,7 @@ async fn delete_collection(
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
     let since = unmodified_since(&headers)?;
-    let q = WboQuery::parse(query.as_deref().unwrap_or("")).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
+    let q = selectors(query.as_deref())?;
     // `full` only shapes output; it selects nothing.
     let q = WboQuery { full: false, ..q };
     let t = state.legacy.wbo_delete(bucket, &coll, &q, since).await?;

@@ -78,7 +78,14 @@ async fn context(state: &AppState, req: Request) -> Result<Ctx, ApiError> {
         .get::<axum::extract::OriginalUri>()
         .and_then(|u| u.0.path_and_query().map(|p| p.as_str().to_string()))
         .unwrap_or_else(|| path_and_query.to_string());
-    let info_collections = parts.method == Method::GET && parts.uri.path() == format!("/1.5/{uid}/info/collections");
+    // S15-022: exactly `/1.5/{uid}/info/collections` (the path is already validated above).
+    let info_collections = parts.method == Method::GET
+        && parts
+            .uri
+            .path()
+            .strip_prefix("/1.5/")
+            .and_then(|r| r.split_once('/'))
+            .is_some_and(|(_, rest)| rest == "info/collections");
     let identity = state
         .hawk
         .verify(&parts.method, &original, &parts.headers, info_collections)?;

@@ -87,13 +87,7 @@ fn serve_with_no_setup_then_token_then_sigterm() {
 }
 
 fn run_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = bin().args(args).current_dir(dir).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_with_stdin(dir, args, "")
 }
 
 #[test]

@@ -31,18 +31,12 @@ fn acknowledged_writes_survive_sigkill() {
         .local_addr()
         .unwrap()
         .port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = || spawn_server(dir.path(), &["--listen", &listen, "--master-secret", "crash-secret"]).0;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let kills = 3;
     for round in 0..kills {
-        let (mut child, _) = spawn_server(
-            dir.path(),
-            &[
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--master-secret",
-                "crash-secret",
-            ],
-        );
+        let mut child = start();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for writer in 0..4u64 {
@@ -86,15 +80,7 @@ fn acknowledged_writes_survive_sigkill() {
     }
 
     // Restart cleanly, with no repair, and read everything back.
-    let (mut child, _) = spawn_server(
-        dir.path(),
-        &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--master-secret",
-            "crash-secret",
-        ],
-    );
+    let mut child = start();
     let ledger = ledger.lock().unwrap();
     let mut stored: HashMap<(u64, String), String> = HashMap::new();
     for uid in 1..=4u64 {
