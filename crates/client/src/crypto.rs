@@ -240,7 +240,7 @@ impl SyncKeys {
 
     /// `X-KeyID`: `<keysChangedAt>-<base64url(client state)>`.
     pub fn key_id(&self, keys_changed_at: i64) -> String {
-        format!("{keys_changed_at}-{}", BASE64URL_NOPAD.encode(&self.client_state))
+        format!("{keys_changed_at:013}-{}", BASE64URL_NOPAD.encode(&self.client_state))
     }
 
     /// The scoped key's `k`: base64url of kSync.

@@ -1,8 +1,13 @@
-//! The Sync client library. So far: storage format 5 crypto and key material
-//! ([`crypto`]), and Hawk-signed access to a storage 1.5 node with a tokenlib credential
-//! (what a token server hands out).
+//! The Sync client library: storage format 5 crypto and key material ([`crypto`]), the
+//! transport to a user's storage over Weave 1.1 or Sync 1.5 ([`transport`]), the special
+//! records and the record-level operations a Sync client performs ([`sync`]), the
+//! account file a device keeps ([`account`]) and the Netscape bookmark file ([`bookmarks`]).
 
+pub mod account;
+pub mod bookmarks;
 pub mod crypto;
+pub mod sync;
+pub mod transport;
 
 use std::time::SystemTime;
 
@@ -18,6 +23,40 @@ pub enum ClientError {
     Hawk(String),
     #[error("HTTP error: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("{what} failed: HTTP {status} {body}")]
+    Status { what: String, status: u16, body: String },
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("the server is busy{}", retry_after.map(|s| format!("; retry after {s} s")).unwrap_or_default())]
+    Busy { retry_after: Option<u64> },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("record too large: {0}")]
+    TooLarge(String),
+    #[error("the server refused records of {collection}: {ids:?} ({detail})")]
+    UploadFailed {
+        collection: String,
+        ids: Vec<String>,
+        detail: String,
+    },
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Crypto(#[from] crypto::CryptoError),
+    /// crypto/keys does not verify with our root key (CF-043): the Sync Key (1.1) or the
+    /// account key (1.5) is not the one the data was written with.
+    #[error("wrong key: the server's crypto/keys cannot be verified with this Sync Key (was it typed correctly?)")]
+    WrongKey,
+    #[error("record {collection}/{id} is not valid: {why}")]
+    BadRecord { collection: String, id: String, why: String },
+    #[error("the server's data needs a newer client (storageVersion {0}; this client writes 5)")]
+    StorageVersion(i64),
+    #[error("engine {0} is declined on this account (turned off by the user on another device)")]
+    Declined(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The `Authorization` header value for a request (Hawk, SHA-256, no payload hash — as

@@ -1,6 +1,7 @@
 //! The `syncstead` command: the server, its admin commands, and the load tool.
 
 mod bench;
+mod client;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,6 +62,9 @@ enum Command {
         #[command(flatten)]
         config: Box<ConfigLayer>,
     },
+    /// A Sync client: sign up or in, then pull, push, back up and restore an account's
+    /// data (docs/client.md).
+    Client(client::ClientArgs),
     /// Manage who may sign up through the token server.
     User {
         #[command(subcommand)]
@@ -464,6 +468,7 @@ fn main() -> ExitCode {
         Command::Restore { file, force, config } => restore(&file, force, *config),
         Command::Node { action, config } => runtime.block_on(node(action, *config)),
         Command::User { action, config } => runtime.block_on(user(action, *config)),
+        Command::Client(args) => runtime.block_on(client::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
