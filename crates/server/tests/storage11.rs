@@ -399,3 +399,23 @@ async fn s11_005_s11_006_s11_071_s11_100_s11_110_ids_methods_quota_maintenance()
     r.assert_error(503, 0);
     assert!(r.header("retry-after").is_some());
 }
+
+/// S11-072 with two devices: the collection's time is its newest item, so two writes in
+/// the same centisecond would share it and the second device's guarded write would pass
+/// over the first's change. Every write to a collection gets a strictly later time.
+#[tokio::test]
+async fn s11_072_back_to_back_writes_get_strictly_later_times() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    let mut last = 0.0f64;
+    for i in 0..30 {
+        let r = w
+            .call(Method::PUT, &format!("/storage/tabs/t{i}"), Some(json!({"payload": "x"})), &[])
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let t: f64 = r.text.trim().parse().unwrap();
+        assert!(t > last, "write {i} at {t} is not after {last}");
+        last = t;
+    }
+    s.stop().await;
+}

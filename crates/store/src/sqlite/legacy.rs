@@ -145,9 +145,14 @@ impl LegacyStore for SqliteStore {
     ) -> StoreResult<(SyncTimestamp, Vec<SyncTimestamp>)> {
         let coll = self.ensure_collection(collection).await?;
         let bytes = wbos.iter().map(|w| w.payload.as_ref().map_or(0, String::len)).sum();
-        self.submit(None, bytes, move |tx| {
-            let now = SyncTimestamp::now();
-            check_unmodified(tx, user, coll, if_unmodified_since)?;
+        self.write(None, bytes, move |tx, now| {
+            let newest = check_unmodified(tx, user, coll, if_unmodified_since)?;
+            // The collection's time is its newest item's, so a write in the same
+            // centisecond as the last one would be invisible to X-If-Unmodified-Since
+            // (a lost update between two devices): it waits for the next tick instead.
+            if newest >= now {
+                return Err(StoreError::Conflict);
+            }
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO bsos (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry, parentid, predecessorid)
                  VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ''), ?6, ?7, ?8, ?9, ?10)
@@ -219,21 +224,19 @@ impl LegacyStore for SqliteStore {
     }
 }
 
-/// S11-072: the collection's time is its newest item (expired ones included).
+/// S11-072: the collection's time is its newest item (expired ones included); returns it.
 fn check_unmodified(
     tx: &rusqlite::Transaction,
     user: UserId,
     coll: i64,
     since: Option<SyncTimestamp>,
-) -> StoreResult<()> {
-    if let Some(since) = since {
-        let newest: Option<i64> = tx
-            .prepare_cached("SELECT MAX(modified) FROM bsos WHERE user_id = ?1 AND collection_id = ?2")?
-            .query_row(params![user, coll], |r| r.get(0))?;
-        let newest = ts(newest.unwrap_or(0));
-        if newest > since {
-            return Err(StoreError::PreconditionFailed(newest));
-        }
+) -> StoreResult<SyncTimestamp> {
+    let newest: Option<i64> = tx
+        .prepare_cached("SELECT MAX(modified) FROM bsos WHERE user_id = ?1 AND collection_id = ?2")?
+        .query_row(params![user, coll], |r| r.get(0))?;
+    let newest = ts(newest.unwrap_or(0));
+    if since.is_some_and(|since| newest > since) {
+        return Err(StoreError::PreconditionFailed(newest));
     }
-    Ok(())
+    Ok(newest)
 }
