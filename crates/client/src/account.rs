@@ -111,7 +111,9 @@ impl Account {
     /// The Sync Key Bundle that protects crypto/keys.
     pub fn root_key(&self) -> Result<KeyBundle, ClientError> {
         match &self.login {
-            Login::Weave11 { username, sync_key, .. } => Ok(KeyBundle::from_sync_key(&parse_sync_key(sync_key)?, username)),
+            Login::Weave11 { username, sync_key, .. } => {
+                Ok(KeyBundle::from_sync_key(&parse_sync_key(sync_key)?, username))
+            }
             Login::Sync15 { ksync, .. } => {
                 let bytes = BASE64URL_NOPAD
                     .decode(ksync.trim_end_matches('=').as_bytes())

@@ -402,7 +402,9 @@ pub fn to_html(b: &Bookmarks) -> String {
         out.push_str(&format!("{pad}</DL><p>\n"));
     }
     fn date_attr(added: Option<i64>) -> String {
-        added.map(|ms| format!(" ADD_DATE=\"{}\"", ms / 1000)).unwrap_or_default()
+        added
+            .map(|ms| format!(" ADD_DATE=\"{}\"", ms / 1000))
+            .unwrap_or_default()
     }
     let mut out = String::from(
         "<!DOCTYPE NETSCAPE-Bookmark-file-1>\n<!-- This is an automatically generated file.\n     It will be read and overwritten.\n     DO NOT EDIT! -->\n<META HTTP-EQUIV=\"Content-Type\" CONTENT=\"text/html; charset=UTF-8\">\n<TITLE>Bookmarks</TITLE>\n<H1>Bookmarks Menu</H1>\n\n<DL><p>\n",
@@ -700,8 +702,10 @@ mod tests {
 
     #[test]
     fn import_appends_after_existing_root_children() {
-        let existing = vec![json!({"id": "toolbar", "type": "folder", "parentid": "places", "title": "toolbar", "children": ["old000000001"]}),
-            json!({"id": "old000000001", "type": "bookmark", "parentid": "toolbar", "title": "Old", "bmkUri": "https://old.example/"})];
+        let existing = vec![
+            json!({"id": "toolbar", "type": "folder", "parentid": "places", "title": "toolbar", "children": ["old000000001"]}),
+            json!({"id": "old000000001", "type": "bookmark", "parentid": "toolbar", "title": "Old", "bmkUri": "https://old.example/"}),
+        ];
         let b = parse_html(FIREFOX);
         let mut records = to_records(&b, &existing);
         let toolbar = records.iter().find(|r| r["id"] == "toolbar").unwrap();
@@ -714,7 +718,15 @@ mod tests {
 
     #[test]
     fn odd_input_never_panics() {
-        for s in ["", "<", "<DL>", "</DL></DL><A HREF=", "<DT><H3>x", "&#xffffffff; &#; &", "<A HREF='q'>t</A>"] {
+        for s in [
+            "",
+            "<",
+            "<DL>",
+            "</DL></DL><A HREF=",
+            "<DT><H3>x",
+            "&#xffffffff; &#; &",
+            "<A HREF='q'>t</A>",
+        ] {
             let _ = parse_html(s);
         }
         let b = parse_html("<DL><DT><H3>Cut</H3><DL><DT><A HREF=\"u\">t</A>");

@@ -48,7 +48,11 @@ pub enum ClientError {
     #[error("wrong key: the server's crypto/keys cannot be verified with this Sync Key (was it typed correctly?)")]
     WrongKey,
     #[error("record {collection}/{id} is not valid: {why}")]
-    BadRecord { collection: String, id: String, why: String },
+    BadRecord {
+        collection: String,
+        id: String,
+        why: String,
+    },
     #[error("the server's data needs a newer client (storageVersion {0}; this client writes 5)")]
     StorageVersion(i64),
     #[error("engine {0} is declined on this account (turned off by the user on another device)")]

@@ -240,7 +240,8 @@ impl SyncClient {
         let global = meta["syncID"].as_str().unwrap_or_default().to_string();
         if self.state.global_sync_id.as_deref() != Some(global.as_str()) {
             if self.state.global_sync_id.is_some() {
-                self.events.push("the account was reset by another device: resetting all engines".into());
+                self.events
+                    .push("the account was reset by another device: resetting all engines".into());
             }
             self.state.last_modified.clear();
             self.state.engine_sync_ids.clear();
@@ -273,7 +274,8 @@ impl SyncClient {
             .iter()
             .map(|(name, version)| (name.to_string(), json!({"version": version, "syncID": new_sync_id()})))
             .collect();
-        let meta = json!({"syncID": new_sync_id(), "storageVersion": STORAGE_VERSION, "engines": engines, "declined": []});
+        let meta =
+            json!({"syncID": new_sync_id(), "storageVersion": STORAGE_VERSION, "engines": engines, "declined": []});
         let modified = self
             .transport
             .put_record(
@@ -329,7 +331,10 @@ impl SyncClient {
                 if data {
                     self.fresh_start(true, 0.0).await
                 } else {
-                    match self.upload_new_keys(Some(info.get("crypto").copied().unwrap_or(0.0))).await {
+                    match self
+                        .upload_new_keys(Some(info.get("crypto").copied().unwrap_or(0.0)))
+                        .await
+                    {
                         Err(ClientError::Conflict(_)) => Box::pin(self.ensure_keys(info)).await,
                         other => other,
                     }
@@ -393,10 +398,15 @@ impl SyncClient {
             id: rec.id.clone(),
             why,
         };
-        let clear = keys.for_collection(collection).open(&rec.payload).map_err(|e| match e {
-            CryptoError::HmacMismatch => bad("its HMAC does not verify: it was tampered with or written with other keys".into()),
-            e => bad(e.to_string()),
-        })?;
+        let clear = keys
+            .for_collection(collection)
+            .open(&rec.payload)
+            .map_err(|e| match e {
+                CryptoError::HmacMismatch => {
+                    bad("its HMAC does not verify: it was tampered with or written with other keys".into())
+                }
+                e => bad(e.to_string()),
+            })?;
         if clear["id"].as_str() != Some(rec.id.as_str()) {
             return Err(bad("the encrypted id differs from the record's id".into()));
         }
@@ -449,16 +459,29 @@ impl SyncClient {
                 }
             }
         }
-        Err(ClientError::Conflict("this device's client record kept changing".into()))
+        Err(ClientError::Conflict(
+            "this device's client record kept changing".into(),
+        ))
     }
 
     /// A PUT guarded by what this device last saw of the record.
-    async fn put_guarded_record(&mut self, collection: &str, rec: &Record, record_modified: f64) -> Result<f64, ClientError> {
+    async fn put_guarded_record(
+        &mut self,
+        collection: &str,
+        rec: &Record,
+        record_modified: f64,
+    ) -> Result<f64, ClientError> {
         // 1.5's X-If-Unmodified-Since on a record PUT compares with the record's own
         // timestamp (S15-108); 1.1 compares with the collection's. For 1.1 take the fresh
         // collection time, accepting the small race.
         let guard = if self.transport.is_weave11() {
-            self.transport.info_collections().await?.get(collection).copied().unwrap_or(0.0).max(record_modified)
+            self.transport
+                .info_collections()
+                .await?
+                .get(collection)
+                .copied()
+                .unwrap_or(0.0)
+                .max(record_modified)
         } else {
             record_modified
         };
@@ -496,7 +519,10 @@ impl SyncClient {
                     args.get(2).map(|t| format!(" ({t})")).unwrap_or_default()
                 ),
             ),
-            _ => (false, format!("command {command} {args:?} from another device is not supported here; ignored")),
+            _ => (
+                false,
+                format!("command {command} {args:?} from another device is not supported here; ignored"),
+            ),
         };
         CommandOutcome {
             command,
@@ -572,7 +598,13 @@ impl SyncClient {
         self.declare_engine(collection).await?;
         let mut base = match self.state.last_modified.get(collection) {
             Some(t) => *t,
-            None => self.transport.info_collections().await?.get(collection).copied().unwrap_or(0.0),
+            None => self
+                .transport
+                .info_collections()
+                .await?
+                .get(collection)
+                .copied()
+                .unwrap_or(0.0),
         };
         let mut report = PushReport {
             records: records.len(),
@@ -605,7 +637,9 @@ impl SyncClient {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Conflict(format!("{collection} kept changing; try again later")))
+        Err(ClientError::Conflict(format!(
+            "{collection} kept changing; try again later"
+        )))
     }
 
     /// Makes sure meta/global lists an engine before its data is written, so other
@@ -667,7 +701,10 @@ impl SyncClient {
         let mut done = Vec::new();
         for c in info.keys().filter(|c| !SPECIAL.contains(&c.as_str())) {
             let (records, _) = self.pull(c, progress).await?;
-            write_private(&dir.join(format!("{c}.json")), &serde_json::to_vec_pretty(&records).expect("JSON"))?;
+            write_private(
+                &dir.join(format!("{c}.json")),
+                &serde_json::to_vec_pretty(&records).expect("JSON"),
+            )?;
             done.push((c.clone(), records.len()));
         }
         let manifest = json!({
@@ -677,7 +714,10 @@ impl SyncClient {
             "contains_keys": false,
             "collections": done.iter().map(|(c, n)| (c.clone(), json!(n))).collect::<Map<String, Value>>(),
         });
-        write_private(&dir.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
+        write_private(
+            &dir.join("manifest.json"),
+            &serde_json::to_vec_pretty(&manifest).expect("JSON"),
+        )?;
         Ok(done)
     }
 

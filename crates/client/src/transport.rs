@@ -240,7 +240,9 @@ impl Transport {
                     _ => return Err(r.error("node lookup")),
                 };
                 if node.is_empty() || node == "null" {
-                    return Err(ClientError::Protocol("the server has no storage node for this account".into()));
+                    return Err(ClientError::Protocol(
+                        "the server has no storage node for this account".into(),
+                    ));
                 }
                 let node = Url::parse(&node).map_err(|e| ClientError::Url(format!("{node}: {e}")))?;
                 Ok(Session {
@@ -256,12 +258,7 @@ impl Transport {
             } => {
                 let url = join(&token_server, "1.0/sync/1.5")?;
                 let r = self
-                    .send_raw(
-                        self.http
-                            .get(url)
-                            .bearer_auth(&access_token)
-                            .header("X-KeyID", &key_id),
-                    )
+                    .send_raw(self.http.get(url).bearer_auth(&access_token).header("X-KeyID", &key_id))
                     .await?;
                 if r.status == StatusCode::UNAUTHORIZED {
                     let status = serde_json::from_str::<Value>(&r.body)
@@ -521,7 +518,10 @@ impl Transport {
                 .or_else(|| r.body.trim().parse().ok())
                 .or_else(|| r.timestamp("x-weave-timestamp"))
                 .unwrap_or(0.0)),
-            412 => Err(ClientError::Conflict(format!("{collection}/{} changed on the server", record.id))),
+            412 => Err(ClientError::Conflict(format!(
+                "{collection}/{} changed on the server",
+                record.id
+            ))),
             _ => Err(r.error(&format!("PUT {collection}/{}", record.id))),
         }
     }
@@ -601,7 +601,12 @@ impl Transport {
             };
             let guard = vec![("x-if-unmodified-since", format!("{:.2}", done.modified))];
             let r = self
-                .request(Method::POST, &format!("/storage/{collection}{query}"), &guard, Some(&body))
+                .request(
+                    Method::POST,
+                    &format!("/storage/{collection}{query}"),
+                    &guard,
+                    Some(&body),
+                )
                 .await?;
             done.requests += 1;
             match r.status.as_u16() {
@@ -643,9 +648,10 @@ impl Transport {
                 batch_records = 0;
                 batch_bytes = 0;
             } else {
-                batch = Some(result.batch.ok_or_else(|| {
-                    ClientError::Protocol("the server did not open a batch (no batch id)".into())
-                })?);
+                batch =
+                    Some(result.batch.ok_or_else(|| {
+                        ClientError::Protocol("the server did not open a batch (no batch id)".into())
+                    })?);
                 batch_records += count;
                 batch_bytes += size;
             }
@@ -681,7 +687,11 @@ impl Transport {
 
 /// `base` + `path`, whatever trailing slash `base` has.
 fn join(base: &Url, path: &str) -> Result<Url, ClientError> {
-    let s = format!("{}/{}", base.as_str().trim_end_matches('/'), path.trim_start_matches('/'));
+    let s = format!(
+        "{}/{}",
+        base.as_str().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
     Url::parse(&s).map_err(|e| ClientError::Url(format!("{s}: {e}")))
 }
 

@@ -62,13 +62,21 @@ async fn concurrent_writes_are_merged_after_412() {
         let bookmark = |id: &str| json!({"id": id, "type": "bookmark", "parentid": "toolbar", "title": id, "bmkUri": format!("https://{id}.example/")});
 
         let ra = a
-            .push("bookmarks", vec![bookmark("fromdeviceA1"), toolbar("fromdeviceA1")], &|_| {})
+            .push(
+                "bookmarks",
+                vec![bookmark("fromdeviceA1"), toolbar("fromdeviceA1")],
+                &|_| {},
+            )
             .await
             .unwrap();
         assert_eq!(ra.conflicts, 0);
         // B still has the base it read before A wrote.
         let rb = b
-            .push("bookmarks", vec![bookmark("fromdeviceB1"), toolbar("fromdeviceB1")], &|_| {})
+            .push(
+                "bookmarks",
+                vec![bookmark("fromdeviceB1"), toolbar("fromdeviceB1")],
+                &|_| {},
+            )
             .await
             .unwrap();
         assert_eq!(rb.conflicts, 1, "{p:?}: B's write must meet a 412");
@@ -87,9 +95,16 @@ async fn concurrent_writes_are_merged_after_412() {
             .collect();
         assert_eq!(titles, ["fromdeviceB1", "fromdeviceA1"], "{p:?}");
         let folder = all.iter().find(|r| r["id"] == "toolbar").unwrap();
-        assert_eq!(folder["children"], json!(["fromdeviceB1", "fromdeviceA1"]), "{p:?}: the merged folder lists both");
+        assert_eq!(
+            folder["children"],
+            json!(["fromdeviceB1", "fromdeviceA1"]),
+            "{p:?}: the merged folder lists both"
+        );
         // A's next write is guarded by its own, now stale, view: it merges too.
-        let ra2 = a.push("bookmarks", vec![toolbar("fromdeviceA1")], &|_| {}).await.unwrap();
+        let ra2 = a
+            .push("bookmarks", vec![toolbar("fromdeviceA1")], &|_| {})
+            .await
+            .unwrap();
         assert_eq!(ra2.conflicts, 1, "{p:?}");
         let (all, _) = c.pull("bookmarks", &|_| {}).await.unwrap();
         assert_eq!(from_records(&all).toolbar.len(), 2, "{p:?}");
@@ -119,10 +134,7 @@ async fn wrong_key_and_tampered_record_are_detected() {
             }
         }
         let mut w = wrong.client(reqwest::Client::new()).unwrap();
-        assert!(
-            matches!(w.prepare().await, Err(ClientError::WrongKey)),
-            "{p:?}"
-        );
+        assert!(matches!(w.prepare().await, Err(ClientError::WrongKey)), "{p:?}");
         assert_eq!(
             a.transport.info_collections().await.unwrap(),
             before,
@@ -133,7 +145,10 @@ async fn wrong_key_and_tampered_record_are_detected() {
         let rec = a.transport.get_record("history", "t00000001").await.unwrap().unwrap();
         let mut env: Value = serde_json::from_str(&rec.payload).unwrap();
         let ct = env["ciphertext"].as_str().unwrap().to_string();
-        let flipped = if ct.starts_with('A') { format!("B{}", &ct[1..]) } else { format!("A{}", &ct[1..]) };
+        let flipped = match ct.strip_prefix('A') {
+            Some(rest) => format!("B{rest}"),
+            None => format!("A{}", &ct[1..]),
+        };
         env["ciphertext"] = json!(flipped);
         a.transport
             .put_record(
@@ -217,7 +232,10 @@ async fn meta_global_rules() {
             .unwrap();
         let before = b.transport.info_collections().await.unwrap();
         let mut c = second_device(&account, "C").client(reqwest::Client::new()).unwrap();
-        assert!(matches!(c.prepare().await, Err(ClientError::StorageVersion(6))), "{p:?}");
+        assert!(
+            matches!(c.prepare().await, Err(ClientError::StorageVersion(6))),
+            "{p:?}"
+        );
         assert_eq!(b.transport.info_collections().await.unwrap(), before);
         let kept = b.transport.get_record("meta", "global").await.unwrap().unwrap();
         assert_eq!(kept.payload, newer.to_string());
@@ -248,7 +266,11 @@ async fn declined_engine_is_refused() {
         .unwrap();
     let mut b = client(&second_device(&account, "B")).await;
     let err = b
-        .push("passwords", vec![json!({"id": "{0000-1111}", "hostname": "https://x"})], &|_| {})
+        .push(
+            "passwords",
+            vec![json!({"id": "{0000-1111}", "hostname": "https://x"})],
+            &|_| {},
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Declined(ref e) if e == "passwords"), "{err}");
@@ -336,7 +358,12 @@ async fn refreshes_its_token_on_401() {
     let addr = s.running.as_ref().unwrap().addr;
     let data = s.dir.path().to_path_buf();
     let keys = s.keys.path().join("fxa.jwk");
-    let Server { running, dir, keys: key_dir, .. } = s;
+    let Server {
+        running,
+        dir,
+        keys: key_dir,
+        ..
+    } = s;
     running.unwrap().shutdown().await.unwrap();
     let layer = syncstead_server::ConfigLayer {
         listen: Some(addr),
@@ -385,7 +412,10 @@ async fn honours_backoff_and_retry_after() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(on, "maintenance mode answers 503 + Retry-After, and the client gave up after 3 waits");
+    assert!(
+        on,
+        "maintenance mode answers 503 + Retry-After, and the client gave up after 3 waits"
+    );
     let clear = {
         let flag = flag.clone();
         tokio::spawn(async move {
@@ -426,7 +456,11 @@ async fn backup_wipe_restore() {
         assert_eq!(done, [("bookmarks".to_string(), 14), ("history".to_string(), 40)]);
         assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(
-            std::fs::metadata(target.join("history.json")).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(target.join("history.json"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o600
         );
         a.wipe().await.unwrap();

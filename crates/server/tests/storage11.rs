@@ -410,7 +410,12 @@ async fn s11_072_back_to_back_writes_get_strictly_later_times() {
     let mut last = 0.0f64;
     for i in 0..30 {
         let r = w
-            .call(Method::PUT, &format!("/storage/tabs/t{i}"), Some(json!({"payload": "x"})), &[])
+            .call(
+                Method::PUT,
+                &format!("/storage/tabs/t{i}"),
+                Some(json!({"payload": "x"})),
+                &[],
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let t: f64 = r.text.trim().parse().unwrap();

@@ -246,7 +246,9 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             let username = syncstead_proto::username::username_for_account(&email);
             let http = http();
             if user_api::exists(&http, &url, &username).await.map_err(err)? {
-                return Err(format!("{email} already has an account here: use `syncstead client login`"));
+                return Err(format!(
+                    "{email} already has an account here: use `syncstead client login`"
+                ));
             }
             let password = read_secret("Password: ")?;
             if std::io::stdin().is_terminal() && read_secret("Again: ")? != password {
@@ -335,7 +337,10 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
                 ksync,
             };
             let mut client = sign_in(path, login, device_name).await?;
-            println!("connected; storage at {}", client.transport.endpoint().await.map_err(err)?);
+            println!(
+                "connected; storage at {}",
+                client.transport.endpoint().await.map_err(err)?
+            );
         }
         ClientAction::Status => {
             let account = Account::load(path).map_err(err)?;
@@ -395,7 +400,11 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             match out {
                 Some(file) => {
                     write_private(&file, text.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))?;
-                    eprintln!("{} records of {collection} written to {}", records.len(), file.display());
+                    eprintln!(
+                        "{} records of {collection} written to {}",
+                        records.len(),
+                        file.display()
+                    );
                 }
                 None => println!("{text}"),
             }
@@ -415,10 +424,7 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
                 report.records,
                 report.requests,
                 if report.conflicts > 0 {
-                    format!(
-                        "; another device wrote meanwhile: {} records merged",
-                        report.merged
-                    )
+                    format!("; another device wrote meanwhile: {} records merged", report.merged)
                 } else {
                     String::new()
                 }
@@ -436,7 +442,9 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
                 println!("  {c:14} {n:>7} records");
             }
             println!("backed up {} collections to {}", done.len(), dir.display());
-            println!("The backup is decrypted and holds no keys: anyone who can read the directory can read your data.");
+            println!(
+                "The backup is decrypted and holds no keys: anyone who can read the directory can read your data."
+            );
             println!("`syncstead client restore` uploads it encrypted with the keys of the account it runs for.");
         }
         ClientAction::Restore { dir } => {
