@@ -95,7 +95,7 @@ impl CollectionKeys {
         }
     }
 
-    fn for_collection(&self, collection: &str) -> &KeyBundle {
+    pub fn for_collection(&self, collection: &str) -> &KeyBundle {
         self.collections.get(collection).unwrap_or(&self.default)
     }
 
@@ -294,7 +294,10 @@ impl SyncClient {
     }
 
     async fn upload_new_keys(&mut self, guard: Option<f64>) -> Result<(), ClientError> {
-        let keys = CollectionKeys::random();
+        self.upload_keys(CollectionKeys::random(), guard).await
+    }
+
+    async fn upload_keys(&mut self, keys: CollectionKeys, guard: Option<f64>) -> Result<(), ClientError> {
         let rec = Record {
             id: "keys".into(),
             payload: self.root.seal(&keys.to_cleartext()),
@@ -343,9 +346,13 @@ impl SyncClient {
         }
     }
 
-    /// Replaces the bulk keys (CF-042): every other client must then re-download, so all
-    /// engine data is re-encrypted and re-uploaded with the new keys.
-    pub async fn rotate_keys(&mut self) -> Result<PushReport, ClientError> {
+    /// Replaces the bulk keys (CF-042), giving the collections in `own_keys` keys of their
+    /// own (CF-040): every other client must then re-download, so all engine data is
+    /// re-encrypted and re-uploaded with the new keys.
+    pub async fn rotate_keys(&mut self, own_keys: &[&str]) -> Result<PushReport, ClientError> {
+        for c in own_keys {
+            check_collection(c)?;
+        }
         self.require_ready()?;
         let info = self.transport.info_collections().await?;
         let mut saved = Vec::new();
@@ -354,7 +361,11 @@ impl SyncClient {
             saved.push((c.clone(), records));
         }
         let guard = info.get("crypto").copied();
-        self.upload_new_keys(guard).await?;
+        let mut keys = CollectionKeys::random();
+        for c in own_keys {
+            keys.collections.insert(c.to_string(), KeyBundle::random());
+        }
+        self.upload_keys(keys, guard).await?;
         let mut total = PushReport::default();
         for (c, records) in saved {
             self.transport.delete_collection(&c).await?;
@@ -371,6 +382,11 @@ impl SyncClient {
         self.keys
             .as_ref()
             .ok_or_else(|| ClientError::Config("prepare() must run first".into()))
+    }
+
+    /// The bulk keys in use (after [`prepare`](Self::prepare)).
+    pub fn collection_keys(&self) -> Option<&CollectionKeys> {
+        self.keys.as_ref()
     }
 
     /// The meta/global this client last read or wrote.

@@ -475,3 +475,84 @@ async fn backup_wipe_restore() {
     }
     s.stop().await;
 }
+
+/// CF-040/042: new bulk keys, with a key of its own for one collection; everything is
+/// re-encrypted, and another device reads it after its next prepare.
+#[tokio::test]
+async fn keys_rotate_with_per_collection_keys() {
+    let s = Server::start().await;
+    for p in BOTH {
+        let account = new_account(&s, p, &format!("rotate-{p:?}")).await;
+        let mut a = client(&account).await;
+        let h = history(30, "k");
+        a.push("history", h.clone(), &|_| {}).await.unwrap();
+        a.push(
+            "forms",
+            vec![json!({"id": "form00000001", "name": "q", "value": "rust"})],
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        let mut b = client(&second_device(&account, "B")).await;
+        let old_default = b.collection_keys().unwrap().default.to_base64();
+
+        let report = a.rotate_keys(&["history"]).await.unwrap();
+        assert_eq!(report.records, 31, "{p:?}");
+        let keys = a.collection_keys().unwrap().clone();
+        assert_ne!(keys.default.to_base64(), old_default);
+        assert!(keys.collections.contains_key("history"));
+        // The history records are sealed with the history key, not the default one.
+        let rec = a.transport.get_record("history", "k00000003").await.unwrap().unwrap();
+        assert!(keys.for_collection("history").open(&rec.payload).is_ok());
+        assert!(keys.default.open(&rec.payload).is_err());
+
+        // B's old keys no longer open the data; after prepare it reads everything.
+        assert!(b.pull("history", &|_| {}).await.is_err(), "{p:?}");
+        b.prepare().await.unwrap();
+        let (pulled, _) = b.pull("history", &|_| {}).await.unwrap();
+        assert_eq!(sorted(pulled), sorted(h), "{p:?}");
+        let (forms, _) = b.pull("forms", &|_| {}).await.unwrap();
+        assert_eq!(forms[0]["value"], "rust");
+    }
+    s.stop().await;
+}
+
+/// Spec §2.2 step 6: X-Weave-Alert is passed on to the user. Syncstead itself never sends
+/// one (it is how an operator announced an end of service), so a bare socket answers here.
+#[tokio::test]
+async fn weave_alert_reaches_the_user() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (status, body) = if head.contains("/node/weave") {
+                ("404 Not Found", "")
+            } else {
+                ("200 OK", "{}")
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nX-Weave-Alert: This server closes on 2027-01-01\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+        }
+    });
+    let mut t = syncstead_client::transport::Transport::new(
+        reqwest::Client::new(),
+        syncstead_client::transport::Auth::Basic {
+            server: url::Url::parse(&format!("http://{addr}/")).unwrap(),
+            username: "someone".into(),
+            password: "pw".into(),
+        },
+    );
+    assert!(t.info_collections().await.unwrap().is_empty());
+    let notices = t.take_notices();
+    assert!(
+        notices.contains(&Notice::Alert("This server closes on 2027-01-01".into())),
+        "{notices:?}"
+    );
+}

@@ -116,7 +116,11 @@ enum ClientAction {
         args: Vec<String>,
     },
     /// Replace the account's bulk keys and re-upload all data encrypted with them.
-    RotateKeys,
+    RotateKeys {
+        /// Give this collection a key of its own (repeatable).
+        #[arg(long = "own-key", value_name = "COLLECTION")]
+        own_keys: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -496,8 +500,9 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             with_client(path, async |c| c.send_command(&device, &command, &args).await).await?;
             println!("left {command} for {device}");
         }
-        ClientAction::RotateKeys => {
-            let r = with_client(path, async |c| c.rotate_keys().await).await?;
+        ClientAction::RotateKeys { own_keys } => {
+            let own: Vec<&str> = own_keys.iter().map(String::as_str).collect();
+            let r = with_client(path, async |c| c.rotate_keys(&own).await).await?;
             println!("new keys; {} records re-uploaded", r.records);
         }
     }
