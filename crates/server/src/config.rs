@@ -43,7 +43,8 @@ pub struct ConfigLayer {
     #[arg(long, env = "SYNCSTEAD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Database to use: `sqlite://PATH` [default: sqlite://<data_dir>/syncstead.db].
+    /// Database to use: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// [default: sqlite://<data_dir>/syncstead.db].
     #[arg(long, env = "SYNCSTEAD_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
 
@@ -76,6 +77,10 @@ pub struct ConfigLayer {
     /// Read connections in the SQLite pool [default: 4].
     #[arg(long, env = "SYNCSTEAD_SQLITE_READERS", value_name = "N")]
     pub sqlite_readers: Option<usize>,
+
+    /// Connections in the PostgreSQL pool, per server process [default: 16].
+    #[arg(long, env = "SYNCSTEAD_POSTGRES_POOL_SIZE", value_name = "N")]
+    pub postgres_pool_size: Option<usize>,
 
     /// Largest request body in bytes [default: 2625536].
     #[arg(long, env = "SYNCSTEAD_MAX_REQUEST_BYTES", value_name = "N")]
@@ -364,6 +369,7 @@ pub struct Settings {
     pub log_level: String,
     pub sqlite_synchronous: syncstead_store::Synchronous,
     pub sqlite_readers: usize,
+    pub postgres_pool_size: usize,
     pub limits: Limits,
     pub quota_bytes: Option<u64>,
     pub hawk_skew_seconds: u64,
@@ -412,7 +418,7 @@ impl std::fmt::Debug for Settings {
             .field("listen", &self.listen)
             .field("public_url", &self.public_url.as_ref().map(|p| p.base()))
             .field("data_dir", &self.data_dir)
-            .field("database_url", &self.database_url)
+            .field("database_url", &self.database_display())
             .field("master_secret", &"<redacted>")
             .field("limits", &self.limits)
             .finish_non_exhaustive()
@@ -518,6 +524,7 @@ impl Settings {
             log_level: layer.log_level.unwrap_or_else(|| "info".into()),
             sqlite_synchronous,
             sqlite_readers: layer.sqlite_readers.unwrap_or(4).max(1),
+            postgres_pool_size: layer.postgres_pool_size.unwrap_or(16).max(1),
             limits,
             quota_bytes: quota,
             hawk_skew_seconds: layer.hawk_skew_seconds.unwrap_or(52 * 7 * 24 * 3600),
@@ -571,14 +578,27 @@ impl Settings {
     }
 
     /// The SQLite file named by `database_url`, if it is a SQLite URL.
+    /// The database URL without its password, for logs and output.
+    pub fn database_display(&self) -> String {
+        match url::Url::parse(&self.database_url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("<redacted>"));
+                u.to_string()
+            }
+            _ => self.database_url.clone(),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")
+    }
+
     pub fn sqlite_path(&self) -> Result<PathBuf, ConfigError> {
         let url = &self.database_url;
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| {
-                ConfigError::Invalid("database_url", format!("{url:?}: only sqlite:// URLs are supported"))
-            })?;
+            .ok_or_else(|| ConfigError::Invalid("database_url", format!("{url:?}: not a sqlite:// URL")))?;
         let path = path.split('?').next().unwrap_or(path);
         if path.is_empty() {
             return Err(ConfigError::Invalid("database_url", "empty SQLite path".into()));

@@ -94,6 +94,10 @@ pub async fn timed<T>(op: &'static str, fut: impl Future<Output = T>) -> T {
 
 /// Opens the store the settings name.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Backend>, ServeError> {
+    if settings.is_postgres() {
+        let store = syncstead_store::PgStore::open(&settings.database_url, settings.postgres_pool_size).await?;
+        return Ok(Arc::new(store));
+    }
     let path = settings.sqlite_path()?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

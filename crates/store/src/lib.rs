@@ -9,10 +9,12 @@ use syncstead_proto::wbo::{Wbo, WboInput, WboQuery};
 use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 
 pub mod accounts;
+pub mod postgres;
 pub mod sqlite;
 pub mod tokens;
 
 pub use accounts::{Account, AccountError};
+pub use postgres::PgStore;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use tokens::{Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate};
 

@@ -181,7 +181,7 @@ async fn serve(layer: ConfigLayer) -> Result<(), String> {
         .public_url
         .as_ref()
         .map_or_else(|| format!("http://{}", settings.listen), |p| p.base());
-    let database = settings.database_url.clone();
+    let database = settings.database_display();
     let mut server = syncstead_server::start(settings).await.map_err(|e| e.to_string())?;
     say!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
     say!("  listening on       http://{}", server.addr);
@@ -255,6 +255,12 @@ fn limit_malloc_arenas() {
 
 fn backup(file: &std::path::Path, layer: ConfigLayer) -> Result<(), String> {
     let settings = load_settings(layer)?;
+    if settings.is_postgres() {
+        return Err(
+            "for PostgreSQL use pg_dump (docs/operations.md shows how); `syncstead backup` copies SQLite databases"
+                .into(),
+        );
+    }
     let db = settings.sqlite_path().map_err(|e| e.to_string())?;
     let pages = syncstead_store::sqlite::backup(&db, file).map_err(|e| e.to_string())?;
     println!("backed up {} to {} ({pages} pages)", db.display(), file.display());
