@@ -152,9 +152,20 @@ async fn data_survives_a_restart() {
         .await
         .json()["modified"]
         .clone();
-    let TestServer { running, dir: tmp, .. } = s;
+    let TestServer {
+        running,
+        dir: tmp,
+        postgres,
+        ..
+    } = s;
     running.unwrap().shutdown().await.unwrap();
-    let again = TestServer::start_with(|c| c.data_dir = Some(dir.clone())).await;
+    let again = TestServer::start_with(|c| {
+        c.data_dir = Some(dir.clone());
+        if let Some(p) = &postgres {
+            c.database_url = Some(p.url.clone());
+        }
+    })
+    .await;
     let r = again.client(9).get("/storage/col?full=1").await;
     assert_eq!(r.json(), json!([{"id": "a", "modified": t, "payload": "kept"}]));
     drop(tmp);

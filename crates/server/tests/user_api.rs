@@ -407,12 +407,17 @@ async fn u10_061_u10_067_reset_by_mail_and_web_form() {
 }
 
 /// A real backend failure: the database file vanishes before the first read connection
-/// is opened. The Weave surfaces answer 503 with Retry-After (U10-021, U10-032, U10-053).
+/// is opened (on PostgreSQL: the schema is dropped). The Weave surfaces answer 503 with Retry-After (U10-021, U10-032, U10-053).
 #[tokio::test]
 async fn u10_021_u10_032_u10_053_backend_failure_is_503() {
     let s = TestServer::start_with(|c| c.token_server = Some(false)).await;
-    for f in ["syncstead.db", "syncstead.db-wal", "syncstead.db-shm"] {
-        let _ = std::fs::remove_file(s.dir.path().join(f));
+    match &s.postgres {
+        Some(pg) => pg.drop_now().await,
+        None => {
+            for f in ["syncstead.db", "syncstead.db-wal", "syncstead.db-shm"] {
+                let _ = std::fs::remove_file(s.dir.path().join(f));
+            }
+        }
     }
     let r = call(&s, Method::GET, &format!("/user/1.0/{USER}"), None, None).await;
     assert_eq!(r.status, 503, "{}", r.text);

@@ -11,6 +11,7 @@ use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 pub mod accounts;
 pub mod postgres;
 pub mod sqlite;
+pub mod testing;
 pub mod tokens;
 
 pub use accounts::{Account, AccountError};

@@ -204,8 +204,24 @@ impl PgStore {
 pub(crate) async fn lock_bucket(tx: &Transaction<'_>, user: UserId) -> StoreResult<SyncTimestamp> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&user]).await?;
     let last = storage_ts(tx, user).await?;
-    let now = SyncTimestamp::now();
-    Ok(if now > last { now } else { ts(last.as_millis() + 10) })
+    Ok(later_than(last).await)
+}
+
+/// The first clock tick after `last`: waits for it (at most a tick, as the SQLite backend
+/// does), unless `last` is far ahead — another server's clock — where waiting would stall
+/// the bucket; then the tick right after it.
+pub(crate) async fn later_than(last: SyncTimestamp) -> SyncTimestamp {
+    loop {
+        let now = SyncTimestamp::now();
+        if now > last {
+            return now;
+        }
+        let behind = last.as_millis() - now.as_millis();
+        if behind > 1000 {
+            return ts(last.as_millis() + 10);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(behind as u64 + 1)).await;
+    }
 }
 
 pub(crate) async fn storage_ts(tx: &Transaction<'_>, user: UserId) -> StoreResult<SyncTimestamp> {

@@ -17,6 +17,13 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub running: Option<RunningServer>,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL schema of this test when the suite runs on PostgreSQL.
+    pub postgres: Option<syncstead_store::testing::ScratchSchema>,
+}
+
+/// Whether this run of the suite uses PostgreSQL (`SYNCSTEAD_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    syncstead_store::testing::backend_is_postgres()
 }
 
 impl TestServer {
@@ -35,6 +42,16 @@ impl TestServer {
             argon2_iterations: Some(1),
             ..Default::default()
         };
+        let postgres = if on_postgres() {
+            let scratch = syncstead_store::testing::ScratchSchema::create()
+                .await
+                .expect("SYNCSTEAD_TEST_BACKEND=postgres needs SYNCSTEAD_TEST_POSTGRES_URL");
+            layer.database_url = Some(scratch.url.clone());
+            layer.postgres_pool_size = Some(4);
+            Some(scratch)
+        } else {
+            None
+        };
         configure(&mut layer);
         let settings = Settings::resolve(layer).expect("settings");
         let running = syncstead_server::start(settings).await.expect("server starts");
@@ -44,6 +61,7 @@ impl TestServer {
             http: reqwest::Client::new(),
             running: Some(running),
             dir,
+            postgres,
         }
     }
 

@@ -52,7 +52,7 @@ fn selectors(q: &WboQuery, now: SyncTimestamp, args: &mut Vec<Param>) -> String 
     for (op, v) in [(">", q.index_above), ("<", q.index_below)] {
         if let Some(n) = v {
             let p = arg(args, Box::new(n));
-            sql.push_str(&format!(" AND sortindex {op} {p}"));
+            sql.push_str(&format!(" AND sortindex {op} {p}::BIGINT"));
         }
     }
     let p = arg(args, Box::new(now.as_millis()));
@@ -142,8 +142,7 @@ impl LegacyStore for PgStore {
         let newest = check_unmodified(&tx, user, coll, if_unmodified_since).await?;
         // The collection's time is its newest item's: a write must come strictly after it,
         // or X-If-Unmodified-Since could not tell the two apart (S11-072).
-        let now = SyncTimestamp::now();
-        let now = if now > newest { now } else { ts(newest.as_millis() + 10) };
+        let now = super::later_than(newest).await;
         let stmt = tx
             .prepare_cached(
                 "INSERT INTO bsos AS b (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry, parentid, predecessorid)
