@@ -358,10 +358,12 @@ async fn refreshes_its_token_on_401() {
     let addr = s.running.as_ref().unwrap().addr;
     let data = s.dir.path().to_path_buf();
     let keys = s.keys.path().join("fxa.jwk");
+    let database_url = s.postgres.as_ref().map(|p| p.url.clone());
     let Server {
         running,
         dir,
         keys: key_dir,
+        postgres,
         ..
     } = s;
     running.unwrap().shutdown().await.unwrap();
@@ -371,6 +373,7 @@ async fn refreshes_its_token_on_401() {
         master_secret: Some("a rotated secret".into()),
         oauth_public_key_file: Some(keys),
         oauth_jwks_url: Some(String::new()),
+        database_url,
         ..Default::default()
     };
     let restarted = syncstead_server::start(syncstead_server::Settings::resolve(layer).unwrap())
@@ -380,7 +383,7 @@ async fn refreshes_its_token_on_401() {
     assert_eq!(h.len(), 2);
     assert!(!a.transport.endpoint_changed, "same user, same node");
     restarted.shutdown().await.unwrap();
-    drop((dir, key_dir));
+    drop((dir, key_dir, postgres));
 }
 
 /// §2.2 step 6 / S15: X-Weave-Backoff is kept for the user, and a 503 with Retry-After

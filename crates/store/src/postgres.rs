@@ -93,11 +93,13 @@ impl PgStore {
         };
         store.migrate().await?;
         let c = store.client().await?;
+        let rows = c.query("SELECT id, name FROM collections", &[]).await?;
         let mut map = store.collections.write().expect("collections lock");
-        for row in c.query("SELECT id, name FROM collections", &[]).await? {
+        for row in rows {
             map.insert(row.get(1), row.get(0));
         }
         drop(map);
+        drop(c);
         Ok(store)
     }
 
@@ -582,6 +584,7 @@ impl Store for PgStore {
                 &[&user],
             )
             .await?;
+        tx.commit().await?;
         Ok((storage, rows.iter().map(|r| (r.get(0), ts(r.get(1)))).collect()))
     }
 
@@ -602,6 +605,7 @@ impl Store for PgStore {
                 &[&user, &SyncTimestamp::now().as_millis()],
             )
             .await?;
+        tx.commit().await?;
         Ok((
             storage,
             rows.iter()
@@ -638,6 +642,7 @@ impl Store for PgStore {
             return Ok(empty(modified));
         }
         let (bsos, next_offset) = query_page(&tx, user, coll, query, SyncTimestamp::now()).await?;
+        tx.commit().await?;
         Ok(Page {
             modified,
             bsos,

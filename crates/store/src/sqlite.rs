@@ -82,6 +82,9 @@ pub struct SqliteStore {
 
 const MAX_CACHED_TIMES: usize = 200_000;
 
+/// How many clock ticks (10 ms) a write waits for its bucket before answering 503.
+const MAX_TICK_RETRIES: usize = 32;
+
 fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResult<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -356,17 +359,19 @@ impl SqliteStore {
     }
 
     /// Runs a write at a fresh time T. A conflict (another write of the bucket already
-    /// used T) is retried once at the next tick, as S15-043 allows, before it is reported.
+    /// used T) is retried at the next tick, so many devices of one user writing at once
+    /// are served in turn, as the PostgreSQL backend's bucket lock serves them; only a
+    /// bucket busy for longer than [`MAX_TICK_RETRIES`] ticks answers 503 (S15-043).
     async fn write<R, F>(&self, user: Option<UserId>, bytes: usize, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: Fn(&Transaction, SyncTimestamp) -> StoreResult<R> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        for attempt in 0..2 {
+        for attempt in 0..MAX_TICK_RETRIES {
             let f = f.clone();
             match self.submit(user, bytes, move |tx| f(tx, SyncTimestamp::now())).await {
-                Err(StoreError::Conflict) if attempt == 0 => {
+                Err(StoreError::Conflict) if attempt + 1 < MAX_TICK_RETRIES => {
                     // Wait for the clock to reach the next centisecond, then try once more.
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

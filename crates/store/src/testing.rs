@@ -82,14 +82,27 @@ impl Drop for ScratchSchema {
         let (url, schema) = (self.admin_url.clone(), self.schema.clone());
         // Drop runs inside or outside a runtime; a thread of its own works in both.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
                 tokio::spawn(conn);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await
-                    .ok()
+                let drop = format!("SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
+                if client.batch_execute(&drop).await.is_err() {
+                    // A test that failed mid-transaction, on a runtime now blocked in this
+                    // drop, still holds locks in the schema: end those sessions.
+                    let _ = client
+                        .batch_execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                             WHERE datname = current_database() AND pid <> pg_backend_pid()
+                               AND state LIKE 'idle in transaction%'",
+                        )
+                        .await;
+                    client.batch_execute(&drop).await.ok()?;
+                }
+                Some(())
             })
         })
         .join();

@@ -1,14 +1,15 @@
-//! Weave 1.1 accounts on a real SQLite file.
+//! Weave 1.1 accounts on the test backend (SQLite, or PostgreSQL in its run).
 
+mod common;
+
+use common::open;
 use syncstead_proto::BsoInput;
-use syncstead_store::{AccountError, AccountStore, Precondition, SqliteOptions, SqliteStore, Store, WriteLimits};
+use syncstead_store::{AccountError, Precondition, WriteLimits};
 
 #[tokio::test]
 async fn accounts_live_in_their_own_bucket_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("t.db")))
-        .await
-        .unwrap();
+    let store = open(&dir).await;
     let a = store
         .create_account("alice", "a@example.com", "hash1", None)
         .await

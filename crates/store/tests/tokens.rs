@@ -1,11 +1,12 @@
-//! Token-server records on a real SQLite file (tokenserver.md §5).
+//! Token-server records on the test backend (SQLite, or PostgreSQL in its run;
+//! tokenserver.md §5).
 
+mod common;
+
+use common::open;
 use syncstead_proto::tokenserver::{Claims, Rejection};
 use syncstead_proto::BsoInput;
-use syncstead_store::{
-    Login, LoginError, NewUserPolicy, NodeUpdate, Precondition, SqliteOptions, SqliteStore, Store, TokenStore,
-    WriteLimits,
-};
+use syncstead_store::{Login, LoginError, NewUserPolicy, NodeUpdate, Precondition, WriteLimits};
 
 const OPEN: NewUserPolicy = NewUserPolicy {
     open: true,
@@ -24,12 +25,6 @@ fn login(fxa: &str, generation: Option<i64>, kca: Option<i64>, state: &str) -> L
             client_state: state.into(),
         },
     }
-}
-
-async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(SqliteOptions::new(dir.path().join("t.db")))
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

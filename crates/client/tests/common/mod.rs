@@ -22,6 +22,8 @@ pub struct Server {
     pub running: Option<RunningServer>,
     pub dir: tempfile::TempDir,
     pub keys: tempfile::TempDir,
+    /// The PostgreSQL schema of this test when the suite runs on PostgreSQL.
+    pub postgres: Option<syncstead_store::testing::ScratchSchema>,
 }
 
 struct Fxa {
@@ -81,6 +83,16 @@ impl Server {
             oauth_jwks_url: Some(String::new()),
             ..Default::default()
         };
+        let postgres = if syncstead_store::testing::backend_is_postgres() {
+            let scratch = syncstead_store::testing::ScratchSchema::create()
+                .await
+                .expect("SYNCSTEAD_TEST_BACKEND=postgres needs SYNCSTEAD_TEST_POSTGRES_URL");
+            layer.database_url = Some(scratch.url.clone());
+            layer.postgres_pool_size = Some(4);
+            Some(scratch)
+        } else {
+            None
+        };
         configure(&mut layer);
         let running = syncstead_server::start(Settings::resolve(layer).unwrap())
             .await
@@ -90,6 +102,7 @@ impl Server {
             running: Some(running),
             dir,
             keys,
+            postgres,
         }
     }
 

@@ -104,7 +104,7 @@ async fn allocate_node(tx: &Transaction<'_>, release_rate: f64) -> Result<(i64, 
         }
         let released = tx
             .execute(
-                "UPDATE nodes SET available = LEAST(GREATEST(CAST(capacity * $1 AS BIGINT), 1), capacity - current_load)
+                "UPDATE nodes SET available = LEAST(GREATEST(CAST(capacity * $1::FLOAT8 AS BIGINT), 1), capacity - current_load)
                  WHERE available <= 0 AND capacity > current_load AND NOT downed",
                 &[&release_rate],
             )

@@ -1,0 +1,325 @@
+//! The backend conformance suite: the storage rules every backend must keep alike. It runs
+//! on SQLite, and again on PostgreSQL with `SYNCSTEAD_TEST_BACKEND=postgres` (scripts/test
+//! does both when `SYNCSTEAD_TEST_POSTGRES_URL` is set).
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::open;
+use syncstead_proto::query::{CollectionQuery, Offset, Sort};
+use syncstead_proto::wbo::{WboInput, WboQuery};
+use syncstead_proto::{BsoInput, SyncTimestamp};
+use syncstead_store::{Precondition, StoreError, WriteLimits};
+
+const NONE: Precondition = Precondition::None;
+const NO_LIMITS: WriteLimits = WriteLimits { quota_bytes: None };
+
+fn bso(id: &str, payload: &str) -> BsoInput {
+    BsoInput {
+        id: id.into(),
+        payload: Some(payload.into()),
+        sortindex: None,
+        ttl: None,
+    }
+}
+
+fn query(sort: Sort, limit: Option<u32>, offset: Option<String>) -> CollectionQuery {
+    CollectionQuery {
+        ids: None,
+        newer: None,
+        older: None,
+        full: true,
+        limit,
+        offset: offset.map(|o| Offset::parse(&o).unwrap()),
+        sort,
+    }
+}
+
+/// S15-043: concurrent writes of one bucket are serialised, each at a strictly later time,
+/// without deadlock; another bucket's writes go on alongside.
+#[tokio::test]
+async fn s15_043_concurrent_writes_get_distinct_increasing_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let store = s.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = if i % 3 == 0 { 2 } else { 1 };
+            let coll = if i % 2 == 0 { "tabs" } else { "history" };
+            let t = store
+                .post_bsos(user, coll, vec![bso(&format!("r{i}"), "x")], NONE, NO_LIMITS)
+                .await
+                .expect("no write fails under concurrency");
+            (user, t)
+        }));
+    }
+    let mut seen: Vec<(i64, SyncTimestamp)> = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    for user in [1, 2] {
+        let times: Vec<SyncTimestamp> = seen.iter().filter(|(u, _)| *u == user).map(|(_, t)| *t).collect();
+        let distinct: HashSet<i64> = times.iter().map(|t| t.as_millis()).collect();
+        assert_eq!(distinct.len(), times.len(), "user {user}: every write has its own time");
+        let storage = s.storage_timestamp(user).await.unwrap();
+        assert_eq!(storage, *times.iter().max().unwrap(), "storage time = the last write");
+    }
+    let (_, cols) = s.collection_timestamps(1, NONE).await.unwrap();
+    assert_eq!(cols.len(), 2);
+}
+
+/// S15-080…: keyset paging visits every record exactly once, in the order of the unpaged
+/// query, for each sort, even when records share a timestamp.
+#[tokio::test]
+async fn s15_080_paging_visits_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    for chunk in 0..3 {
+        let records: Vec<BsoInput> = (0..9)
+            .map(|i| BsoInput {
+                sortindex: Some((chunk * 9 + i) % 5),
+                ..bso(&format!("id{chunk}{i}"), "p")
+            })
+            .collect();
+        s.post_bsos(7, "bookmarks", records, NONE, NO_LIMITS).await.unwrap();
+    }
+    for sort in [Sort::Newest, Sort::Oldest, Sort::Index] {
+        let all: Vec<String> = s
+            .get_collection(7, "bookmarks", &query(sort, None, None), NONE)
+            .await
+            .unwrap()
+            .bsos
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(all.len(), 27);
+        let mut paged = Vec::new();
+        let mut offset = None;
+        loop {
+            let page = s
+                .get_collection(7, "bookmarks", &query(sort, Some(4), offset), NONE)
+                .await
+                .unwrap();
+            paged.extend(page.bsos.into_iter().map(|b| b.id));
+            match page.next_offset {
+                Some(o) => offset = Some(o),
+                None => break,
+            }
+        }
+        assert_eq!(paged, all, "{sort:?}");
+    }
+    // Ids order byte-wise on every backend (ties and paging keys depend on it).
+    s.post_bsos(
+        8,
+        "c",
+        vec![bso("b", "1"), bso("B", "2"), bso("a", "3"), bso("_", "4")],
+        NONE,
+        NO_LIMITS,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = s
+        .get_collection(8, "c", &query(Sort::Oldest, None, None), NONE)
+        .await
+        .unwrap()
+        .bsos
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, ["B", "_", "a", "b"]);
+}
+
+/// S15-120…125: staged records are invisible until the commit applies them all at one time.
+#[tokio::test]
+async fn s15_125_batches_apply_whole_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let (batch, _) = s
+        .create_batch(3, "history", vec![bso("a", "1"), bso("b", "1")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    s.append_batch(
+        3,
+        "history",
+        &batch,
+        vec![bso("c", "1"), bso("a", "2")],
+        NONE,
+        NO_LIMITS,
+    )
+    .await
+    .unwrap();
+    let before = s
+        .get_collection(3, "history", &query(Sort::Newest, None, None), NONE)
+        .await
+        .unwrap();
+    assert!(before.bsos.is_empty(), "nothing visible before the commit");
+    // Another bucket cannot use the batch.
+    assert!(matches!(
+        s.commit_batch(4, "history", &batch, vec![], NONE, NO_LIMITS).await,
+        Err(StoreError::BatchNotFound)
+    ));
+    let t = s
+        .commit_batch(3, "history", &batch, vec![bso("d", "1")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    let page = s
+        .get_collection(3, "history", &query(Sort::Oldest, None, None), NONE)
+        .await
+        .unwrap();
+    assert_eq!(page.bsos.len(), 4);
+    assert!(page.bsos.iter().all(|b| b.modified == t));
+    assert_eq!(page.bsos.iter().find(|b| b.id == "a").unwrap().payload, "2");
+    assert!(matches!(
+        s.commit_batch(3, "history", &batch, vec![], NONE, NO_LIMITS).await,
+        Err(StoreError::BatchNotFound)
+    ));
+    assert!(matches!(
+        s.append_batch(3, "history", "not-a-batch", vec![], NONE, NO_LIMITS)
+            .await,
+        Err(StoreError::BatchNotFound)
+    ));
+}
+
+/// S15-054/055/056 and S15-170: preconditions and the quota, inside the write.
+#[tokio::test]
+async fn s15_055_preconditions_and_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let t1 = s.put_bso(5, "tabs", bso("x", "12345"), NONE, NO_LIMITS).await.unwrap();
+    let stale = Precondition::IfUnmodifiedSince(SyncTimestamp::from_millis(t1.as_millis() - 10));
+    assert!(matches!(
+        s.post_bsos(5, "tabs", vec![bso("y", "1")], stale, NO_LIMITS).await,
+        Err(StoreError::PreconditionFailed(t)) if t == t1
+    ));
+    assert!(matches!(
+        s.put_bso(
+            5,
+            "tabs",
+            bso("x", "new"),
+            Precondition::IfUnmodifiedSince(SyncTimestamp::ZERO),
+            NO_LIMITS
+        )
+        .await,
+        Err(StoreError::PreconditionFailed(_))
+    ));
+    assert!(matches!(
+        s.get_bso(5, "tabs", "x", Precondition::IfModifiedSince(t1)).await,
+        Err(StoreError::NotModified(_))
+    ));
+    assert_eq!(s.get_bso(5, "tabs", "x", NONE).await.unwrap().payload, "12345");
+    let quota = WriteLimits { quota_bytes: Some(5) };
+    assert!(matches!(
+        s.put_bso(5, "tabs", bso("z", "1"), NONE, quota).await,
+        Err(StoreError::OverQuota)
+    ));
+    assert!(
+        s.get_bso(5, "tabs", "z", NONE).await.is_err(),
+        "a refused write leaves nothing"
+    );
+}
+
+/// S15-047: a record with a TTL disappears when it expires, and the purge removes it.
+#[tokio::test]
+async fn s15_047_ttl_expiry_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let short = BsoInput {
+        ttl: Some(1),
+        ..bso("soon", "gone")
+    };
+    s.post_bsos(6, "clients", vec![short, bso("kept", "here")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(s.get_bso(6, "clients", "soon", NONE).await.unwrap().payload, "gone");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(matches!(
+        s.get_bso(6, "clients", "soon", NONE).await,
+        Err(StoreError::NotFound)
+    ));
+    let (_, usage) = s.collection_usage(6, NONE).await.unwrap();
+    assert_eq!(usage[0].count, 1);
+    let purged = s.purge_expired().await.unwrap();
+    assert!(purged.bsos >= 1);
+    // Rewriting an expired record starts it afresh (S15-094).
+    s.put_bso(6, "clients", bso("soon", "back"), NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(s.get_bso(6, "clients", "soon", NONE).await.unwrap().payload, "back");
+}
+
+/// S15-140…143: deleting a collection moves the storage time; deleting storage empties
+/// the bucket.
+#[tokio::test]
+async fn s15_142_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let t = s
+        .post_bsos(9, "forms", vec![bso("f", "1")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    s.post_bsos(9, "prefs", vec![bso("p", "1")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    let d = s.delete_collection(9, "forms", NONE).await.unwrap();
+    assert_eq!(d.previous, t);
+    assert!(d.storage > t);
+    assert_eq!(s.storage_timestamp(9).await.unwrap(), d.storage);
+    let none = s.delete_collection(9, "never", NONE).await.unwrap();
+    assert_eq!(none.previous, SyncTimestamp::ZERO);
+    s.delete_storage(9, NONE).await.unwrap();
+    assert_eq!(s.storage_timestamp(9).await.unwrap(), SyncTimestamp::ZERO);
+    assert!(s.collection_timestamps(9, NONE).await.unwrap().1.is_empty());
+}
+
+/// S11-072 and friends on the 1.1 store: the collection time is the newest item's, each
+/// write is strictly later, metadata-only writes keep `modified`.
+#[tokio::test]
+async fn s11_072_weave_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let w = |id: &str, payload: Option<&str>, parent: Option<&str>| WboInput {
+        id: id.into(),
+        parentid: parent.map(str::to_string),
+        predecessorid: None,
+        sortindex: Some(3),
+        payload: payload.map(str::to_string),
+        ttl: None,
+    };
+    let (t1, _) = s
+        .wbo_put(-1, "bookmarks", vec![w("a", Some("1"), Some("p"))], None)
+        .await
+        .unwrap();
+    let (t2, _) = s
+        .wbo_put(-1, "bookmarks", vec![w("b", Some("1"), None)], Some(t1))
+        .await
+        .unwrap();
+    assert!(t2 > t1);
+    assert!(matches!(
+        s.wbo_put(-1, "bookmarks", vec![w("c", Some("1"), None)], Some(t1)).await,
+        Err(StoreError::PreconditionFailed(t)) if t == t2
+    ));
+    let (_, m) = s
+        .wbo_put(-1, "bookmarks", vec![w("a", None, Some("q"))], None)
+        .await
+        .unwrap();
+    assert_eq!(m[0], t1, "a metadata-only write keeps modified");
+    let q = WboQuery::parse("parentid=q&full=1").unwrap();
+    let got = s.wbo_get(-1, "bookmarks", &q).await.unwrap();
+    assert_eq!((got.len(), got[0].payload.as_deref()), (1, Some("1")));
+    let above = s
+        .wbo_get(-1, "bookmarks", &WboQuery::parse("index_above=2").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(above.len(), 2);
+    let cols = s.wbo_collections(-1).await.unwrap();
+    assert_eq!((cols[0].count, cols[0].modified), (2, t2));
+    s.wbo_delete(-1, "bookmarks", &WboQuery::parse("ids=a").unwrap(), None)
+        .await
+        .unwrap();
+    assert!(s.wbo_get_one(-1, "bookmarks", "a").await.unwrap().is_none());
+    assert!(s.wbo_get_one(-1, "bookmarks", "b").await.unwrap().is_some());
+    // 1.1 buckets never show through 1.5 (and the reverse).
+    assert!(s.collection_timestamps(1, NONE).await.unwrap().1.is_empty());
+}
