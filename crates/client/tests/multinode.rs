@@ -13,7 +13,10 @@ async fn token_server_spreads_users_over_two_storage_nodes() {
     let n1 = Server::start_with(|c| c.token_server = Some(false)).await;
     let n2 = Server::start_with(|c| c.token_server = Some(false)).await;
     let tokens = ts.running.as_ref().unwrap().state.token_store.clone();
-    assert!(tokens.nodes().await.unwrap().is_empty(), "a token server alone is no node");
+    assert!(
+        tokens.nodes().await.unwrap().is_empty(),
+        "a token server alone is no node"
+    );
     for n in [&n1, &n2] {
         assert!(tokens.add_node(&n.base, 100, false).await.unwrap());
     }
@@ -28,7 +31,11 @@ async fn token_server_spreads_users_over_two_storage_nodes() {
         placed.push((node.to_string(), uid.parse::<i64>().unwrap(), account));
     }
     let on = |n: &Server| placed.iter().filter(|(node, ..)| *node == n.base).count();
-    assert_eq!((on(&n1), on(&n2)), (3, 3), "least-loaded assignment alternates: {placed:?}");
+    assert_eq!(
+        (on(&n1), on(&n2)),
+        (3, 3),
+        "least-loaded assignment alternates: {placed:?}"
+    );
     let loads: Vec<i64> = tokens.nodes().await.unwrap().iter().map(|n| n.current_load).collect();
     assert_eq!(loads, [3, 3]);
 
@@ -54,7 +61,9 @@ async fn token_server_spreads_users_over_two_storage_nodes() {
         assert_eq!(h.len(), 3);
     }
     // The token server itself serves no storage.
-    let r = reqwest::get(format!("{}/1.5/1/info/collections", ts.base)).await.unwrap();
+    let r = reqwest::get(format!("{}/1.5/1/info/collections", ts.base))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404, "{}", json!(r.status().as_u16()));
     for s in [ts, n1, n2] {
         s.stop().await;

@@ -9,6 +9,7 @@ use syncstead_proto::wbo::{Wbo, WboInput, WboQuery};
 use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 
 pub mod accounts;
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 pub mod testing;

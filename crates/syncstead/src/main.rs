@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod copy;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,6 +51,38 @@ enum Command {
     Restore {
         file: std::path::PathBuf,
         /// Replace an existing database.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        config: Box<ConfigLayer>,
+    },
+    /// Copy a whole Syncstead database to another one (SQLite ⇄ PostgreSQL, or to a new
+    /// file or server), in resumable chunks, verifying counts and per-collection checksums.
+    /// Stop the server (or switch on maintenance) first; pending batches are not copied.
+    Migrate {
+        /// The source database URL (sqlite://PATH or postgres://…).
+        #[arg(long)]
+        from: String,
+        /// The target database URL; it is created and migrated if needed.
+        #[arg(long)]
+        to: String,
+        /// Continue an interrupted run.
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
+        /// Write into a target that already has data (rows it has are kept).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Import the database of Mozilla's old Python syncserver (its sqlite:// file or its
+    /// postgres:// database): users, nodes and every stored record with its timestamps, so
+    /// Firefox keeps syncing without uploading again (docs/migration.md).
+    ImportSyncserver {
+        /// The syncserver's database URL, e.g. sqlite:////var/lib/syncserver/syncserver.db
+        source: String,
+        /// Continue an interrupted import.
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
+        /// Import into a database that already has data.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -475,6 +508,18 @@ fn main() -> ExitCode {
         Command::Node { action, config } => runtime.block_on(node(action, *config)),
         Command::User { action, config } => runtime.block_on(user(action, *config)),
         Command::Client(args) => runtime.block_on(client::run(args)),
+        Command::Migrate {
+            from,
+            to,
+            resume,
+            force,
+        } => runtime.block_on(copy::migrate(&from, &to, copy::mode(resume, force))),
+        Command::ImportSyncserver {
+            source,
+            resume,
+            force,
+            config,
+        } => runtime.block_on(copy::import(&source, copy::mode(resume, force), *config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
