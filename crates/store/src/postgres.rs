@@ -108,8 +108,7 @@ impl PgStore {
     async fn migrate(&self) -> StoreResult<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_MIGRATIONS])
-            .await?;
+        run(&tx, "SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_MIGRATIONS]).await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS syncstead_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
@@ -126,7 +125,8 @@ impl PgStore {
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             tx.batch_execute(sql).await?;
-            tx.execute(
+            run(
+                &tx,
                 "INSERT INTO syncstead_schema (version, applied_at) VALUES ($1, $2)",
                 &[version, &SyncTimestamp::now().as_millis()],
             )
@@ -200,11 +200,41 @@ impl PgStore {
     }
 }
 
+/// Statements run through the connection's prepared-statement cache: one round trip per
+/// statement instead of two, and no re-planning of the same SQL.
+async fn run(tx: &Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&st, params).await?)
+}
+
+async fn rows(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Vec<tokio_postgres::Row>> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.query(&st, params).await?)
+}
+
+async fn row_opt(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Option<tokio_postgres::Row>> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.query_opt(&st, params).await?)
+}
+
+async fn row(tx: &Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<tokio_postgres::Row> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.query_one(&st, params).await?)
+}
+
 /// Takes the bucket's write lock for the rest of the transaction and returns the write
 /// time: now, or just after the bucket's last write if the clock has not moved past it
 /// (S15-043) — possible when several servers with slightly different clocks share it.
 pub(crate) async fn lock_bucket(tx: &Transaction<'_>, user: UserId) -> StoreResult<SyncTimestamp> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&user]).await?;
+    run(&tx, "SELECT pg_advisory_xact_lock($1)", &[&user]).await?;
     let last = storage_ts(tx, user).await?;
     Ok(later_than(last).await)
 }
@@ -228,11 +258,7 @@ pub(crate) async fn later_than(last: SyncTimestamp) -> SyncTimestamp {
 
 pub(crate) async fn storage_ts(tx: &Transaction<'_>, user: UserId) -> StoreResult<SyncTimestamp> {
     let row = tx
-        .query_opt(
-            &tx.prepare_cached("SELECT modified FROM user_storage WHERE user_id = $1")
-                .await?,
-            &[&user],
-        )
+        .query_opt("SELECT modified FROM user_storage WHERE user_id = $1", &[&user])
         .await?;
     Ok(ts(row.map_or(0, |r| r.get(0))))
 }
@@ -240,8 +266,7 @@ pub(crate) async fn storage_ts(tx: &Transaction<'_>, user: UserId) -> StoreResul
 async fn collection_ts(tx: &Transaction<'_>, user: UserId, coll: i32) -> StoreResult<Option<SyncTimestamp>> {
     let row = tx
         .query_opt(
-            &tx.prepare_cached("SELECT modified FROM user_collections WHERE user_id = $1 AND collection_id = $2")
-                .await?,
+            "SELECT modified FROM user_collections WHERE user_id = $1 AND collection_id = $2",
             &[&user, &coll],
         )
         .await?;
@@ -249,25 +274,24 @@ async fn collection_ts(tx: &Transaction<'_>, user: UserId, coll: i32) -> StoreRe
 }
 
 async fn touch(tx: &Transaction<'_>, user: UserId, coll: i32, now: SyncTimestamp) -> StoreResult<()> {
-    tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO user_collections (user_id, collection_id, modified) VALUES ($1, $2, $3)
-             ON CONFLICT (user_id, collection_id) DO UPDATE SET modified = excluded.modified",
-        )
-        .await?,
+    run(
+        tx,
+        "WITH c AS (
+           INSERT INTO user_collections (user_id, collection_id, modified) VALUES ($1, $2, $3)
+           ON CONFLICT (user_id, collection_id) DO UPDATE SET modified = excluded.modified)
+         INSERT INTO user_storage (user_id, modified) VALUES ($1, $3)
+         ON CONFLICT (user_id) DO UPDATE SET modified = excluded.modified",
         &[&user, &coll, &now.as_millis()],
     )
     .await?;
-    touch_storage(tx, user, now).await
+    Ok(())
 }
 
 pub(crate) async fn touch_storage(tx: &Transaction<'_>, user: UserId, now: SyncTimestamp) -> StoreResult<()> {
-    tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO user_storage (user_id, modified) VALUES ($1, $2)
+    run(
+        &tx,
+        "INSERT INTO user_storage (user_id, modified) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE SET modified = excluded.modified",
-        )
-        .await?,
         &[&user, &now.as_millis()],
     )
     .await?;
@@ -287,7 +311,7 @@ pub(crate) async fn delete_bucket(tx: &Transaction<'_>, user: UserId) -> StoreRe
         "DELETE FROM batches WHERE user_id = $1",
         "DELETE FROM user_storage WHERE user_id = $1",
     ] {
-        tx.execute(sql, &[&user]).await?;
+        run(&tx, sql, &[&user]).await?;
     }
     Ok(())
 }
@@ -315,84 +339,132 @@ async fn check_quota(
     Ok(())
 }
 
-/// Upserts one record with PUT semantics (S15-093, S15-094, S15-047); the same rules as
-/// the SQLite backend's statement. With `touch_all` (batch commit) every record gets
-/// `modified = now`.
+/// The per-record upsert with PUT semantics (S15-093, S15-094, S15-047); the same rules as
+/// the SQLite backend's statement. With `$9` (batch commit) every record gets `modified = now`.
+const UPSERT_ONE: &str = "INSERT INTO bsos AS b (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry)
+     VALUES ($1, $2, $3, $4, COALESCE($5, ''), $6, $7, $8)
+     ON CONFLICT (user_id, collection_id, id) DO UPDATE SET
+       sortindex = CASE WHEN b.expiry <= $7 THEN excluded.sortindex ELSE COALESCE($4, b.sortindex) END,
+       payload = CASE WHEN $5::TEXT IS NOT NULL OR b.expiry <= $7 THEN excluded.payload ELSE b.payload END,
+       payload_size = CASE WHEN $5::TEXT IS NOT NULL OR b.expiry <= $7 THEN excluded.payload_size ELSE b.payload_size END,
+       modified = CASE WHEN $9 OR $5::TEXT IS NOT NULL OR $4::INTEGER IS NOT NULL OR b.expiry <= $7 THEN $7 ELSE b.modified END,
+       expiry = CASE WHEN $10::BIGINT IS NOT NULL THEN excluded.expiry WHEN b.expiry <= $7 THEN $11 ELSE b.expiry END";
+
+/// The same rules for many records that all carry a payload, in one statement: the
+/// payload and `modified` always change; an absent ttl arrives as expiry "never", which a
+/// real ttl can never produce.
+const UPSERT_MANY: &str = "INSERT INTO bsos AS b (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry)
+     SELECT $1::BIGINT, $2::INTEGER, u.id, u.sortindex, u.payload, u.size, $3::BIGINT, u.expiry
+     FROM UNNEST($4::TEXT[], $5::INTEGER[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[]) AS u(id, sortindex, payload, size, expiry)
+     ON CONFLICT (user_id, collection_id, id) DO UPDATE SET
+       sortindex = CASE WHEN b.expiry <= $3 THEN excluded.sortindex ELSE COALESCE(excluded.sortindex, b.sortindex) END,
+       payload = excluded.payload,
+       payload_size = excluded.payload_size,
+       modified = $3,
+       expiry = CASE WHEN excluded.expiry < $9 THEN excluded.expiry WHEN b.expiry <= $3 THEN $9 ELSE b.expiry END";
+
+fn unique_ids(bsos: &[BsoInput]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(bsos.len());
+    bsos.iter().all(|b| seen.insert(b.id.as_str()))
+}
+
+/// Upserts records at `now`, in one statement when they all carry payloads and distinct ids
+/// (what clients send), else one by one so that repeated ids merge in order.
 async fn upsert(
     tx: &Transaction<'_>,
     user: UserId,
     coll: i32,
-    bso: &BsoInput,
+    bsos: &[BsoInput],
     now: SyncTimestamp,
     touch_all: bool,
 ) -> StoreResult<()> {
-    let expiry = bso.ttl.map_or(SyncTimestamp::NEVER, |ttl| now.plus_seconds(ttl.into()));
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO bsos AS b (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry)
-             VALUES ($1, $2, $3, $4, COALESCE($5, ''), $6, $7, $8)
-             ON CONFLICT (user_id, collection_id, id) DO UPDATE SET
-               sortindex = CASE WHEN b.expiry <= $7 THEN excluded.sortindex ELSE COALESCE($4, b.sortindex) END,
-               payload = CASE WHEN $5::TEXT IS NOT NULL OR b.expiry <= $7 THEN excluded.payload ELSE b.payload END,
-               payload_size = CASE WHEN $5::TEXT IS NOT NULL OR b.expiry <= $7 THEN excluded.payload_size ELSE b.payload_size END,
-               modified = CASE WHEN $9 OR $5::TEXT IS NOT NULL OR $4::INTEGER IS NOT NULL OR b.expiry <= $7 THEN $7 ELSE b.modified END,
-               expiry = CASE WHEN $10::BIGINT IS NOT NULL THEN excluded.expiry WHEN b.expiry <= $7 THEN $11 ELSE b.expiry END",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &user,
-            &coll,
-            &bso.id,
-            &bso.sortindex,
-            &bso.payload,
-            &(bso.payload_len() as i64),
-            &now.as_millis(),
-            &expiry.as_millis(),
-            &touch_all,
-            &bso.ttl.map(i64::from),
-            &SyncTimestamp::NEVER.as_millis(),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn stage(tx: &Transaction<'_>, batch: i64, bsos: &[BsoInput]) -> StoreResult<()> {
-    let mut seq: i64 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM batch_items WHERE batch_id = $1",
-            &[&batch],
-        )
-        .await?
-        .get(0);
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO batch_items AS i (batch_id, seq, id, sortindex, payload, payload_size, ttl)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (batch_id, id) DO UPDATE SET
-               sortindex = COALESCE(excluded.sortindex, i.sortindex),
-               payload = COALESCE(excluded.payload, i.payload),
-               payload_size = CASE WHEN excluded.payload IS NULL THEN i.payload_size ELSE excluded.payload_size END,
-               ttl = COALESCE(excluded.ttl, i.ttl)",
-        )
-        .await?;
-    for bso in bsos {
-        seq += 1;
-        tx.execute(
-            &stmt,
+    let never = SyncTimestamp::NEVER.as_millis();
+    let expiry = |b: &BsoInput| {
+        b.ttl
+            .map_or(SyncTimestamp::NEVER, |ttl| now.plus_seconds(ttl.into()))
+            .as_millis()
+    };
+    if bsos.len() > 1 && bsos.iter().all(|b| b.payload.is_some()) && unique_ids(bsos) {
+        let ids: Vec<&str> = bsos.iter().map(|b| b.id.as_str()).collect();
+        let sortindexes: Vec<Option<i32>> = bsos.iter().map(|b| b.sortindex).collect();
+        let payloads: Vec<&str> = bsos.iter().map(|b| b.payload.as_deref().unwrap_or_default()).collect();
+        let sizes: Vec<i64> = bsos.iter().map(|b| b.payload_len() as i64).collect();
+        let expiries: Vec<i64> = bsos.iter().map(expiry).collect();
+        run(
+            tx,
+            UPSERT_MANY,
             &[
-                &batch,
-                &seq,
+                &user,
+                &coll,
+                &now.as_millis(),
+                &ids,
+                &sortindexes,
+                &payloads,
+                &sizes,
+                &expiries,
+                &never,
+            ],
+        )
+        .await?;
+        return Ok(());
+    }
+    for bso in bsos {
+        run(
+            tx,
+            UPSERT_ONE,
+            &[
+                &user,
+                &coll,
                 &bso.id,
                 &bso.sortindex,
                 &bso.payload,
                 &(bso.payload_len() as i64),
+                &now.as_millis(),
+                &expiry(bso),
+                &touch_all,
                 &bso.ttl.map(i64::from),
+                &never,
             ],
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// Adds records to a batch in one statement (repeated ids, rare, go one by one).
+async fn stage(tx: &Transaction<'_>, batch: i64, bsos: &[BsoInput]) -> StoreResult<()> {
+    const STAGE: &str = "INSERT INTO batch_items AS i (batch_id, seq, id, sortindex, payload, payload_size, ttl)
+         SELECT $1::BIGINT, $2::BIGINT + u.ord, u.id, u.sortindex, u.payload, u.size, u.ttl
+         FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::BIGINT[], $7::BIGINT[])
+              WITH ORDINALITY AS u(id, sortindex, payload, size, ttl, ord)
+         ON CONFLICT (batch_id, id) DO UPDATE SET
+           sortindex = COALESCE(excluded.sortindex, i.sortindex),
+           payload = COALESCE(excluded.payload, i.payload),
+           payload_size = CASE WHEN excluded.payload IS NULL THEN i.payload_size ELSE excluded.payload_size END,
+           ttl = COALESCE(excluded.ttl, i.ttl)";
+    if bsos.is_empty() {
+        return Ok(());
+    }
+    let mut seq: i64 = row(
+        tx,
+        "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM batch_items WHERE batch_id = $1",
+        &[&batch],
+    )
+    .await?
+    .get(0);
+    let groups: Vec<&[BsoInput]> = if unique_ids(bsos) {
+        vec![bsos]
+    } else {
+        bsos.chunks(1).collect()
+    };
+    for group in groups {
+        let ids: Vec<&str> = group.iter().map(|b| b.id.as_str()).collect();
+        let sortindexes: Vec<Option<i32>> = group.iter().map(|b| b.sortindex).collect();
+        let payloads: Vec<Option<&str>> = group.iter().map(|b| b.payload.as_deref()).collect();
+        let sizes: Vec<i64> = group.iter().map(|b| b.payload_len() as i64).collect();
+        let ttls: Vec<Option<i64>> = group.iter().map(|b| b.ttl.map(i64::from)).collect();
+        run(tx, STAGE, &[&batch, &seq, &ids, &sortindexes, &payloads, &sizes, &ttls]).await?;
+        seq += group.len() as i64;
     }
     Ok(())
 }
@@ -406,7 +478,8 @@ async fn live_batch(
     now: SyncTimestamp,
 ) -> StoreResult<i64> {
     let id: i64 = batch.parse().map_err(|_| StoreError::BatchNotFound)?;
-    tx.query_opt(
+    row_opt(
+        &tx,
         "SELECT id FROM batches WHERE id = $1 AND user_id = $2 AND collection_id = $3 AND expiry > $4",
         &[&id, &user, &coll, &now.as_millis()],
     )
@@ -427,9 +500,8 @@ async fn staged_bytes(tx: &Transaction<'_>, batch: i64) -> StoreResult<u64> {
 }
 
 async fn delete_batch(tx: &Transaction<'_>, batch: i64) -> StoreResult<()> {
-    tx.execute("DELETE FROM batch_items WHERE batch_id = $1", &[&batch])
-        .await?;
-    tx.execute("DELETE FROM batches WHERE id = $1", &[&batch]).await?;
+    run(&tx, "DELETE FROM batch_items WHERE batch_id = $1", &[&batch]).await?;
+    run(&tx, "DELETE FROM batches WHERE id = $1", &[&batch]).await?;
     Ok(())
 }
 
@@ -526,7 +598,7 @@ async fn query_page(
         let p = arg(&mut args, Box::new(skip.min(i64::MAX as u64) as i64));
         sql.push_str(&format!(" OFFSET {p}"));
     }
-    let rows = tx.query(&sql, &refs(&args)).await?;
+    let rows = rows(&tx, &sql, &refs(&args)).await?;
     let mut bsos: Vec<Bso> = rows.iter().map(bso_from_row).collect();
     let mut next = None;
     if let Some(limit) = q.limit {
@@ -570,22 +642,28 @@ impl Store for PgStore {
         user: UserId,
         pre: Precondition,
     ) -> StoreResult<(SyncTimestamp, Vec<(String, SyncTimestamp)>)> {
-        let mut c = self.client().await?;
-        let tx = self.snapshot(&mut c).await?;
-        let storage = storage_ts(&tx, user).await?;
-        pre.check(storage)?;
-        let rows = tx
+        // One statement is one snapshot: the storage time and the collections agree.
+        let c = self.client().await?;
+        let rows = c
             .query(
-                &tx.prepare_cached(
-                    "SELECT c.name, uc.modified FROM user_collections uc JOIN collections c ON c.id = uc.collection_id
-                     WHERE uc.user_id = $1",
+                &c.prepare_cached(
+                    "SELECT s.modified, c.name, uc.modified FROM user_storage s
+                     LEFT JOIN user_collections uc ON uc.user_id = s.user_id
+                     LEFT JOIN collections c ON c.id = uc.collection_id
+                     WHERE s.user_id = $1",
                 )
                 .await?,
                 &[&user],
             )
             .await?;
-        tx.commit().await?;
-        Ok((storage, rows.iter().map(|r| (r.get(0), ts(r.get(1)))).collect()))
+        let storage = ts(rows.first().map_or(0, |r| r.get(0)));
+        pre.check(storage)?;
+        Ok((
+            storage,
+            rows.iter()
+                .filter_map(|r| Some((r.get::<_, Option<String>>(1)?, ts(r.get::<_, Option<i64>>(2)?))))
+                .collect(),
+        ))
     }
 
     async fn collection_usage(
@@ -685,15 +763,14 @@ impl Store for PgStore {
         let now = lock_bucket(&tx, user).await?;
         let current: Option<i64> = tx
             .query_opt(
-                &tx.prepare_cached("SELECT modified FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3")
-                    .await?,
+                "SELECT modified FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3",
                 &[&user, &coll, &bso.id],
             )
             .await?
             .map(|r| r.get(0));
         pre.check(ts(current.unwrap_or(0)))?;
         check_quota(&tx, user, now, limits, 0).await?;
-        upsert(&tx, user, coll, &bso, now, false).await?;
+        upsert(&tx, user, coll, std::slice::from_ref(&bso), now, false).await?;
         touch(&tx, user, coll, now).await?;
         tx.commit().await?;
         Ok(now)
@@ -713,9 +790,7 @@ impl Store for PgStore {
         let now = lock_bucket(&tx, user).await?;
         pre.check(collection_ts(&tx, user, coll).await?.unwrap_or_default())?;
         check_quota(&tx, user, now, limits, 0).await?;
-        for bso in &bsos {
-            upsert(&tx, user, coll, bso, now, false).await?;
-        }
+        upsert(&tx, user, coll, &bsos, now, false).await?;
         touch(&tx, user, coll, now).await?;
         tx.commit().await?;
         Ok(now)
@@ -746,7 +821,8 @@ impl Store for PgStore {
         if live.is_none() {
             return Err(StoreError::NotFound);
         }
-        tx.execute(
+        run(
+            &tx,
             "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3",
             &[&user, &coll, &id],
         )
@@ -768,7 +844,8 @@ impl Store for PgStore {
         let tx = c.transaction().await?;
         let now = lock_bucket(&tx, user).await?;
         pre.check(collection_ts(&tx, user, coll).await?.unwrap_or_default())?;
-        tx.execute(
+        run(
+            &tx,
             "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = ANY($3)",
             &[&user, &coll, &ids],
         )
@@ -806,7 +883,7 @@ impl Store for PgStore {
             "DELETE FROM batch_items WHERE batch_id IN (SELECT id FROM batches WHERE user_id = $1 AND collection_id = $2)",
             "DELETE FROM batches WHERE user_id = $1 AND collection_id = $2",
         ] {
-            tx.execute(sql, &[&user, &coll]).await?;
+            run(&tx, sql, &[&user, &coll]).await?;
         }
         // The storage timestamp is the deleted-collection marker of S15-142.
         touch_storage(&tx, user, now).await?;
@@ -924,9 +1001,7 @@ impl Store for PgStore {
                 ttl: r.get::<_, Option<i64>>(3).map(|t| t.clamp(0, u32::MAX as i64) as u32),
             })
             .collect();
-        for bso in &staged {
-            upsert(&tx, user, coll, bso, now, true).await?;
-        }
+        upsert(&tx, user, coll, &staged, now, true).await?;
         delete_batch(&tx, id).await?;
         touch(&tx, user, coll, now).await?;
         tx.commit().await?;

@@ -323,3 +323,36 @@ async fn s11_072_weave_records() {
     // 1.1 buckets never show through 1.5 (and the reverse).
     assert!(s.collection_timestamps(1, NONE).await.unwrap().1.is_empty());
 }
+
+/// PostgreSQL only: nodes starting together against a fresh database migrate it once,
+/// taking turns on the migration lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_nodes_starting_together_migrate_once() {
+    let Some(scratch) = syncstead_store::testing::ScratchSchema::create().await else {
+        eprintln!("SKIPPED (PostgreSQL): set SYNCSTEAD_TEST_POSTGRES_URL");
+        return;
+    };
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = scratch.url.clone();
+            tokio::spawn(async move { syncstead_store::PgStore::open(&url, 2).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for s in starts {
+        stores.push(s.await.unwrap().expect("every node starts"));
+    }
+    let (client, conn) = tokio_postgres::connect(&scratch.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM syncstead_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    drop(stores);
+}
