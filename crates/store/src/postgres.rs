@@ -1,6 +1,6 @@
 //! The PostgreSQL backend, for operators who outgrow one machine: a connection pool, every
-//! request in its own transaction, and writes of one bucket serialised by a transaction-
-//! scoped advisory lock on the bucket id. Under that lock each write takes a time strictly
+//! request in its own transaction, and writes of one bucket serialised by a row lock on
+//! the bucket's `user_storage` row (1.1 buckets: an advisory lock on the bucket id). Under that lock each write takes a time strictly
 //! later than the bucket's last (S15-043), so several server processes can share one
 //! database without a central writer, and two buckets never wait for each other.
 //!
@@ -234,9 +234,24 @@ async fn row(tx: &Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) ->
 /// time: now, or just after the bucket's last write if the clock has not moved past it
 /// (S15-043) — possible when several servers with slightly different clocks share it.
 pub(crate) async fn lock_bucket(tx: &Transaction<'_>, user: UserId) -> StoreResult<SyncTimestamp> {
-    run(&tx, "SELECT pg_advisory_xact_lock($1)", &[&user]).await?;
-    let last = storage_ts(tx, user).await?;
-    Ok(later_than(last).await)
+    // The bucket's user_storage row is its write lock: FOR UPDATE waits for a concurrent
+    // writer and then reads the row as that writer left it, so one statement both locks
+    // and reads the last write time.
+    const LOCK: &str = "SELECT modified FROM user_storage WHERE user_id = $1 FOR UPDATE";
+    let last: i64 = match row_opt(tx, LOCK, &[&user]).await? {
+        Some(r) => r.get(0),
+        None => {
+            // A first write: make the row (a concurrent first write waits on it), then lock it.
+            run(
+                tx,
+                "INSERT INTO user_storage (user_id, modified) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                &[&user],
+            )
+            .await?;
+            row(tx, LOCK, &[&user]).await?.get(0)
+        }
+    };
+    Ok(later_than(ts(last)).await)
 }
 
 /// The first clock tick after `last`: waits for it (at most a tick, as the SQLite backend
@@ -714,12 +729,16 @@ impl Store for PgStore {
         };
         let mut c = self.client().await?;
         let tx = self.snapshot(&mut c).await?;
-        let modified = collection_ts(&tx, user, coll).await?.unwrap_or_default();
+        // Both queries go out at once on the connection (pipelined) inside the snapshot.
+        let (modified, (bsos, next_offset)) = tokio::try_join!(
+            collection_ts(&tx, user, coll),
+            query_page(&tx, user, coll, query, SyncTimestamp::now())
+        )?;
+        let modified = modified.unwrap_or_default();
         pre.check(modified)?;
         if modified == SyncTimestamp::ZERO {
             return Ok(empty(modified));
         }
-        let (bsos, next_offset) = query_page(&tx, user, coll, query, SyncTimestamp::now()).await?;
         tx.commit().await?;
         Ok(Page {
             modified,
@@ -788,7 +807,9 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let now = lock_bucket(&tx, user).await?;
-        pre.check(collection_ts(&tx, user, coll).await?.unwrap_or_default())?;
+        if pre != Precondition::None {
+            pre.check(collection_ts(&tx, user, coll).await?.unwrap_or_default())?;
+        }
         check_quota(&tx, user, now, limits, 0).await?;
         upsert(&tx, user, coll, &bsos, now, false).await?;
         touch(&tx, user, coll, now).await?;

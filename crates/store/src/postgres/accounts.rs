@@ -108,6 +108,8 @@ impl AccountStore for PgStore {
             .await?
             .map(|r| r.get(0));
         if let Some(id) = id {
+            // 1.1 writes lock the bucket with an advisory lock.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&-id]).await?;
             super::lock_bucket(&tx, -id).await?;
             delete_bucket(&tx, -id).await?;
             tx.execute("DELETE FROM accounts WHERE id = $1", &[&id]).await?;
