@@ -304,7 +304,7 @@ async fn touch(tx: &Transaction<'_>, user: UserId, coll: i32, now: SyncTimestamp
 
 pub(crate) async fn touch_storage(tx: &Transaction<'_>, user: UserId, now: SyncTimestamp) -> StoreResult<()> {
     run(
-        &tx,
+        tx,
         "INSERT INTO user_storage (user_id, modified) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE SET modified = excluded.modified",
         &[&user, &now.as_millis()],
@@ -326,7 +326,7 @@ pub(crate) async fn delete_bucket(tx: &Transaction<'_>, user: UserId) -> StoreRe
         "DELETE FROM batches WHERE user_id = $1",
         "DELETE FROM user_storage WHERE user_id = $1",
     ] {
-        run(&tx, sql, &[&user]).await?;
+        run(tx, sql, &[&user]).await?;
     }
     Ok(())
 }
@@ -494,7 +494,7 @@ async fn live_batch(
 ) -> StoreResult<i64> {
     let id: i64 = batch.parse().map_err(|_| StoreError::BatchNotFound)?;
     row_opt(
-        &tx,
+        tx,
         "SELECT id FROM batches WHERE id = $1 AND user_id = $2 AND collection_id = $3 AND expiry > $4",
         &[&id, &user, &coll, &now.as_millis()],
     )
@@ -515,8 +515,8 @@ async fn staged_bytes(tx: &Transaction<'_>, batch: i64) -> StoreResult<u64> {
 }
 
 async fn delete_batch(tx: &Transaction<'_>, batch: i64) -> StoreResult<()> {
-    run(&tx, "DELETE FROM batch_items WHERE batch_id = $1", &[&batch]).await?;
-    run(&tx, "DELETE FROM batches WHERE id = $1", &[&batch]).await?;
+    run(tx, "DELETE FROM batch_items WHERE batch_id = $1", &[&batch]).await?;
+    run(tx, "DELETE FROM batches WHERE id = $1", &[&batch]).await?;
     Ok(())
 }
 
@@ -613,7 +613,7 @@ async fn query_page(
         let p = arg(&mut args, Box::new(skip.min(i64::MAX as u64) as i64));
         sql.push_str(&format!(" OFFSET {p}"));
     }
-    let rows = rows(&tx, &sql, &refs(&args)).await?;
+    let rows = rows(tx, &sql, &refs(&args)).await?;
     let mut bsos: Vec<Bso> = rows.iter().map(bso_from_row).collect();
     let mut next = None;
     if let Some(limit) = q.limit {
