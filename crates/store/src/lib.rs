@@ -302,6 +302,33 @@ pub trait LegacyStore: Send + Sync + 'static {
     ) -> StoreResult<SyncTimestamp>;
 }
 
+/// Cuts a page fetched with one row more than `q.limit` to the limit and, when more rows
+/// exist, makes the keyset token of the last row kept (S15-081; limit=0 returns [] with no
+/// token, spec README §5). Shared so every backend pages alike.
+pub(crate) fn finish_page(mut bsos: Vec<Bso>, q: &CollectionQuery) -> (Vec<Bso>, Option<String>) {
+    use syncstead_proto::query::{Offset, Sort, SortKey};
+    let Some(limit) = q.limit.map(|l| l as usize) else {
+        return (bsos, None);
+    };
+    if bsos.len() <= limit {
+        return (bsos, None);
+    }
+    bsos.truncate(limit);
+    let next = bsos.last().map(|last| {
+        Offset::encode(&match q.sort {
+            Sort::Index => SortKey::Index {
+                sortindex: last.sortindex,
+                id: last.id.clone(),
+            },
+            _ => SortKey::Modified {
+                ms: last.modified.as_millis(),
+                id: last.id.clone(),
+            },
+        })
+    });
+    (bsos, next)
+}
+
 /// Everything a backend provides.
 pub trait Backend: Store + TokenStore + AccountStore + LegacyStore {}
 impl<T: Store + TokenStore + AccountStore + LegacyStore> Backend for T {}

@@ -614,28 +614,8 @@ async fn query_page(
         sql.push_str(&format!(" OFFSET {p}"));
     }
     let rows = rows(tx, &sql, &refs(&args)).await?;
-    let mut bsos: Vec<Bso> = rows.iter().map(bso_from_row).collect();
-    let mut next = None;
-    if let Some(limit) = q.limit {
-        if bsos.len() > limit as usize {
-            bsos.truncate(limit as usize);
-            // limit=0 returns [] without a paging token (spec README §5).
-            if let Some(last) = bsos.last() {
-                let key = match q.sort {
-                    Sort::Index => SortKey::Index {
-                        sortindex: last.sortindex,
-                        id: last.id.clone(),
-                    },
-                    _ => SortKey::Modified {
-                        ms: last.modified.as_millis(),
-                        id: last.id.clone(),
-                    },
-                };
-                next = Some(Offset::encode(&key));
-            }
-        }
-    }
-    Ok((bsos, next))
+    let bsos: Vec<Bso> = rows.iter().map(bso_from_row).collect();
+    Ok(crate::finish_page(bsos, q))
 }
 
 #[async_trait]

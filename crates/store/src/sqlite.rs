@@ -705,28 +705,8 @@ fn query_page(
 
     let mut stmt = tx.prepare_cached(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), bso_from_row)?;
-    let mut bsos = rows.collect::<Result<Vec<_>, _>>()?;
-    let mut next = None;
-    if let Some(limit) = q.limit {
-        if bsos.len() > limit as usize {
-            bsos.truncate(limit as usize);
-            // limit=0 returns [] without a paging token (spec README §5).
-            if let Some(last) = bsos.last() {
-                let key = match q.sort {
-                    Sort::Index => SortKey::Index {
-                        sortindex: last.sortindex,
-                        id: last.id.clone(),
-                    },
-                    _ => SortKey::Modified {
-                        ms: last.modified.as_millis(),
-                        id: last.id.clone(),
-                    },
-                };
-                next = Some(Offset::encode(&key));
-            }
-        }
-    }
-    Ok((bsos, next))
+    let bsos = rows.collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::finish_page(bsos, q))
 }
 
 #[async_trait]

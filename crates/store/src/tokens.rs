@@ -1,6 +1,6 @@
 //! The token server's records: storage nodes and the users assigned to them.
 
-use syncstead_proto::tokenserver::{Claims, Rejection};
+use syncstead_proto::tokenserver::{Claims, Rejection, StoredUser};
 
 use crate::StoreError;
 
@@ -77,5 +77,50 @@ pub enum LoginError {
 impl From<rusqlite::Error> for LoginError {
     fn from(e: rusqlite::Error) -> Self {
         LoginError::Store(e.into())
+    }
+}
+
+/// One row of the token server's `users` table, as both backends read it.
+#[derive(Debug, Clone)]
+pub(crate) struct UserRow {
+    pub uid: i64,
+    pub generation: i64,
+    pub client_state: String,
+    pub created_at: i64,
+    pub replaced_at: Option<i64>,
+    pub nodeid: i64,
+    pub keys_changed_at: Option<i64>,
+    /// `None` when the node was removed; downed nodes count as gone too.
+    pub node: Option<String>,
+}
+
+impl UserRow {
+    pub fn stored(&self) -> StoredUser {
+        StoredUser {
+            generation: self.generation,
+            keys_changed_at: self.keys_changed_at,
+            client_state: self.client_state.clone(),
+        }
+    }
+
+    pub fn assignment(&self) -> Assignment {
+        Assignment {
+            uid: self.uid,
+            node: self.node.clone().unwrap_or_default(),
+            generation: self.generation,
+            keys_changed_at: self.keys_changed_at,
+            client_state: self.client_state.clone(),
+        }
+    }
+}
+
+/// T10-070: how full a node is; the lowest score gets the next user (an empty node first).
+pub(crate) fn node_score(n: &Node) -> f64 {
+    if n.current_load <= 0 {
+        f64::NEG_INFINITY
+    } else if n.capacity <= 1 {
+        f64::INFINITY
+    } else {
+        (n.current_load as f64).ln() / (n.capacity as f64).ln()
     }
 }

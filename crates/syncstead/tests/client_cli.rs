@@ -176,15 +176,9 @@ fn weave11_signup_login_share_and_wrong_key() {
 
 #[test]
 fn sync15_connect_share_backup_restore() {
-    use jsonwebtoken::{EncodingKey, Header};
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    use rsa::traits::PublicKeyParts;
     let dir = tempfile::tempdir().unwrap();
-    let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
-    let jwk = json!({"kty": "RSA", "alg": "RS256", "kid": "k1",
-        "n": BASE64URL_NOPAD.encode(&private.n().to_bytes_be()), "e": BASE64URL_NOPAD.encode(&private.e().to_bytes_be())});
-    let jwk_file = dir.path().join("fxa.jwk");
-    std::fs::write(&jwk_file, jwk.to_string()).unwrap();
+    let fxa = Fxa::new(dir.path());
+    let jwk_file = fxa.jwk_file.clone();
     let (server, addr) = spawn_server(
         dir.path(),
         &[
@@ -194,19 +188,7 @@ fn sync15_connect_share_backup_restore() {
             "",
         ],
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("k1".into());
-    header.typ = Some("at+JWT".into());
-    let token = jsonwebtoken::encode(
-        &header,
-        &json!({"sub": "0123456789abcdef0123456789abcdef", "scope": "https://identity.mozilla.com/apps/oldsync", "exp": now + 600, "iat": now}),
-        &EncodingKey::from_rsa_pem(private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap().as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let token = fxa.access_token("0123456789abcdef0123456789abcdef", None);
     let kb = "2ee722fdd8ccaa721bdeb2d1b76560efef705b04349d9357c3e592cf4906e075";
     let connect = |config: &Path| {
         ok(client(

@@ -8,7 +8,6 @@ mod common;
 use std::path::Path;
 
 use common::bin;
-use data_encoding::BASE64URL_NOPAD;
 use serde_json::{json, Value};
 use syncstead_proto::query::{CollectionQuery, Sort};
 use syncstead_proto::tokenserver::Claims;
@@ -210,9 +209,6 @@ INSERT INTO nodes VALUES (1, 1, 'http://localhost:5000', 99, 1, 100, 0, 0);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn import_from_mozilla_syncserver_keeps_firefox_syncing() {
-    use jsonwebtoken::{EncodingKey, Header};
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    use rsa::traits::PublicKeyParts;
     use syncstead_client::crypto::{KeyBundle, SyncKeys};
 
     let dir = tempfile::tempdir().unwrap();
@@ -309,11 +305,8 @@ async fn import_from_mozilla_syncserver_keeps_firefox_syncing() {
     assert!(!ok && out.contains("not empty"), "{out}");
 
     // Syncstead serves the imported data; the old node URL follows this server's.
-    let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
-    let jwk = json!({"kty": "RSA", "alg": "RS256", "kid": "k1",
-        "n": BASE64URL_NOPAD.encode(&private.n().to_bytes_be()), "e": BASE64URL_NOPAD.encode(&private.e().to_bytes_be())});
-    let jwk_file = dir.path().join("fxa.jwk");
-    std::fs::write(&jwk_file, jwk.to_string()).unwrap();
+    let fxa = common::Fxa::new(dir.path());
+    let jwk_file = fxa.jwk_file.clone();
     let layer = syncstead_server::ConfigLayer {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(data.clone()),
@@ -326,19 +319,7 @@ async fn import_from_mozilla_syncserver_keeps_firefox_syncing() {
         .await
         .unwrap();
     let base = format!("http://{}", server.addr);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("k1".into());
-    header.typ = Some("at+JWT".into());
-    let token = jsonwebtoken::encode(
-        &header,
-        &json!({"sub": fxa_uid, "scope": "https://identity.mozilla.com/apps/oldsync", "exp": now + 600, "iat": now, "fxa-generation": 5}),
-        &EncodingKey::from_rsa_pem(private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap().as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let token = fxa.access_token(fxa_uid, Some(5));
     let account = syncstead_client::account::Account {
         login: syncstead_client::account::Login::Sync15 {
             token_server: base.clone(),

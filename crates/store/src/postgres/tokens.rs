@@ -4,10 +4,10 @@
 
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
-use syncstead_proto::tokenserver::{updated_values, validate, StoredUser, MAX_GENERATION};
+use syncstead_proto::tokenserver::{updated_values, validate, MAX_GENERATION};
 
 use super::{delete_bucket, PgStore, LOCK_LOGIN};
-use crate::tokens::{Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate};
+use crate::tokens::{node_score, Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate, UserRow as Row};
 use crate::{StoreError, StoreResult, TokenStore};
 
 /// How many of an account's most recent records are considered (T10-030).
@@ -16,39 +16,6 @@ const RECENT_RECORDS: i64 = 20;
 impl From<tokio_postgres::Error> for LoginError {
     fn from(e: tokio_postgres::Error) -> Self {
         LoginError::Store(e.into())
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Row {
-    uid: i64,
-    generation: i64,
-    client_state: String,
-    created_at: i64,
-    replaced_at: Option<i64>,
-    nodeid: i64,
-    keys_changed_at: Option<i64>,
-    /// `None` when the node was removed; downed nodes count as gone too.
-    node: Option<String>,
-}
-
-impl Row {
-    fn stored(&self) -> StoredUser {
-        StoredUser {
-            generation: self.generation,
-            keys_changed_at: self.keys_changed_at,
-            client_state: self.client_state.clone(),
-        }
-    }
-
-    fn assignment(&self) -> Assignment {
-        Assignment {
-            uid: self.uid,
-            node: self.node.clone().unwrap_or_default(),
-            generation: self.generation,
-            keys_changed_at: self.keys_changed_at,
-            client_state: self.client_state.clone(),
-        }
     }
 }
 
@@ -85,16 +52,7 @@ async fn allocate_node(tx: &Transaction<'_>, release_rate: f64) -> Result<(i64, 
             .iter()
             .map(node_from_row)
             .collect();
-        let score = |n: &Node| {
-            if n.current_load <= 0 {
-                f64::NEG_INFINITY
-            } else if n.capacity <= 1 {
-                f64::INFINITY
-            } else {
-                (n.current_load as f64).ln() / (n.capacity as f64).ln()
-            }
-        };
-        if let Some(best) = candidates.iter().min_by(|a, b| score(a).total_cmp(&score(b))) {
+        if let Some(best) = candidates.iter().min_by(|a, b| node_score(a).total_cmp(&node_score(b))) {
             tx.execute(
                 "UPDATE nodes SET current_load = current_load + 1, available = GREATEST(available - 1, 0) WHERE id = $1",
                 &[&best.id],

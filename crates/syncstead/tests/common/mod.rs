@@ -75,3 +75,45 @@ pub fn storage(addr: &str, secret: &str, uid: u64) -> syncstead_client::StorageC
     });
     syncstead_client::StorageClient::new(reqwest::Client::new(), &format!("{node}/1.5/{uid}"), creds).unwrap()
 }
+
+/// A stand-in for Mozilla accounts: an RSA key made for the test, its public JWK in a file
+/// the server is told to trust, and access tokens signed with it.
+pub struct Fxa {
+    pub jwk_file: std::path::PathBuf,
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl Fxa {
+    pub fn new(dir: &std::path::Path) -> Self {
+        use data_encoding::BASE64URL_NOPAD;
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let jwk = serde_json::json!({"kty": "RSA", "alg": "RS256", "kid": "k1",
+            "n": BASE64URL_NOPAD.encode(&private.n().to_bytes_be()), "e": BASE64URL_NOPAD.encode(&private.e().to_bytes_be())});
+        let jwk_file = dir.join("fxa.jwk");
+        std::fs::write(&jwk_file, jwk.to_string()).unwrap();
+        let pem = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
+        Fxa {
+            jwk_file,
+            key: jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        }
+    }
+
+    /// An OAuth access token for the oldsync scope of Mozilla account `sub`.
+    pub fn access_token(&self, sub: &str, generation: Option<i64>) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("k1".into());
+        header.typ = Some("at+JWT".into());
+        let mut claims = serde_json::json!({"sub": sub, "scope": "https://identity.mozilla.com/apps/oldsync",
+            "exp": now + 600, "iat": now});
+        if let Some(g) = generation {
+            claims["fxa-generation"] = g.into();
+        }
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+}
