@@ -82,6 +82,16 @@ pub struct ConfigLayer {
     #[arg(long, env = "SYNCSTEAD_POSTGRES_POOL_SIZE", value_name = "N")]
     pub postgres_pool_size: Option<usize>,
 
+    /// Most client connections open at once; more wait in the kernel's backlog
+    /// [default: 1000].
+    #[arg(long, env = "SYNCSTEAD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// A connection with nothing read or written for this long is closed: slow and idle
+    /// clients cannot hold connections [default: 60].
+    #[arg(long, env = "SYNCSTEAD_IDLE_TIMEOUT_SECONDS", value_name = "SECONDS")]
+    pub idle_timeout_seconds: Option<u64>,
+
     /// Largest request body in bytes [default: 2625536].
     #[arg(long, env = "SYNCSTEAD_MAX_REQUEST_BYTES", value_name = "N")]
     pub max_request_bytes: Option<u64>,
@@ -370,6 +380,8 @@ pub struct Settings {
     pub sqlite_synchronous: syncstead_store::Synchronous,
     pub sqlite_readers: usize,
     pub postgres_pool_size: usize,
+    pub max_connections: usize,
+    pub idle_timeout_seconds: u64,
     pub limits: Limits,
     pub quota_bytes: Option<u64>,
     pub hawk_skew_seconds: u64,
@@ -525,6 +537,8 @@ impl Settings {
             sqlite_synchronous,
             sqlite_readers: layer.sqlite_readers.unwrap_or(4).max(1),
             postgres_pool_size: layer.postgres_pool_size.unwrap_or(16).max(1),
+            max_connections: layer.max_connections.unwrap_or(1000).max(1),
+            idle_timeout_seconds: layer.idle_timeout_seconds.unwrap_or(60).max(1),
             limits,
             quota_bytes: quota,
             hawk_skew_seconds: layer.hawk_skew_seconds.unwrap_or(52 * 7 * 24 * 3600),

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod listener;
 pub mod oauth;
 mod ops;
 pub mod passwords;
@@ -190,6 +191,14 @@ fn token_service(settings: &Settings) -> Result<tokenserver::TokenService, Serve
     ));
     Ok(tokenserver::TokenService {
         verifier,
+        // Twenty refused tokens in 15 minutes from one address, then 30 s doubling to
+        // 15 minutes: nobody's Firefox gets there, a guesser gets nowhere.
+        throttle: passwords::Throttle::new(
+            20,
+            Duration::from_secs(900),
+            Duration::from_secs(30),
+            Duration::from_secs(900),
+        ),
         policy: NewUserPolicy {
             open: true,
             allow_list_only: !settings.allow_new_users,
@@ -438,11 +447,19 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
     let app = axum::middleware::from_fn_with_state(prefix, strip_prefix).layer(router(state.clone()));
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
+        let listener = listener::GuardedListener::new(
+            listener,
+            settings.max_connections,
+            Duration::from_secs(settings.idle_timeout_seconds),
+        );
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<listener::PeerAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await
     });
     Ok(RunningServer {
         addr,

@@ -148,7 +148,8 @@ impl Throttle {
         let entries = self.entries.lock().expect("throttle lock");
         let until = entries.get(key)?.locked_until?;
         let now = Instant::now();
-        (until > now).then(|| (until - now).as_secs().max(1))
+        // Rounded up: a client that waits what it is told is let in.
+        (until > now).then(|| (until - now).as_millis().div_ceil(1000).max(1) as u64)
     }
 
     pub fn failure(&self, key: &str) {

@@ -2,10 +2,12 @@
 //! specified in `shared/spec/storage-1.1.md`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
+
+use crate::listener::ClientAddr;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -61,8 +63,8 @@ fn at(mut r: Response, t: SyncTimestamp) -> Response {
     r
 }
 
-async fn user(state: &AppState, headers: &HeaderMap, username: &str, addr: SocketAddr) -> Result<UserId, ApiError> {
-    Ok(authenticate(state, headers, username, Some(addr)).await?.bucket())
+async fn user(state: &AppState, headers: &HeaderMap, username: &str, addr: Option<IpAddr>) -> Result<UserId, ApiError> {
+    Ok(authenticate(state, headers, username, addr).await?.bucket())
 }
 
 fn collection(name: &str) -> Result<(), ApiError> {
@@ -93,7 +95,7 @@ fn unmodified_since(headers: &HeaderMap) -> Result<Option<SyncTimestamp>, ApiErr
 async fn info(
     State(state): State<AppState>,
     Path((username, what)): Path<(String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if !matches!(
@@ -206,7 +208,7 @@ async fn get_collection(
     State(state): State<AppState>,
     Path((username, coll)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     collection(&coll)?;
@@ -264,7 +266,7 @@ async fn get_collection(
 async fn get_item(
     State(state): State<AppState>,
     Path((username, coll, id)): Path<(String, String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     collection(&coll)?;
@@ -311,7 +313,7 @@ fn with_quota(mut r: Response, left_kib: Option<u64>) -> Response {
 async fn put_item(
     State(state): State<AppState>,
     Path((username, coll, id)): Path<(String, String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -337,7 +339,7 @@ async fn put_item(
 async fn post_collection(
     State(state): State<AppState>,
     Path((username, coll)): Path<(String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -403,7 +405,7 @@ async fn delete_collection(
     State(state): State<AppState>,
     Path((username, coll)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     collection(&coll)?;
@@ -419,7 +421,7 @@ async fn delete_collection(
 async fn delete_item(
     State(state): State<AppState>,
     Path((username, coll, id)): Path<(String, String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     collection(&coll)?;
@@ -437,7 +439,7 @@ async fn delete_item(
 async fn delete_all(
     State(state): State<AppState>,
     Path((username, what)): Path<(String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if what != "storage" {

@@ -13,6 +13,7 @@ use syncstead_proto::token::{metrics_hash, random_salt, TokenPayload};
 use syncstead_proto::tokenserver::{is_valid_client_state_header, Claims, KeyId, KeyIdError};
 use syncstead_store::{Login, LoginError, NewUserPolicy};
 
+use crate::listener::ClientAddr;
 use crate::oauth::OAuthError;
 use crate::AppState;
 
@@ -29,6 +30,7 @@ pub struct TokenError {
     location: &'static str,
     name: String,
     description: String,
+    retry_after: Option<u64>,
 }
 
 impl TokenError {
@@ -39,6 +41,7 @@ impl TokenError {
             location,
             name: name.into(),
             description: description.into(),
+            retry_after: None,
         }
     }
     fn unauthorized(kind: &'static str) -> Self {
@@ -71,6 +74,9 @@ impl IntoResponse for TokenError {
             .into_response();
         // T10-102: X-Timestamp on every response, so clients can correct their clocks.
         r.headers_mut().insert("x-timestamp", x_timestamp());
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         r
     }
 }
@@ -157,18 +163,34 @@ async fn token(
     State(state): State<AppState>,
     Path((application, version)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, TokenError> {
     let ts = state
         .tokens
         .as_ref()
         .ok_or_else(|| TokenError::internal(StatusCode::NOT_FOUND))?;
+    let throttle_key = addr.map(|ip| format!("token:{ip}"));
+    if let Some(wait) = throttle_key.as_deref().and_then(|k| ts.throttle.locked(k)) {
+        let mut err = TokenError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "error",
+            "header",
+            "Authorization",
+            "Too many refused tokens from this address; retry later",
+        );
+        err.retry_after = Some(wait);
+        return Err(err);
+    }
     // Authenticate first, then check the application, as Mozilla's server does (T10-002).
     let oauth_token = bearer(&headers)?;
     let key_id = key_id(&headers)?;
     let account = ts.verifier.verify(oauth_token).await.map_err(|e| match e {
         OAuthError::Invalid(why) => {
             tracing::debug!(why, "OAuth token refused");
+            if let Some(k) = &throttle_key {
+                ts.throttle.failure(k);
+            }
             TokenError::unauthorized("invalid-credentials")
         }
         OAuthError::Unavailable(why) => {
@@ -182,6 +204,9 @@ async fn token(
             )
         }
     })?;
+    if let Some(k) = &throttle_key {
+        ts.throttle.success(k);
+    }
     if application != "sync" {
         return Err(TokenError::new(
             StatusCode::NOT_FOUND,
@@ -286,6 +311,8 @@ async fn token(
 /// The token server's part of the application state.
 pub struct TokenService {
     pub verifier: crate::oauth::Verifier,
+    /// Refused access tokens per client address: guessing is slowed to a crawl.
+    pub throttle: crate::passwords::Throttle,
     pub policy: NewUserPolicy,
     pub email_domain: String,
     pub duration: u64,

@@ -1,11 +1,13 @@
 //! User API 1.0 (`/user/1.0/<username>/…`), as specified in `shared/spec/user-api-1.0.md`:
 //! legacy account creation, password and e-mail changes, and node assignment.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
+
+use crate::listener::ClientAddr;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -130,10 +132,10 @@ pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     username: &str,
-    addr: Option<SocketAddr>,
+    addr: Option<IpAddr>,
 ) -> Result<Account, ApiError> {
     let auth = &state.weave;
-    let keys = throttle_keys(username, addr.map(|a| a.ip()));
+    let keys = throttle_keys(username, addr);
     if let Some(wait) = keys.iter().filter_map(|k| auth.throttle.locked(k)).max() {
         return Err(ApiError::Unavailable { retry_after: wait });
     }
@@ -256,11 +258,11 @@ async fn create(
 async fn delete_account(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_path(&version, &username)?;
-    authenticate(&state, &headers, &username, Some(addr)).await?;
+    authenticate(&state, &headers, &username, addr).await?;
     state.accounts.delete_account(&username).await?;
     state.weave.verified.forget(&username);
     Ok(text("0"))
@@ -286,7 +288,7 @@ fn utf8_body(body: &Bytes) -> Result<String, ApiError> {
 async fn change_password(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -294,13 +296,13 @@ async fn change_password(
     if let Some(code) = headers.get("x-weave-password-reset") {
         let account = state.accounts.account(&username).await?.ok_or(ApiError::NotFound)?;
         if !reset_code_matches(&account, code.as_bytes()) {
-            for k in throttle_keys(&username, Some(addr.ip())) {
+            for k in throttle_keys(&username, addr) {
                 state.weave.throttle.failure(&k);
             }
             return Err(ApiError::BadRequest(respcode::INVALID_RESET_CODE));
         }
     } else {
-        authenticate(&state, &headers, &username, Some(addr)).await?;
+        authenticate(&state, &headers, &username, addr).await?;
     }
     let password = utf8_body(&body)?;
     if password.is_empty() {
@@ -332,12 +334,12 @@ fn reset_code_matches(account: &Account, code: &[u8]) -> bool {
 async fn change_email(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_path(&version, &username)?;
-    authenticate(&state, &headers, &username, Some(addr)).await?;
+    authenticate(&state, &headers, &username, addr).await?;
     let email = utf8_body(&body)?.trim().to_string();
     if !valid_email(&email) {
         return Err(ApiError::BadRequest(respcode::NO_EMAIL));
@@ -471,11 +473,7 @@ async fn reset_form(axum::extract::RawQuery(query): axum::extract::RawQuery) -> 
 }
 
 /// U10-067: with username and key, sets the new password; with a username alone, mails a code.
-async fn reset_form_post(
-    State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
+async fn reset_form_post(State(state): State<AppState>, ClientAddr(addr): ClientAddr, body: Bytes) -> Response {
     let fields = form_urlencoded_pairs(&String::from_utf8_lossy(&body));
     let username = fields.get("username").cloned().unwrap_or_default();
     if check_path("1.0", &username).is_err() {
@@ -514,7 +512,7 @@ async fn reset_form_post(
         _ => return page(StatusCode::BAD_REQUEST, "Unknown account.", None),
     };
     if !reset_code_matches(&account, key.as_bytes()) {
-        for k in throttle_keys(&username, Some(addr.ip())) {
+        for k in throttle_keys(&username, addr) {
             state.weave.throttle.failure(&k);
         }
         return page(
@@ -545,11 +543,11 @@ async fn reset_form_post(
 async fn clear_reset(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_path(&version, &username)?;
-    authenticate(&state, &headers, &username, Some(addr)).await?;
+    authenticate(&state, &headers, &username, addr).await?;
     state.accounts.set_reset_code(&username, None).await?;
     Ok(text("success"))
 }

@@ -170,3 +170,44 @@ async fn data_survives_a_restart() {
     assert_eq!(r.json(), json!([{"id": "a", "modified": t, "payload": "kept"}]));
     drop(tmp);
 }
+
+/// Abuse resistance: a connection that sends nothing for idle_timeout_seconds is closed
+/// (slow-loris headers included), and past max_connections new connections wait until
+/// one closes.
+#[tokio::test]
+async fn idle_connections_are_closed_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| {
+        c.idle_timeout_seconds = Some(1);
+        c.max_connections = Some(2);
+    })
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let request = format!("GET /__lbheartbeat__ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+
+    // Half a request, then silence: the server hangs up.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /__lbheartbeat__ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the slow connection was not closed");
+
+    // Two silent connections hold both slots; a third is served only when one goes away.
+    let a = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    let early = tokio::time::timeout(std::time::Duration::from_millis(400), c.read_exact(&mut first)).await;
+    assert!(early.is_err(), "served past the connection cap");
+    drop(a);
+    // The dropped connection frees its slot at once; b would also time out after 1 s.
+    let served = tokio::time::timeout(std::time::Duration::from_secs(5), c.read_exact(&mut first)).await;
+    assert!(served.is_ok(), "not served after a slot was freed");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    drop(b);
+    s.stop().await;
+}

@@ -542,3 +542,47 @@ async fn t10_071_single_node_follows_public_url() {
     let nodes = moved.running.as_ref().unwrap().state.token_store.nodes().await.unwrap();
     assert_eq!(nodes.len(), 1);
 }
+
+/// Abuse resistance: refused access tokens are throttled per client address (the peer, or
+/// what a reverse proxy on the same machine names in X-Forwarded-For), with 503 +
+/// Retry-After in the token server's error format; other addresses are unaffected.
+#[tokio::test]
+async fn refused_tokens_are_throttled_per_client_address() {
+    let (s, _keys) = token_server(|_| {}).await;
+    let kid = key_id(1_700_000_000_000, &[1; 16]);
+    let guess = |from: &'static str| {
+        let s = &s;
+        let kid = kid.clone();
+        async move {
+            get_token(
+                s,
+                "/1.0/sync/1.5",
+                Some("Bearer not.a.token"),
+                &[("x-keyid", kid.as_str()), ("x-forwarded-for", from)],
+            )
+            .await
+        }
+    };
+    for i in 0..20 {
+        let r = guess("203.0.113.5").await;
+        assert_eq!(r.status, 401, "attempt {i}: {}", r.text);
+    }
+    let r = guess("203.0.113.5").await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.header("retry-after").as_deref(), Some("30"));
+    assert_eq!(r.json()["status"], "error");
+    // Another address is not locked out, and a real token from it works.
+    assert_eq!(guess("198.51.100.8").await.status, 401);
+    let r = get_token(
+        &s,
+        "/1.0/sync/1.5",
+        Some(&format!(
+            "Bearer {}",
+            access_token("7f1e5a4b3c2d1e0f7f1e5a4b3c2d1e0f", None)
+        )),
+        &[("x-keyid", kid.as_str()), ("x-forwarded-for", "198.51.100.8")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    s.stop().await;
+}
