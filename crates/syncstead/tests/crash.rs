@@ -1,6 +1,7 @@
 //! Crash safety: writers hammer a real `syncstead serve` process, which is killed with
-//! SIGKILL at a random moment; after a restart every acknowledged write is there, intact,
-//! and every POST is either wholly there or wholly absent.
+//! SIGKILL at a random moment (mid-POST and mid-batch); after a restart every acknowledged
+//! write is there, intact, and every POST and every batch is either wholly there or wholly
+//! absent. On SQLite, and on PostgreSQL when a test server is configured.
 
 mod common;
 
@@ -20,6 +21,26 @@ struct Ledger {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
+    kill_and_check(None);
+}
+
+/// The same on PostgreSQL: the server is killed, PostgreSQL is not; a transaction the
+/// server never committed is rolled back by PostgreSQL when the connection drops.
+#[test]
+fn acknowledged_writes_survive_sigkill_on_postgres() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(scratch) = rt.block_on(syncstead_store::testing::ScratchSchema::create()) else {
+        eprintln!("SKIPPED (PostgreSQL): set SYNCSTEAD_TEST_POSTGRES_URL");
+        return;
+    };
+    kill_and_check(Some(&scratch.url));
+    drop(scratch);
+}
+
+fn kill_and_check(database_url: Option<&str>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,7 +53,11 @@ fn acknowledged_writes_survive_sigkill() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let start = || spawn_server(dir.path(), &["--listen", &listen, "--master-secret", "crash-secret"]).0;
+    let mut args = vec!["--listen", listen.as_str(), "--master-secret", "crash-secret"];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    let start = || spawn_server(dir.path(), &args).0;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let kills = 3;
     for round in 0..kills {
@@ -48,17 +73,48 @@ fn acknowledged_writes_survive_sigkill() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
                     let ids: Vec<String> = (0..20).map(|i| format!("r{round}w{writer}n{n}i{i}")).collect();
-                    let body: Vec<serde_json::Value> = ids
-                        .iter()
-                        .map(|id| serde_json::json!({"id": id, "payload": format!("payload of {id}")}))
-                        .collect();
-                    let rb = c.request(reqwest::Method::POST, "/storage/history").unwrap();
-                    let sent = rb
-                        .header("content-type", "application/json")
-                        .body(serde_json::to_string(&body).unwrap())
-                        .send()
-                        .await;
-                    let ok = matches!(&sent, Ok(r) if r.status() == 200);
+                    let body = |ids: &[String]| {
+                        let v: Vec<serde_json::Value> = ids
+                            .iter()
+                            .map(|id| serde_json::json!({"id": id, "payload": format!("payload of {id}")}))
+                            .collect();
+                        serde_json::to_string(&v).unwrap()
+                    };
+                    let post = |path: String, ids: Vec<String>| {
+                        let rb = c.request(reqwest::Method::POST, &path).unwrap();
+                        let b = body(&ids);
+                        async move { rb.header("content-type", "application/json").body(b).send().await.ok() }
+                    };
+                    // Writer 3 uploads in batches of three POSTs, the others in single POSTs:
+                    // a batch is acknowledged only by its commit, and must appear whole.
+                    let ok = if writer == 3 {
+                        let start = post("/storage/history?batch=true".into(), ids[..7].to_vec()).await;
+                        let batch = match start {
+                            Some(r) if r.status() == 202 => r
+                                .json::<serde_json::Value>()
+                                .await
+                                .ok()
+                                .and_then(|v| v["batch"].as_str().map(str::to_string)),
+                            _ => None,
+                        };
+                        match batch {
+                            Some(b) => {
+                                let appended = post(format!("/storage/history?batch={b}"), ids[7..14].to_vec()).await;
+                                if appended.is_some_and(|r| r.status() == 202) {
+                                    let commit =
+                                        post(format!("/storage/history?batch={b}&commit=true"), ids[14..].to_vec())
+                                            .await;
+                                    commit.is_some_and(|r| r.status() == 200)
+                                } else {
+                                    false
+                                }
+                            }
+                            None => false,
+                        }
+                    } else {
+                        let sent = post("/storage/history".into(), ids.clone()).await;
+                        sent.is_some_and(|r| r.status() == 200)
+                    };
                     let mut l = ledger.lock().unwrap();
                     l.posts.push((uid, ids.clone()));
                     if ok {
@@ -137,7 +193,8 @@ fn acknowledged_writes_survive_sigkill() {
         );
     }
     eprintln!(
-        "kills: {kills}, acknowledged records checked: {}, lost: 0",
+        "{}: kills: {kills}, acknowledged records checked: {}, lost: 0",
+        if database_url.is_some() { "PostgreSQL" } else { "SQLite" },
         ledger.acked.len()
     );
     child.kill().unwrap();
