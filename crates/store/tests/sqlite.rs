@@ -178,3 +178,38 @@ async fn s15_043_concurrent_writes_get_distinct_times() {
     assert_eq!(times.len(), n);
     assert!(n >= 2);
 }
+
+/// Resource bounds: after a user deletes their data, the purge gives the space back to
+/// the file system (incremental vacuum), so the database file shrinks again.
+#[tokio::test]
+async fn deleted_data_is_given_back_to_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let db = dir.path().join("t.db");
+    // The database file itself; its write-ahead log is bounded separately
+    // (journal_size_limit) and reused.
+    let size = || std::fs::metadata(&db).map_or(0, |m| m.len());
+    store
+        .post_bsos(2, "tabs", vec![bso("small", "x", None)], NONE, WriteLimits::default())
+        .await
+        .unwrap();
+    let payload = "y".repeat(4000);
+    for chunk in 0..30 {
+        let records = (0..100)
+            .map(|i| bso(&format!("c{chunk}r{i}"), &payload, None))
+            .collect();
+        store
+            .post_bsos(1, "history", records, NONE, WriteLimits::default())
+            .await
+            .unwrap();
+    }
+    // Let the checkpoint thread move the log into the file.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let full = size();
+    assert!(full > 10_000_000, "{full}");
+    store.delete_storage(1, NONE).await.unwrap();
+    store.purge_expired().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = size();
+    assert!(after < full / 3, "the file did not shrink: {full} → {after} bytes");
+}
