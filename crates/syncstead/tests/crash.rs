@@ -53,7 +53,15 @@ fn kill_and_check(database_url: Option<&str>) {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["--listen", listen.as_str(), "--master-secret", "crash-secret"];
+    // Purges run every second, so kills also land in the middle of them.
+    let mut args = vec![
+        "--listen",
+        listen.as_str(),
+        "--master-secret",
+        "crash-secret",
+        "--purge-interval-seconds",
+        "1",
+    ];
     if let Some(url) = database_url {
         args.extend(["--database-url", url]);
     }
@@ -126,7 +134,28 @@ fn kill_and_check(database_url: Option<&str>) {
                 }
             }));
         }
-        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(300..900)));
+        // A fifth writer keeps the purge busy: records that expire after a second (not
+        // in the ledger, since they are meant to vanish).
+        {
+            let stop = stop.clone();
+            tasks.push(rt.spawn(async move {
+                let c = storage(&format!("127.0.0.1:{port}"), "crash-secret", 99);
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let body: Vec<serde_json::Value> = (0..50)
+                        .map(|i| serde_json::json!({"id": format!("t{round}n{n}i{i}"), "payload": "short-lived", "ttl": 1}))
+                        .collect();
+                    let rb = c.request(reqwest::Method::POST, "/storage/tabs").unwrap();
+                    let _ = rb
+                        .header("content-type", "application/json")
+                        .body(serde_json::to_string(&body).unwrap())
+                        .send()
+                        .await;
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(1200..2500)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
