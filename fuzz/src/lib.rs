@@ -51,7 +51,7 @@ fn signer() -> &'static TokenSigner {
 /// The `Authorization: Hawk …` header and the token id inside it.
 pub fn hawk_header(data: &[u8]) {
     let s = text(data);
-    if let Ok(h) = s.parse::<hawk::Header>() {
+    if let Some(h) = syncstead_server::auth::parse_hawk_header(&s) {
         if let Some(id) = h.id.as_deref() {
             let _ = signer().verify(id);
         }
@@ -110,6 +110,8 @@ mod tests {
         "{\"id\":\"a\",\"payload\":\"p\"}\n{\"id\":\"b\"}\n",
         r#"Hawk id="eyJ1aWQiOjF9abc", ts="1700000000", nonce="abc=", mac="bWFj""#,
         r#"id="eyJ1aWQiOjF9abc", ts="1700000000", nonce="abc=", mac="bWFj""#,
+        // Once crashed the hawk crate (a ts beyond SystemTime).
+        r#"     ts     ="000010000000006021490421""#,
         "Basic am9objpzZWNyZXQ=",
         "1510726317123-BAik7hEOdpGnPZnPBSdaTg",
         "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K0pXVCIsImtpZCI6ImsxIn0.eyJzdWIiOiJhYmMiLCJleHAiOjk5OTk5OTk5OTl9.c2ln",
