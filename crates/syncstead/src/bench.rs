@@ -28,7 +28,9 @@ pub struct BenchArgs {
     /// The server's master secret.
     #[arg(long, env = "SYNC_MASTER_SECRET", hide_env_values = true)]
     secret: String,
-    /// `sync` (full client simulation) or `hot` (info/collections polling).
+    /// `sync` (full client simulation), `hot` (info/collections polling), `light` (every
+    /// client writes a small record and polls) or `stall` (as `light`, but client 0 writes
+    /// 1,000-record batches and deletes them again: how far one heavy user stalls others).
     #[arg(long, default_value = "sync")]
     mode: String,
     /// Simulated clients running at once.
@@ -564,6 +566,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             };
             let stats = if args.mode == "hot" {
                 hot_loop(client, &stop).await
+            } else if args.mode == "stall" && i == 0 {
+                heavy_loop(client, &stop).await
+            } else if args.mode == "light" || args.mode == "stall" {
+                light_loop(client, &stop).await
             } else {
                 let mut user = SyncUser {
                     client,
@@ -621,6 +627,78 @@ async fn hot_loop(mut client: Client, stop: &AtomicBool) -> Stats {
             if status != StatusCode::NOT_MODIFIED {
                 client.stats.verify_errors += 1;
             }
+        }
+    }
+    client.stats
+}
+
+/// A light user: a small write and an info/collections poll, again and again.
+async fn light_loop(mut client: Client, stop: &AtomicBool) -> Stats {
+    let body = json!({"payload": "x".repeat(200)}).to_string();
+    while !stop.load(Ordering::Relaxed) {
+        client
+            .call("light put", Method::PUT, "/storage/tabs/t", &[], Some(body.clone()))
+            .await;
+        client
+            .call("light info/collections", Method::GET, "/info/collections", &[], None)
+            .await;
+    }
+    client.stats
+}
+
+/// A heavy user: batches of 10 × 100 records of 2 KiB, and every third round all of it
+/// deleted again.
+async fn heavy_loop(mut client: Client, stop: &AtomicBool) -> Stats {
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        let body = |part: u64| {
+            let records: Vec<Value> = (0..100)
+                .map(|i| json!({"id": format!("h{round}p{part}i{i}"), "payload": "y".repeat(2048)}))
+                .collect();
+            Value::Array(records).to_string()
+        };
+        let Some((_, _, text)) = client
+            .call(
+                "heavy batch start",
+                Method::POST,
+                "/storage/history?batch=true",
+                &[],
+                Some(body(0)),
+            )
+            .await
+        else {
+            continue;
+        };
+        let batch = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["batch"].as_str().map(str::to_string));
+        let Some(batch) = batch else { continue };
+        for part in 1..9 {
+            client
+                .call(
+                    "heavy batch append",
+                    Method::POST,
+                    &format!("/storage/history?batch={batch}"),
+                    &[],
+                    Some(body(part)),
+                )
+                .await;
+        }
+        client
+            .call(
+                "heavy batch commit",
+                Method::POST,
+                &format!("/storage/history?batch={batch}&commit=true"),
+                &[],
+                Some(body(9)),
+            )
+            .await;
+        client.stats.records_up += 1000;
+        if round.is_multiple_of(3) {
+            client
+                .call("heavy delete storage", Method::DELETE, "/storage", &[], None)
+                .await;
         }
     }
     client.stats
