@@ -594,13 +594,7 @@ impl Settings {
     /// The SQLite file named by `database_url`, if it is a SQLite URL.
     /// The database URL without its password, for logs and output.
     pub fn database_display(&self) -> String {
-        match url::Url::parse(&self.database_url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("<redacted>"));
-                u.to_string()
-            }
-            _ => self.database_url.clone(),
-        }
+        redact_url(&self.database_url)
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -640,6 +634,17 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut f = options.open(path)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()
+}
+
+/// A URL without its password, for logs and output.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<redacted>"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]

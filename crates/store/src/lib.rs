@@ -302,6 +302,27 @@ pub trait LegacyStore: Send + Sync + 'static {
     ) -> StoreResult<SyncTimestamp>;
 }
 
+/// The ORDER BY of a 1.5 listing (S15-072) and of a 1.1 one (S11-054): the same three
+/// orders, with ids breaking ties so paging keys are total. Shared so every backend sorts alike.
+pub(crate) fn order_by(sort: syncstead_proto::query::Sort) -> &'static str {
+    use syncstead_proto::query::Sort;
+    match sort {
+        Sort::Newest => " ORDER BY modified DESC, id DESC",
+        Sort::Oldest => " ORDER BY modified ASC, id ASC",
+        Sort::Index => " ORDER BY sortindex DESC NULLS LAST, id DESC",
+    }
+}
+
+pub(crate) fn wbo_order_by(sort: syncstead_proto::wbo::WboSort) -> &'static str {
+    use syncstead_proto::query::Sort;
+    use syncstead_proto::wbo::WboSort;
+    order_by(match sort {
+        WboSort::Newest => Sort::Newest,
+        WboSort::Oldest => Sort::Oldest,
+        WboSort::Index => Sort::Index,
+    })
+}
+
 /// Cuts a page fetched with one row more than `q.limit` to the limit and, when more rows
 /// exist, makes the keyset token of the last row kept (S15-081; limit=0 returns [] with no
 /// token, spec README §5). Shared so every backend pages alike.

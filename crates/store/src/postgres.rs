@@ -192,12 +192,6 @@ impl PgStore {
             .start()
             .await?)
     }
-
-    /// The PostgreSQL server's version string, for `__version__`-style diagnostics.
-    pub async fn server_version(&self) -> StoreResult<String> {
-        let c = self.client().await?;
-        Ok(c.query_one("SHOW server_version", &[]).await?.get(0))
-    }
 }
 
 /// Statements run through the connection's prepared-statement cache: one round trip per
@@ -599,11 +593,7 @@ async fn query_page(
             sql.push_str(&format!(" AND sortindex IS NULL AND id < {i}"));
         }
     }
-    sql.push_str(match q.sort {
-        Sort::Newest => " ORDER BY modified DESC, id DESC",
-        Sort::Oldest => " ORDER BY modified ASC, id ASC",
-        Sort::Index => " ORDER BY sortindex DESC NULLS LAST, id DESC",
-    });
+    sql.push_str(crate::order_by(q.sort));
     if let Some(limit) = q.limit {
         // One row more than asked tells whether another page exists.
         let p = arg(&mut args, Box::new(limit as i64 + 1));

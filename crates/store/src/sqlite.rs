@@ -692,11 +692,7 @@ fn query_page(
             args.push(Value::from(id.clone()));
         }
     }
-    sql.push_str(match q.sort {
-        Sort::Newest => " ORDER BY modified DESC, id DESC",
-        Sort::Oldest => " ORDER BY modified ASC, id ASC",
-        Sort::Index => " ORDER BY sortindex DESC NULLS LAST, id DESC",
-    });
+    sql.push_str(crate::order_by(q.sort));
     // One row more than asked tells whether another page exists.
     let fetch = q.limit.map(|l| l as i64 + 1).unwrap_or(-1);
     sql.push_str(" LIMIT ? OFFSET ?");

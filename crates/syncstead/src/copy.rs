@@ -2,6 +2,7 @@
 //! progress bar per table.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use syncstead_server::config::redact_url;
 use syncstead_server::{ConfigLayer, Settings};
 use syncstead_store::copy::{self as store_copy, Mode, Progress, Report};
 
@@ -74,23 +75,12 @@ fn print(report: &Report) {
     );
 }
 
-/// Hides a database URL's password.
-fn shown(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("<redacted>"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 pub async fn migrate(from: &str, to: &str, mode: Mode) -> Result<(), String> {
     let bars = Bars::new();
     let result = store_copy::migrate(from, to, mode, &|p| bars.update(p)).await;
     bars.done();
     let report = result.map_err(|e| e.to_string())?;
-    println!("copied {} to {}", shown(from), shown(to));
+    println!("copied {} to {}", redact_url(from), redact_url(to));
     print(&report);
     Ok(())
 }
@@ -108,7 +98,7 @@ pub async fn import(source: &str, mode: Mode, layer: ConfigLayer) -> Result<(), 
     let result = store_copy::import_syncserver(source, &settings.database_url, mode, &|p| bars.update(p)).await;
     bars.done();
     let report = result.map_err(|e| e.to_string())?;
-    println!("imported {} into {}", shown(source), settings.database_display());
+    println!("imported {} into {}", redact_url(source), settings.database_display());
     print(&report);
     println!(
         "The imported users keep their uids. When Syncstead is the only storage node, it takes over the old node's \

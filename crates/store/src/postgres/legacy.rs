@@ -2,7 +2,7 @@
 //! negative), with the same rules as the SQLite backend.
 
 use async_trait::async_trait;
-use syncstead_proto::wbo::{Wbo, WboInput, WboQuery, WboSort};
+use syncstead_proto::wbo::{Wbo, WboInput, WboQuery};
 use syncstead_proto::SyncTimestamp;
 use tokio_postgres::types::ToSql;
 
@@ -60,14 +60,6 @@ fn selectors(q: &WboQuery, now: SyncTimestamp, args: &mut Vec<Param>) -> String 
     sql
 }
 
-fn order(q: &WboQuery) -> &'static str {
-    match q.sort {
-        WboSort::Newest => " ORDER BY modified DESC, id DESC",
-        WboSort::Oldest => " ORDER BY modified ASC, id ASC",
-        WboSort::Index => " ORDER BY sortindex DESC NULLS LAST, id DESC",
-    }
-}
-
 #[async_trait]
 impl LegacyStore for PgStore {
     async fn wbo_collections(&self, user: UserId) -> StoreResult<Vec<WboCollection>> {
@@ -100,7 +92,7 @@ impl LegacyStore for PgStore {
         let mut args: Vec<Param> = vec![Box::new(user), Box::new(coll)];
         let mut sql = format!("SELECT {COLUMNS} FROM bsos WHERE user_id = $1 AND collection_id = $2");
         sql.push_str(&selectors(query, SyncTimestamp::now(), &mut args));
-        sql.push_str(order(query));
+        sql.push_str(crate::wbo_order_by(query.sort));
         if let Some(limit) = query.limit {
             args.push(Box::new(limit.min(i64::MAX as u64) as i64));
             sql.push_str(&format!(" LIMIT ${}", args.len()));

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{params, OptionalExtension};
-use syncstead_proto::wbo::{Wbo, WboInput, WboQuery, WboSort};
+use syncstead_proto::wbo::{Wbo, WboInput, WboQuery};
 use syncstead_proto::SyncTimestamp;
 
 use super::{ts, SqliteStore};
@@ -64,14 +64,6 @@ fn selectors(q: &WboQuery, now: SyncTimestamp, args: &mut Vec<Value>) -> String 
     sql
 }
 
-fn order(q: &WboQuery) -> &'static str {
-    match q.sort {
-        WboSort::Newest => " ORDER BY modified DESC, id DESC",
-        WboSort::Oldest => " ORDER BY modified ASC, id ASC",
-        WboSort::Index => " ORDER BY sortindex DESC NULLS LAST, id DESC",
-    }
-}
-
 #[async_trait]
 impl LegacyStore for SqliteStore {
     async fn wbo_collections(&self, user: UserId) -> StoreResult<Vec<WboCollection>> {
@@ -105,7 +97,7 @@ impl LegacyStore for SqliteStore {
             let mut args: Vec<Value> = vec![user.into(), coll.into()];
             let mut sql = format!("SELECT {COLUMNS} FROM bsos WHERE user_id = ? AND collection_id = ?");
             sql.push_str(&selectors(&q, SyncTimestamp::now(), &mut args));
-            sql.push_str(order(&q));
+            sql.push_str(crate::wbo_order_by(q.sort));
             if let Some(limit) = q.limit {
                 sql.push_str(" LIMIT ? OFFSET ?");
                 args.push((limit.min(i64::MAX as u64) as i64).into());
