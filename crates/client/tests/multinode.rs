@@ -18,7 +18,7 @@ async fn token_server_spreads_users_over_two_storage_nodes() {
         "a token server alone is no node"
     );
     for n in [&n1, &n2] {
-        assert!(tokens.add_node(&n.base, 100, false).await.unwrap());
+        assert!(tokens.add_node(&n.base, 100).await.unwrap());
     }
 
     let mut placed = Vec::new();

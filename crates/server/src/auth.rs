@@ -184,7 +184,7 @@ impl HawkVerifier {
             }
         };
         let hawk_key = hawk::Key::new(token.key.as_bytes(), hawk::DigestAlgorithm::Sha256)
-            .map_err(|_| ApiError::Internal("hawk key".into()))?;
+            .map_err(|_| ApiError::internal("hawk key"))?;
         let request = hawk::RequestBuilder::new(method.as_str(), &host, port, &target).request();
         if !request.validate_header(&hawk_header, &hawk_key, self.skew) {
             return Err(ApiError::Unauthorized("bad signature"));

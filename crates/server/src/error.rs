@@ -1,4 +1,10 @@
 //! The one place where failures become protocol responses (status + weave respcode).
+//!
+//! Store errors map by kind: a client's precondition or a protocol refusal to its status,
+//! an unavailable database (busy, pool exhausted, connection lost, disk full) to 503 with
+//! `Retry-After` on every surface, anything else to 500 on Storage 1.5 (§17). The Weave
+//! 1.1 surfaces answer every backend failure with 503 (U10-021, U10-053): their handlers
+//! return [`WeaveError`], which differs from [`ApiError`] in that one respect only.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,8 +40,21 @@ pub enum ApiError {
     Conflict,
     #[error("service unavailable")]
     Unavailable { retry_after: u64 },
+    /// The database failed; how this is answered depends on the failure and the surface.
+    #[error(transparent)]
+    Backend(StoreError),
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] syncstead_store::Cause),
+}
+
+/// How long clients are asked to wait when the database is unavailable.
+const BACKEND_RETRY_AFTER: u64 = 60;
+
+impl ApiError {
+    /// An internal failure, for the log.
+    pub fn internal(e: impl Into<syncstead_store::Cause>) -> Self {
+        ApiError::Internal(e.into())
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -47,7 +66,12 @@ impl From<StoreError> for ApiError {
             StoreError::OverQuota => ApiError::OverQuota,
             StoreError::NotFound => ApiError::NotFound,
             StoreError::BatchNotFound => ApiError::BadRequest(respcode::NONE),
-            StoreError::Database(msg) => ApiError::Internal(msg),
+            // Only record fields reach the database unchecked by the protocol layer.
+            StoreError::BadInput(cause) => {
+                tracing::info!(error = %cause, "the database refused a value");
+                ApiError::BadRequest(respcode::INVALID_WBO)
+            }
+            other => ApiError::Backend(other),
         }
     }
 }
@@ -116,22 +140,54 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 r
             }
-            ApiError::Internal(msg) => {
-                tracing::error!(error = %msg, "internal error");
+            ApiError::Backend(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable {
+                    retry_after: BACKEND_RETRY_AFTER,
+                }
+                .into_response()
+            }
+            ApiError::Backend(e) => {
+                tracing::error!(error = %e, "database error");
+                json_code(StatusCode::INTERNAL_SERVER_ERROR, respcode::NONE)
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
                 json_code(StatusCode::INTERNAL_SERVER_ERROR, respcode::NONE)
             }
         }
     }
 }
 
-/// The Weave 1.1 surfaces answer a failing backend with 503 and Retry-After (U10-021,
-/// U10-053, S11-100), which their clients treat as "try later"; 1.5 keeps 500 (S15 §17).
-pub async fn legacy_backend_unavailable(mut response: Response) -> Response {
-    if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+/// An [`ApiError`] of a Weave 1.1 surface (User API, Storage 1.1): a failing backend is
+/// 503 + `Retry-After`, which Weave clients treat as "try later" (U10-021, U10-053).
+#[derive(Debug)]
+pub struct WeaveError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for WeaveError {
+    fn from(e: E) -> Self {
+        WeaveError(e.into())
     }
-    response
+}
+
+impl IntoResponse for WeaveError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            ApiError::Backend(e) => {
+                tracing::error!(error = %e, "database error");
+                ApiError::Unavailable {
+                    retry_after: BACKEND_RETRY_AFTER,
+                }
+                .into_response()
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                ApiError::Unavailable {
+                    retry_after: BACKEND_RETRY_AFTER,
+                }
+                .into_response()
+            }
+            other => other.into_response(),
+        }
+    }
 }

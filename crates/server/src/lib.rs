@@ -423,7 +423,7 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
                 store.rename_node(&only.url, &own).await?;
             }
             _ => {
-                store.add_node(&own, settings.node_capacity, true).await?;
+                store.add_node(&own, settings.node_capacity).await?;
             }
         }
     }

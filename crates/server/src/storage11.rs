@@ -19,7 +19,7 @@ use syncstead_proto::wbo::{parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_PO
 use syncstead_proto::SyncTimestamp;
 use syncstead_store::{Precondition, UserId};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, WeaveError};
 use crate::headers::{X_IF_UNMODIFIED_SINCE, X_WEAVE_RECORDS, X_WEAVE_TIMESTAMP};
 use crate::user_api::authenticate;
 use crate::AppState;
@@ -43,7 +43,6 @@ pub fn router(prefix: &str) -> Router<AppState> {
             &format!("/{prefix}/{{username}}/storage/{{collection}}/{{id}}"),
             get(get_item).put(put_item).delete(delete_item),
         )
-        .layer(axum::middleware::map_response(crate::error::legacy_backend_unavailable))
 }
 
 fn json_body(status: StatusCode, body: String) -> Response {
@@ -97,12 +96,12 @@ async fn info(
     Path((username, what)): Path<(String, String)>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     if !matches!(
         what.as_str(),
         "collections" | "collection_counts" | "collection_usage" | "quota"
     ) {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::NotFound.into());
     }
     let bucket = user(&state, &headers, &username, addr).await?;
     let colls = state.legacy.wbo_collections(bucket).await?;
@@ -210,7 +209,7 @@ async fn get_collection(
     RawQuery(query): RawQuery,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
     let q = selectors(query.as_deref())?;
@@ -268,7 +267,7 @@ async fn get_item(
     Path((username, coll, id)): Path<(String, String, String)>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
     let wbo = state
@@ -316,17 +315,17 @@ async fn put_item(
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
     let since = unmodified_since(&headers)?;
     let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+        return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     };
     let mut wbo = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
     if id.is_empty() || id.chars().count() > 64 {
-        return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+        return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     }
     wbo.id = id;
     let left = check_quota(&state, bucket).await?;
@@ -342,7 +341,7 @@ async fn post_collection(
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
     let since = unmodified_since(&headers)?;
@@ -352,11 +351,11 @@ async fn post_collection(
         Value::Object(obj) => {
             let w = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
             if w.id.is_empty() || w.id.contains('/') {
-                return Err(ApiError::BadRequest(respcode::INVALID_WBO));
+                return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
             }
             vec![Value::Object(obj)]
         }
-        _ => return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE)),
+        _ => return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE).into()),
     };
     let left = check_quota(&state, bucket).await?;
     let mut accepted: Vec<WboInput> = Vec::new();
@@ -407,7 +406,7 @@ async fn delete_collection(
     RawQuery(query): RawQuery,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
     let since = unmodified_since(&headers)?;
@@ -423,7 +422,7 @@ async fn delete_item(
     Path((username, coll, id)): Path<(String, String, String)>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     collection(&coll)?;
     let bucket = user(&state, &headers, &username, addr).await?;
     let since = unmodified_since(&headers)?;
@@ -441,13 +440,13 @@ async fn delete_all(
     Path((username, what)): Path<(String, String)>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     if what != "storage" {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::NotFound.into());
     }
     let bucket = user(&state, &headers, &username, addr).await?;
     if headers.get("x-confirm-delete").is_none() {
-        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE));
+        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE).into());
     }
     state.store.delete_storage(bucket, Precondition::None).await?;
     let t = SyncTimestamp::now();

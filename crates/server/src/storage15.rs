@@ -160,7 +160,7 @@ async fn info(State(state): State<AppState>, req: Request) -> Result<Response, A
         // Served without auth and without touching the database (S15-065).
         let uid = req.uri().path().split('/').nth(2).unwrap_or("");
         parse_uid(uid).ok_or(ApiError::NotFound)?;
-        let body = serde_json::to_string(&state.settings.limits).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let body = serde_json::to_string(&state.settings.limits).map_err(ApiError::internal)?;
         return Ok(json_response(StatusCode::OK, SyncTimestamp::ZERO, body));
     }
     if !matches!(
@@ -178,7 +178,7 @@ async fn info(State(state): State<AppState>, req: Request) -> Result<Response, A
             )
             .await?;
             let map: BTreeMap<String, SyncTimestamp> = colls.into_iter().collect();
-            let body = serde_json::to_string(&map).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let body = serde_json::to_string(&map).map_err(ApiError::internal)?;
             Ok(with_records(json_response(StatusCode::OK, storage, body), map.len()))
         }
         "collection_counts" | "collection_usage" | "quota" => {
@@ -279,9 +279,7 @@ async fn get_collection(State(state): State<AppState>, req: Request) -> Result<R
     let render = move || render_bsos(page.bsos, full, format);
     // Large pages are rendered off the async workers, so small requests are not held up.
     let body = if payload_bytes > OFFLOAD_BYTES {
-        tokio::task::spawn_blocking(render)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+        tokio::task::spawn_blocking(render).await.map_err(ApiError::internal)?
     } else {
         render()
     };
@@ -342,7 +340,7 @@ async fn get_bso(State(state): State<AppState>, req: Request) -> Result<Response
         state.store.get_bso(ctx.user, &ctx.collection, &ctx.id, ctx.pre),
     )
     .await?;
-    let body = serde_json::to_string(&bso).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body = serde_json::to_string(&bso).map_err(ApiError::internal)?;
     Ok(json_response(StatusCode::OK, bso.modified, body))
 }
 
@@ -469,7 +467,7 @@ async fn post_collection(State(state): State<AppState>, req: Request) -> Result<
     let items = if body.len() > OFFLOAD_BYTES {
         tokio::task::spawn_blocking(move || parse_post_body(&body, newlines))
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
+            .map_err(ApiError::internal)??
     } else {
         parse_post_body(&body, newlines)?
     };

@@ -19,7 +19,7 @@ use syncstead_proto::username::username_for_account;
 use syncstead_store::{Account, AccountError};
 
 use crate::config::Registration;
-use crate::error::ApiError;
+use crate::error::{ApiError, WeaveError};
 use crate::passwords::{basic_credentials, strong_enough, throttle_keys, valid_email, Hasher, Throttle, VerifiedCache};
 use crate::AppState;
 
@@ -99,7 +99,6 @@ pub fn router() -> Router<AppState> {
         )
         .route("/misc/{version}/captcha_html", get(captcha).post(captcha))
         .route("/weave-password-reset", get(reset_form).post(reset_form_post))
-        .layer(axum::middleware::map_response(crate::error::legacy_backend_unavailable))
 }
 
 fn text(body: impl Into<String>) -> Response {
@@ -165,7 +164,7 @@ pub async fn authenticate(
         let (h, p) = (hash.clone(), password.clone());
         let ok = tokio::task::spawn_blocking(move || weave.hasher.verify(&p, &h))
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(ApiError::internal)?;
         ok && usable
     };
     match account {
@@ -184,14 +183,14 @@ async fn hash_password(state: &AppState, password: String) -> Result<String, Api
     let weave = state.weave.clone();
     tokio::task::spawn_blocking(move || weave.hasher.hash(&password))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(ApiError::internal)
 }
 
 /// U10-020: `1` if the username is taken, `0` if free.
 async fn exists(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     let taken = state.accounts.account(&username).await?.is_some();
     Ok(text(if taken { "1" } else { "0" }))
@@ -203,17 +202,17 @@ async fn create(
     Path((version, username)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     let settings = &state.settings;
     if matches!(settings.registration, Registration::Closed | Registration::Admin) {
-        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE));
+        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE).into());
     }
     if state.accounts.account(&username).await?.is_some() {
-        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE));
+        return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE).into());
     }
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE));
+        return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE).into());
     };
     let email = fields
         .get("email")
@@ -222,7 +221,7 @@ async fn create(
         .filter(|e| valid_email(e))
         .ok_or(ApiError::BadRequest(respcode::NO_EMAIL))?;
     if settings.strict_usernames && username_for_account(email) != username {
-        return Err(ApiError::BadRequest(respcode::EMAIL_MISMATCH));
+        return Err(ApiError::BadRequest(respcode::EMAIL_MISMATCH).into());
     }
     let password = fields
         .get("password")
@@ -230,14 +229,14 @@ async fn create(
         .filter(|p| !p.is_empty())
         .ok_or(ApiError::BadRequest(respcode::MISSING_PASSWORD))?;
     if !strong_enough(password, &username) {
-        return Err(ApiError::BadRequest(respcode::WEAK_PASSWORD));
+        return Err(ApiError::BadRequest(respcode::WEAK_PASSWORD).into());
     }
     // U10-090: the shared secret stands in for a CAPTCHA (which this server does not offer).
     if settings.registration == Registration::Secret {
         let given = headers.get("x-weave-secret").map(|v| v.as_bytes()).unwrap_or(b"");
         let expected = settings.weave_secret.as_deref().unwrap_or("").as_bytes();
         if expected.is_empty() || !bool::from(given.ct_eq(expected)) {
-            return Err(ApiError::BadRequest(respcode::INVALID_CAPTCHA));
+            return Err(ApiError::BadRequest(respcode::INVALID_CAPTCHA).into());
         }
     }
     let hash = hash_password(&state, password.to_string()).await?;
@@ -247,8 +246,10 @@ async fn create(
         .await
     {
         Ok(_) => Ok(text(username)),
-        Err(AccountError::Exists) | Err(AccountError::Full) => Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE)),
-        Err(AccountError::Store(e)) => Err(ApiError::Unavailable { retry_after: 60 }).inspect_err(|_| {
+        Err(AccountError::Exists) | Err(AccountError::Full) => {
+            Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE).into())
+        }
+        Err(AccountError::Store(e)) => Err(ApiError::Unavailable { retry_after: 60 }.into()).inspect_err(|_| {
             tracing::error!(error = %e, "account creation failed");
         }),
     }
@@ -260,7 +261,7 @@ async fn delete_account(
     Path((version, username)): Path<(String, String)>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     authenticate(&state, &headers, &username, addr).await?;
     state.accounts.delete_account(&username).await?;
@@ -272,10 +273,10 @@ async fn delete_account(
 async fn node(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     if state.accounts.account(&username).await?.is_none() {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::NotFound.into());
     }
     Ok(text(format!("{}/", state.public_base)))
 }
@@ -291,7 +292,7 @@ async fn change_password(
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     if let Some(code) = headers.get("x-weave-password-reset") {
         let account = state.accounts.account(&username).await?.ok_or(ApiError::NotFound)?;
@@ -299,17 +300,17 @@ async fn change_password(
             for k in throttle_keys(&username, addr) {
                 state.weave.throttle.failure(&k);
             }
-            return Err(ApiError::BadRequest(respcode::INVALID_RESET_CODE));
+            return Err(ApiError::BadRequest(respcode::INVALID_RESET_CODE).into());
         }
     } else {
         authenticate(&state, &headers, &username, addr).await?;
     }
     let password = utf8_body(&body)?;
     if password.is_empty() {
-        return Err(ApiError::BadRequest(respcode::MISSING_PASSWORD));
+        return Err(ApiError::BadRequest(respcode::MISSING_PASSWORD).into());
     }
     if !strong_enough(&password, &username) {
-        return Err(ApiError::BadRequest(respcode::WEAK_PASSWORD));
+        return Err(ApiError::BadRequest(respcode::WEAK_PASSWORD).into());
     }
     let hash = hash_password(&state, password).await?;
     state.accounts.set_password(&username, &hash).await?;
@@ -337,12 +338,12 @@ async fn change_email(
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     authenticate(&state, &headers, &username, addr).await?;
     let email = utf8_body(&body)?.trim().to_string();
     if !valid_email(&email) {
-        return Err(ApiError::BadRequest(respcode::NO_EMAIL));
+        return Err(ApiError::BadRequest(respcode::NO_EMAIL).into());
     }
     state.accounts.set_email(&username, &email).await?;
     Ok(text(email))
@@ -353,7 +354,7 @@ async fn change_email(
 async fn request_reset(
     State(state): State<AppState>,
     Path((version, username)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     send_reset_mail(&state, &username).await?;
     Ok(text("success"))
@@ -545,7 +546,7 @@ async fn clear_reset(
     Path((version, username)): Path<(String, String)>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, WeaveError> {
     check_path(&version, &username)?;
     authenticate(&state, &headers, &username, addr).await?;
     state.accounts.set_reset_code(&username, None).await?;
@@ -553,7 +554,7 @@ async fn clear_reset(
 }
 
 /// U10-080: no CAPTCHA is configured.
-async fn captcha(Path(version): Path<String>) -> Result<Response, ApiError> {
+async fn captcha(Path(version): Path<String>) -> Result<Response, WeaveError> {
     let _ = version;
     Ok((StatusCode::NOT_FOUND, text("")).into_response())
 }

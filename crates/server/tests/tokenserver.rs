@@ -440,9 +440,9 @@ async fn t10_070_t10_072_two_storage_nodes_behind_one_token_server() {
         store.nodes().await.unwrap().is_empty(),
         "a token-only server registers no node of its own"
     );
-    assert!(store.add_node(&node_a.base, 100, false).await.unwrap());
-    assert!(store.add_node(&node_b.base, 300, false).await.unwrap());
-    assert!(!store.add_node(&node_b.base, 300, false).await.unwrap());
+    assert!(store.add_node(&node_a.base, 100).await.unwrap());
+    assert!(store.add_node(&node_b.base, 300).await.unwrap());
+    assert!(!store.add_node(&node_b.base, 300).await.unwrap());
 
     let mut on = std::collections::HashMap::<String, u32>::new();
     let mut tokens = Vec::new();

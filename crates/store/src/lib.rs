@@ -10,49 +10,32 @@ use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 
 pub mod accounts;
 pub mod copy;
+mod db;
+mod error;
+mod legacy;
 pub mod postgres;
+#[doc(hidden)]
+pub mod sql;
 pub mod sqlite;
+mod storage;
 pub mod testing;
 pub mod tokens;
 
 pub use accounts::{Account, AccountError};
-pub use postgres::PgStore;
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use db::{Db, Engine};
+pub use error::{AdminError, AdminResult, Cause, StoreError, StoreResult};
+pub use sqlite::{SqliteOptions, Synchronous};
 pub use tokens::{Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate};
+
+/// The embedded SQLite store (the default).
+pub type SqliteStore = Db<sqlite::SqliteEngine>;
+/// The PostgreSQL store, for operators who outgrow one machine.
+pub type PgStore = Db<postgres::PgEngine>;
 
 pub type UserId = i64;
 
 /// Batches expire two hours after creation (S15-122).
 pub const BATCH_LIFETIME_MS: i64 = 2 * 60 * 60 * 1000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// `X-If-Modified-Since` matched: nothing to send (S15-054).
-    #[error("not modified")]
-    NotModified(SyncTimestamp),
-    /// `X-If-Unmodified-Since` failed (S15-055).
-    #[error("precondition failed")]
-    PreconditionFailed(SyncTimestamp),
-    /// Another write to this bucket already used this or a later timestamp (S15-043).
-    #[error("write conflict")]
-    Conflict,
-    #[error("over quota")]
-    OverQuota,
-    #[error("not found")]
-    NotFound,
-    #[error("no such batch")]
-    BatchNotFound,
-    #[error("database error: {0}")]
-    Database(String),
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
-}
 
 /// A client precondition, evaluated inside the operation's own transaction (S15-057).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,8 +209,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// updates it, all in one transaction (tokenserver.md §5).
     async fn login(&self, request: Login, policy: NewUserPolicy) -> Result<Assignment, LoginError>;
     async fn nodes(&self) -> StoreResult<Vec<Node>>;
-    /// Adds a node with `capacity`; false if it exists (and `if_absent` leaves it untouched).
-    async fn add_node(&self, url: &str, capacity: i64, if_absent: bool) -> StoreResult<bool>;
+    /// Adds a node with `capacity`; false (and the node untouched) if it exists.
+    async fn add_node(&self, url: &str, capacity: i64) -> StoreResult<bool>;
     async fn update_node(&self, url: &str, update: NodeUpdate) -> StoreResult<bool>;
     /// Changes a node's URL, keeping its users (the server moved behind a new address).
     async fn rename_node(&self, from: &str, to: &str) -> StoreResult<bool>;
@@ -300,54 +283,6 @@ pub trait LegacyStore: Send + Sync + 'static {
         query: &WboQuery,
         if_unmodified_since: Option<SyncTimestamp>,
     ) -> StoreResult<SyncTimestamp>;
-}
-
-/// The ORDER BY of a 1.5 listing (S15-072) and of a 1.1 one (S11-054): the same three
-/// orders, with ids breaking ties so paging keys are total. Shared so every backend sorts alike.
-pub(crate) fn order_by(sort: syncstead_proto::query::Sort) -> &'static str {
-    use syncstead_proto::query::Sort;
-    match sort {
-        Sort::Newest => " ORDER BY modified DESC, id DESC",
-        Sort::Oldest => " ORDER BY modified ASC, id ASC",
-        Sort::Index => " ORDER BY sortindex DESC NULLS LAST, id DESC",
-    }
-}
-
-pub(crate) fn wbo_order_by(sort: syncstead_proto::wbo::WboSort) -> &'static str {
-    use syncstead_proto::query::Sort;
-    use syncstead_proto::wbo::WboSort;
-    order_by(match sort {
-        WboSort::Newest => Sort::Newest,
-        WboSort::Oldest => Sort::Oldest,
-        WboSort::Index => Sort::Index,
-    })
-}
-
-/// Cuts a page fetched with one row more than `q.limit` to the limit and, when more rows
-/// exist, makes the keyset token of the last row kept (S15-081; limit=0 returns [] with no
-/// token, spec README §5). Shared so every backend pages alike.
-pub(crate) fn finish_page(mut bsos: Vec<Bso>, q: &CollectionQuery) -> (Vec<Bso>, Option<String>) {
-    use syncstead_proto::query::{Offset, Sort, SortKey};
-    let Some(limit) = q.limit.map(|l| l as usize) else {
-        return (bsos, None);
-    };
-    if bsos.len() <= limit {
-        return (bsos, None);
-    }
-    bsos.truncate(limit);
-    let next = bsos.last().map(|last| {
-        Offset::encode(&match q.sort {
-            Sort::Index => SortKey::Index {
-                sortindex: last.sortindex,
-                id: last.id.clone(),
-            },
-            _ => SortKey::Modified {
-                ms: last.modified.as_millis(),
-                id: last.id.clone(),
-            },
-        })
-    });
-    (bsos, next)
 }
 
 /// Everything a backend provides.

@@ -7,25 +7,25 @@
 //! Each request stays atomic (a failed one is rolled back to its savepoint), every
 //! acknowledged write is on disk (one fsync covers the group), and under load the fsync
 //! cost is shared instead of queued.
+//!
+//! The protocol rules run here as they are written (`storage.rs` and the others): every
+//! call of [`Conn`] is answered at once, so a rule completes on its first poll, in place,
+//! on the writer thread or a reader's blocking thread.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use async_trait::async_trait;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
-use syncstead_proto::query::{CollectionQuery, Offset, Sort, SortKey};
-use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use syncstead_proto::SyncTimestamp;
 use tokio::sync::Semaphore;
 
-use crate::{
-    CollectionUsage, DeletedCollection, Page, Precondition, PurgeReport, Store, StoreError, StoreResult, StoreStats,
-    UserId, WriteLimits, BATCH_LIFETIME_MS,
-};
-
-mod accounts;
-mod legacy;
-mod tokens;
+use crate::db::{Db, Engine, Read, HEAVY};
+use crate::sql::{sqlite_placeholders, Arg, BoxFuture, Dialect, Lock, Row, Tx, Value};
+use crate::{AdminError, AdminResult, StoreError, StoreResult, UserId};
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_storage.sql")),
@@ -60,30 +60,163 @@ impl SqliteOptions {
     }
 }
 
-/// Collection names and ids, cached: the table only ever grows.
-#[derive(Default)]
-struct Collections {
-    by_name: HashMap<String, i64>,
-}
-
-pub struct SqliteStore {
-    path: PathBuf,
-    writer: std::sync::mpsc::Sender<Queued>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    reader_slots: Arc<Semaphore>,
-    collections: Arc<RwLock<Collections>>,
-    /// Storage timestamps of buckets written since start, kept by the writer thread right
-    /// after each commit (before anyone hears of the write), so polling
-    /// `info/collections` with X-If-Modified-Since needs no database round trip.
-    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
-    /// Dropping the store drops this and so stops the checkpoint thread.
-    _checkpoint_stop: std::sync::mpsc::Sender<()>,
-}
-
 const MAX_CACHED_TIMES: usize = 200_000;
 
-/// How many clock ticks (10 ms) a write waits for its bucket before answering 503.
-const MAX_TICK_RETRIES: usize = 32;
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    DatabaseBusy | DatabaseLocked | DiskFull | CannotOpen | SystemIoFailure | OutOfMemory
+                ) =>
+            {
+                StoreError::Unavailable(Box::new(e))
+            }
+            rusqlite::Error::ToSqlConversionFailure(_)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(_)
+            | rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error {
+                    code: TooBig | TypeMismatch,
+                    ..
+                },
+                _,
+            ) => StoreError::BadInput(Box::new(e)),
+            _ => StoreError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        use rusqlite::types::Value as V;
+        let json = |v: serde_json::Result<String>| {
+            v.map(|s| ToSqlOutput::Owned(V::Text(s)))
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        };
+        Ok(match self {
+            Arg::Null => ToSqlOutput::Owned(V::Null),
+            Arg::Int(v) => ToSqlOutput::Owned(V::Integer(*v)),
+            Arg::Float(v) => ToSqlOutput::Owned(V::Real(*v)),
+            Arg::Bool(v) => ToSqlOutput::Owned(V::Integer(i64::from(*v))),
+            Arg::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            // Lists are read with json_each (Dialect::in_list).
+            Arg::Ints(v) => return json(serde_json::to_string(v)),
+            Arg::Texts(v) => return json(serde_json::to_string(v)),
+        })
+    }
+}
+
+fn value(v: ValueRef<'_>) -> StoreResult<Value> {
+    Ok(match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Real(f) => Value::Float(f),
+        ValueRef::Text(t) => Value::Text(
+            std::str::from_utf8(t)
+                .map_err(|e| StoreError::Internal(Box::new(e)))?
+                .to_string(),
+        ),
+        ValueRef::Blob(_) => return Err(StoreError::Internal("a BLOB where text was expected".into())),
+    })
+}
+
+/// A SQLite connection as the rules see it. Its calls run at once (the futures they
+/// return are ready), so a rule runs to completion on the thread that polls it.
+pub struct Conn {
+    conn: Mutex<Connection>,
+    /// Buckets whose write lock this transaction took: their storage times go to the cache
+    /// once the transaction has committed.
+    touched: Mutex<Vec<UserId>>,
+}
+
+impl Conn {
+    fn new(conn: Connection) -> Self {
+        Conn {
+            conn: Mutex::new(conn),
+            touched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The connection. A rule that panicked left nothing half-done that matters: its
+    /// transaction is rolled back, so a poisoned lock is taken over as it is.
+    fn guard(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn batch(&self, sql: &str) -> StoreResult<()> {
+        Ok(self.guard().execute_batch(sql)?)
+    }
+
+    fn take_touched(&self) -> Vec<UserId> {
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn execute_now(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        let conn = self.guard();
+        let mut stmt = conn.prepare_cached(&sqlite_placeholders(sql))?;
+        Ok(stmt.execute(rusqlite::params_from_iter(args))? as u64)
+    }
+
+    fn query_now(&self, sql: &str, args: &[Arg<'_>], max: usize) -> StoreResult<Vec<Row>> {
+        let conn = self.guard();
+        let mut stmt = conn.prepare_cached(&sqlite_placeholders(sql))?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(r) = rows.next()? else { break };
+            out.push(Row((0..columns)
+                .map(|i| value(r.get_ref(i)?))
+                .collect::<StoreResult<_>>()?));
+        }
+        Ok(out)
+    }
+}
+
+impl Tx for Conn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = StoreResult<u64>> + Send {
+        std::future::ready(self.execute_now(sql, args))
+    }
+
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = StoreResult<Vec<Row>>> + Send {
+        std::future::ready(self.query_now(sql, args, usize::MAX))
+    }
+
+    fn query_opt(&self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = StoreResult<Option<Row>>> + Send {
+        std::future::ready(self.query_now(sql, args, 1).map(|rows| rows.into_iter().next()))
+    }
+
+    /// The single writer is the lock; a bucket that already used this tick answers
+    /// Conflict, and the write is retried at the next one.
+    async fn lock_bucket(&self, user: UserId) -> StoreResult<SyncTimestamp> {
+        let now = SyncTimestamp::now();
+        if crate::storage::storage_time(self, user).await? >= now {
+            return Err(StoreError::Conflict);
+        }
+        self.touched.lock().unwrap_or_else(|p| p.into_inner()).push(user);
+        Ok(now)
+    }
+
+    fn lock(&self, _lock: Lock<'_>) -> impl Future<Output = StoreResult<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Runs a rule to completion in place. Every call of [`Conn`] is answered at once, so a
+/// rule is ready on its first poll; one that is not waited for something it must not.
+fn run_now<R>(mut rule: BoxFuture<'_, StoreResult<R>>) -> StoreResult<R> {
+    match rule.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(StoreError::Internal("a SQLite rule waited for something".into())),
+    }
+}
 
 fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResult<Connection> {
     let flags = if read_only {
@@ -120,12 +253,13 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > latest {
-        return Err(StoreError::Database(format!(
-            "database schema version {current} is newer than this release supports ({latest}); upgrade syncstead"
-        )));
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: latest,
+        });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
@@ -136,15 +270,13 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 
 /// A write job runs inside the group transaction and returns what to do once the group
 /// has committed (or failed to: then with the commit error).
-type Job = Box<dyn FnOnce(&Transaction) -> Completion + Send>;
+type Job = Box<dyn FnOnce(&Conn) -> Completion + Send>;
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// Most jobs one commit covers, and roughly the most payload bytes: together they bound how
 /// long a request can wait behind a group that is already running.
 const MAX_GROUP: usize = 64;
 const GROUP_BYTES: usize = 1 << 20;
-/// The estimate for jobs whose size is unknown up front (batch commits, bulk deletes).
-const HEAVY: usize = GROUP_BYTES / 4;
 
 /// A job with an estimate of the payload bytes it writes.
 struct Queued {
@@ -152,7 +284,7 @@ struct Queued {
     job: Job,
 }
 
-fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Queued>) {
+fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     while let Ok(first) = jobs.recv() {
         let mut bytes = first.bytes;
@@ -166,31 +298,28 @@ fn writer_thread(mut conn: Connection, jobs: std::sync::mpsc::Receiver<Queued>) 
                 Err(_) => break,
             }
         }
-        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot begin a write transaction");
-                // Each dropped job answers its caller with an error.
-                continue;
-            }
-        };
+        if let Err(e) = conn.batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            // Each dropped job answers its caller that the database is unavailable.
+            continue;
+        }
         let mut done = Vec::with_capacity(group.len());
         let mut panicked = false;
         for job in group {
-            match catch_unwind(AssertUnwindSafe(|| job(&tx))) {
+            match catch_unwind(AssertUnwindSafe(|| job(&conn))) {
                 Ok(completion) => done.push(completion),
                 Err(_) => panicked = true,
             }
         }
         // A panic may have left a savepoint half done: then nothing of the group is kept.
         let failure = if panicked {
-            drop(tx);
             Some("a write failed unexpectedly; the group was rolled back".to_string())
         } else {
-            tx.commit().err().map(|e| e.to_string())
+            conn.batch("COMMIT").err().map(|e| e.to_string())
         };
         if let Some(e) = &failure {
             tracing::error!(error = %e, "group commit failed");
+            let _ = conn.batch("ROLLBACK");
         }
         for d in done {
             d(failure.as_deref());
@@ -210,983 +339,255 @@ fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-fn ts(ms: i64) -> SyncTimestamp {
-    SyncTimestamp::from_millis(ms)
-}
-
 fn join_err(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Database(format!("store task failed: {e}"))
+    StoreError::Internal(Box::new(e))
 }
 
-impl SqliteStore {
+fn unavailable(what: &'static str) -> StoreError {
+    StoreError::Unavailable(what.into())
+}
+
+/// The SQLite side of [`Db`]: the writer thread, the readers and a cache of storage times.
+pub struct SqliteEngine {
+    path: PathBuf,
+    writer: std::sync::mpsc::Sender<Queued>,
+    readers: Arc<Mutex<Vec<Conn>>>,
+    reader_slots: Arc<Semaphore>,
+    /// Storage timestamps of buckets written since start, kept by the writer thread right
+    /// after each commit (before anyone hears of the write), so polling
+    /// `info/collections` with X-If-Modified-Since needs no database round trip.
+    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
+    /// Dropping the store drops this and so stops the checkpoint thread.
+    _checkpoint_stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Db<SqliteEngine> {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(options: SqliteOptions) -> StoreResult<Self> {
-        tokio::task::spawn_blocking(move || Self::open_blocking(options))
+        let engine = tokio::task::spawn_blocking(move || SqliteEngine::open(options))
             .await
-            .map_err(join_err)?
+            .map_err(join_err)??;
+        Db::new(engine).await
     }
+}
 
-    fn open_blocking(options: SqliteOptions) -> StoreResult<Self> {
+impl SqliteEngine {
+    fn open(options: SqliteOptions) -> StoreResult<Self> {
         let mut writer = open_connection(&options.path, false, options.synchronous)?;
         migrate(&mut writer)?;
-        let mut collections = Collections::default();
-        {
-            let mut stmt = writer.prepare("SELECT id, name FROM collections")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-            for row in rows {
-                let (id, name) = row?;
-                collections.by_name.insert(name, id);
-            }
-        }
         let readers = options.readers.max(1);
         let (sender, jobs) = std::sync::mpsc::channel::<Queued>();
+        let writer = Conn::new(writer);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_thread(writer, jobs))
-            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let (checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
         let checkpoint_conn = open_connection(&options.path, false, options.synchronous)?;
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || checkpoint_thread(checkpoint_conn, checkpoint_rx))
-            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(SqliteStore {
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(SqliteEngine {
             path: options.path,
             writer: sender,
             _checkpoint_stop: checkpoint_stop,
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
-            collections: Arc::new(RwLock::new(collections)),
             storage_times: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
-    fn cached_storage_time(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.storage_times
-            .lock()
-            .expect("storage times lock")
-            .get(&user)
-            .copied()
-    }
-
-    fn collection_id(&self, name: &str) -> Option<i64> {
-        self.collections
-            .read()
-            .expect("collections lock")
-            .by_name
-            .get(name)
-            .copied()
-    }
-
-    /// Runs `f` on a pooled read-only connection inside one read transaction (a snapshot).
-    async fn read<R, F>(&self, f: F) -> StoreResult<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Transaction) -> StoreResult<R> + Send + 'static,
-    {
-        let _permit = self
-            .reader_slots
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Database("store closed".into()))?;
-        let pool = self.readers.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.lock().expect("reader pool lock").pop();
-            let mut conn = match conn {
-                Some(c) => c,
-                None => open_connection(&path, true, Synchronous::Full)?,
-            };
-            let result = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-                let r = f(&tx)?;
-                tx.finish()?;
-                Ok(r)
-            })();
-            pool.lock().expect("reader pool lock").push(conn);
-            result
-        })
-        .await
-        .map_err(join_err)?
-    }
-
     /// Runs `f` on the writer, in its own savepoint of the current group transaction.
     /// The answer arrives after the group has committed.
-    async fn submit<R, F>(&self, user: Option<UserId>, bytes: usize, f: F) -> StoreResult<R>
+    async fn submit<R, F>(&self, bytes: usize, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Transaction) -> StoreResult<R> + Send + 'static,
+        F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
         let (done, answer) = tokio::sync::oneshot::channel::<StoreResult<R>>();
         let times = self.storage_times.clone();
-        let job: Job = Box::new(move |tx| {
-            let mut new_time = None;
+        let job: Job = Box::new(move |conn| {
+            let mut new_times = Vec::new();
+            conn.take_touched();
             let result = (|| {
-                tx.execute_batch("SAVEPOINT job")?;
-                let r = f(tx);
+                conn.batch("SAVEPOINT job")?;
+                let r = run_now(f(conn));
                 match &r {
                     Ok(_) => {
-                        if let Some(user) = user {
-                            new_time = Some((user, storage_ts(tx, user)?));
+                        for user in conn.take_touched() {
+                            let t = run_now(Box::pin(crate::storage::storage_time(conn, user)))?;
+                            new_times.push((user, t));
                         }
-                        tx.execute_batch("RELEASE job")?
+                        conn.batch("RELEASE job")?;
                     }
-                    Err(_) => tx.execute_batch("ROLLBACK TO job; RELEASE job")?,
+                    Err(_) => conn.batch("ROLLBACK TO job; RELEASE job")?,
                 }
                 r
             })();
             Box::new(move |commit_error| {
                 let result = match (result, commit_error) {
-                    (_, Some(e)) => Err(StoreError::Database(format!("commit failed: {e}"))),
+                    (_, Some(e)) => Err(StoreError::Unavailable(format!("commit failed: {e}").into())),
                     (r, _) => r,
                 };
-                if let (Ok(_), Some((user, t))) = (&result, new_time) {
-                    let mut times = times.lock().expect("storage times lock");
+                if result.is_ok() && !new_times.is_empty() {
+                    let mut times = times.lock().unwrap_or_else(|p| p.into_inner());
                     if times.len() >= MAX_CACHED_TIMES {
                         times.clear();
                     }
-                    times.insert(user, t);
+                    times.extend(new_times);
                 }
                 let _ = done.send(result);
             })
         });
         self.writer
             .send(Queued { bytes, job })
-            .map_err(|_| StoreError::Database("the writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Database("the writer dropped a job".into()))?
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        answer.await.map_err(|_| unavailable("the writer dropped a job"))?
     }
+}
 
-    /// Runs a write at a fresh time T. A conflict (another write of the bucket already
-    /// used T) is retried at the next tick, so many devices of one user writing at once
-    /// are served in turn, as the PostgreSQL backend's bucket lock serves them; only a
-    /// bucket busy for longer than [`MAX_TICK_RETRIES`] ticks answers 503 (S15-043).
-    async fn write<R, F>(&self, user: Option<UserId>, bytes: usize, f: F) -> StoreResult<R>
+impl Engine for SqliteEngine {
+    type Tx = Conn;
+
+    async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
-        F: Fn(&Transaction, SyncTimestamp) -> StoreResult<R> + Send + Sync + 'static,
+        F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        for attempt in 0..MAX_TICK_RETRIES {
-            let f = f.clone();
-            match self.submit(user, bytes, move |tx| f(tx, SyncTimestamp::now())).await {
-                Err(StoreError::Conflict) if attempt + 1 < MAX_TICK_RETRIES => {
-                    // Wait for the clock to reach the next centisecond, then try once more.
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    let into_tick = (now.as_micros() % 10_000) as u64;
-                    tokio::time::sleep(std::time::Duration::from_micros(10_000 - into_tick + 200)).await;
-                }
-                other => return other,
-            }
-        }
-        Err(StoreError::Conflict)
-    }
-
-    /// The id of a collection, registering a new custom name if needed. The registry only
-    /// grows, so a name registered by a write that later fails is harmless.
-    async fn ensure_collection(&self, name: &str) -> StoreResult<i64> {
-        if let Some(id) = self.collection_id(name) {
-            return Ok(id);
-        }
-        let owned = name.to_string();
-        let id = self
-            .submit(None, 0, move |tx| {
-                if let Some(id) = tx
-                    .prepare_cached("SELECT id FROM collections WHERE name = ?1")?
-                    .query_row([&owned], |r| r.get(0))
-                    .optional()?
-                {
-                    return Ok(id);
-                }
-                tx.execute(
-                    "INSERT INTO collections (id, name) SELECT MAX(COALESCE(MAX(id), 0) + 1, ?2), ?1 FROM collections",
-                    params![owned, syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID],
-                )?;
-                Ok(tx.last_insert_rowid())
-            })
-            .await?;
-        self.collections
-            .write()
-            .expect("collections lock")
-            .by_name
-            .insert(name.to_string(), id);
-        Ok(id)
-    }
-
-    /// Looks a collection up, also in the database: another process (an admin command)
-    /// may have registered it since this one started.
-    async fn find_collection(&self, name: &str) -> StoreResult<Option<i64>> {
-        if let Some(id) = self.collection_id(name) {
-            return Ok(Some(id));
-        }
-        let owned = name.to_string();
-        let id: Option<i64> = self
-            .read(move |tx| {
-                Ok(tx
-                    .query_row("SELECT id FROM collections WHERE name = ?1", [&owned], |r| r.get(0))
-                    .optional()?)
-            })
-            .await?;
-        if let Some(id) = id {
-            self.collections
-                .write()
-                .expect("collections lock")
-                .by_name
-                .insert(name.to_string(), id);
-        }
-        Ok(id)
-    }
-}
-
-// ---- helpers that run inside a transaction -------------------------------------------
-
-fn storage_ts(tx: &Transaction, user: UserId) -> StoreResult<SyncTimestamp> {
-    let ms: Option<i64> = tx
-        .prepare_cached("SELECT modified FROM user_storage WHERE user_id = ?1")?
-        .query_row([user], |r| r.get(0))
-        .optional()?;
-    Ok(ts(ms.unwrap_or(0)))
-}
-
-fn collection_ts(tx: &Transaction, user: UserId, coll: i64) -> StoreResult<Option<SyncTimestamp>> {
-    let ms: Option<i64> = tx
-        .prepare_cached("SELECT modified FROM user_collections WHERE user_id = ?1 AND collection_id = ?2")?
-        .query_row(params![user, coll], |r| r.get(0))
-        .optional()?;
-    Ok(ms.map(ts))
-}
-
-/// S15-043: the write time must be later than everything the bucket has seen.
-fn ensure_later(tx: &Transaction, user: UserId, now: SyncTimestamp) -> StoreResult<()> {
-    if storage_ts(tx, user)? >= now {
-        return Err(StoreError::Conflict);
-    }
-    Ok(())
-}
-
-fn touch(tx: &Transaction, user: UserId, coll: i64, now: SyncTimestamp) -> StoreResult<()> {
-    tx.prepare_cached(
-        "INSERT INTO user_collections (user_id, collection_id, modified) VALUES (?1, ?2, ?3)
-         ON CONFLICT (user_id, collection_id) DO UPDATE SET modified = excluded.modified",
-    )?
-    .execute(params![user, coll, now.as_millis()])?;
-    touch_storage(tx, user, now)
-}
-
-fn touch_storage(tx: &Transaction, user: UserId, now: SyncTimestamp) -> StoreResult<()> {
-    tx.prepare_cached(
-        "INSERT INTO user_storage (user_id, modified) VALUES (?1, ?2)
-         ON CONFLICT (user_id) DO UPDATE SET modified = excluded.modified",
-    )?
-    .execute(params![user, now.as_millis()])?;
-    Ok(())
-}
-
-fn total_payload(bsos: &[BsoInput]) -> u64 {
-    bsos.iter().map(|b| b.payload_len() as u64).sum()
-}
-
-/// Deletes everything a bucket holds.
-fn delete_bucket(tx: &Transaction, user: UserId) -> StoreResult<()> {
-    tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1")?
-        .execute([user])?;
-    tx.prepare_cached("DELETE FROM user_collections WHERE user_id = ?1")?
-        .execute([user])?;
-    tx.prepare_cached("DELETE FROM batch_items WHERE batch_id IN (SELECT id FROM batches WHERE user_id = ?1)")?
-        .execute([user])?;
-    tx.prepare_cached("DELETE FROM batches WHERE user_id = ?1")?
-        .execute([user])?;
-    tx.prepare_cached("DELETE FROM user_storage WHERE user_id = ?1")?
-        .execute([user])?;
-    Ok(())
-}
-
-fn usage_bytes(tx: &Transaction, user: UserId, now: SyncTimestamp) -> StoreResult<u64> {
-    let bytes: i64 = tx
-        .prepare_cached("SELECT COALESCE(SUM(payload_size), 0) FROM bsos WHERE user_id = ?1 AND expiry > ?2")?
-        .query_row(params![user, now.as_millis()], |r| r.get(0))?;
-    Ok(bytes.max(0) as u64)
-}
-
-/// S15-170: checked before the write, so one write may overshoot. `staged` counts the
-/// payload bytes a batch already holds.
-fn check_quota(
-    tx: &Transaction,
-    user: UserId,
-    now: SyncTimestamp,
-    limits: WriteLimits,
-    staged: u64,
-) -> StoreResult<()> {
-    if let Some(quota) = limits.quota_bytes {
-        if usage_bytes(tx, user, now)? + staged >= quota {
-            return Err(StoreError::OverQuota);
-        }
-    }
-    Ok(())
-}
-
-/// Upserts one record with PUT semantics (S15-093, S15-094, S15-047). With `touch_all`
-/// (batch commit) every record gets `modified = now`.
-fn upsert(
-    tx: &Transaction,
-    user: UserId,
-    coll: i64,
-    bso: &BsoInput,
-    now: SyncTimestamp,
-    touch_all: bool,
-) -> StoreResult<()> {
-    let expiry = bso.ttl.map_or(SyncTimestamp::NEVER, |ttl| now.plus_seconds(ttl.into()));
-    tx.prepare_cached(
-        "INSERT INTO bsos (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry)
-         VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ''), ?6, ?7, ?8)
-         ON CONFLICT (user_id, collection_id, id) DO UPDATE SET
-           sortindex = CASE WHEN bsos.expiry <= ?7 THEN excluded.sortindex ELSE COALESCE(?4, bsos.sortindex) END,
-           payload = CASE WHEN ?5 IS NOT NULL OR bsos.expiry <= ?7 THEN excluded.payload ELSE bsos.payload END,
-           payload_size = CASE WHEN ?5 IS NOT NULL OR bsos.expiry <= ?7 THEN excluded.payload_size ELSE bsos.payload_size END,
-           modified = CASE WHEN ?9 OR ?5 IS NOT NULL OR ?4 IS NOT NULL OR bsos.expiry <= ?7 THEN ?7 ELSE bsos.modified END,
-           expiry = CASE WHEN ?10 IS NOT NULL THEN excluded.expiry WHEN bsos.expiry <= ?7 THEN ?11 ELSE bsos.expiry END",
-    )?
-    .execute(params![
-        user,
-        coll,
-        bso.id,
-        bso.sortindex,
-        bso.payload,
-        bso.payload_len() as i64,
-        now.as_millis(),
-        expiry.as_millis(),
-        touch_all,
-        bso.ttl,
-        SyncTimestamp::NEVER.as_millis(),
-    ])?;
-    Ok(())
-}
-
-fn stage(tx: &Transaction, batch: i64, bsos: &[BsoInput]) -> StoreResult<()> {
-    let mut seq: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM batch_items WHERE batch_id = ?1")?
-        .query_row([batch], |r| r.get(0))?;
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO batch_items (batch_id, seq, id, sortindex, payload, payload_size, ttl)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (batch_id, id) DO UPDATE SET
-           sortindex = COALESCE(excluded.sortindex, batch_items.sortindex),
-           payload = COALESCE(excluded.payload, batch_items.payload),
-           payload_size = CASE WHEN excluded.payload IS NULL THEN batch_items.payload_size ELSE excluded.payload_size END,
-           ttl = COALESCE(excluded.ttl, batch_items.ttl)",
-    )?;
-    for bso in bsos {
-        seq += 1;
-        stmt.execute(params![
-            batch,
-            seq,
-            bso.id,
-            bso.sortindex,
-            bso.payload,
-            bso.payload_len() as i64,
-            bso.ttl
-        ])?;
-    }
-    Ok(())
-}
-
-/// Finds a live batch of this bucket and collection (S15-121, S15-122).
-fn live_batch(tx: &Transaction, user: UserId, coll: i64, batch: &str, now: SyncTimestamp) -> StoreResult<i64> {
-    let id: i64 = batch.parse().map_err(|_| StoreError::BatchNotFound)?;
-    let found: Option<i64> = tx
-        .prepare_cached("SELECT id FROM batches WHERE id = ?1 AND user_id = ?2 AND collection_id = ?3 AND expiry > ?4")?
-        .query_row(params![id, user, coll, now.as_millis()], |r| r.get(0))
-        .optional()?;
-    found.ok_or(StoreError::BatchNotFound)
-}
-
-fn staged_bytes(tx: &Transaction, batch: i64) -> StoreResult<u64> {
-    let n: i64 = tx
-        .prepare_cached("SELECT COALESCE(SUM(payload_size), 0) FROM batch_items WHERE batch_id = ?1")?
-        .query_row([batch], |r| r.get(0))?;
-    Ok(n.max(0) as u64)
-}
-
-fn delete_batch(tx: &Transaction, batch: i64) -> StoreResult<()> {
-    tx.prepare_cached("DELETE FROM batch_items WHERE batch_id = ?1")?
-        .execute([batch])?;
-    tx.prepare_cached("DELETE FROM batches WHERE id = ?1")?
-        .execute([batch])?;
-    Ok(())
-}
-
-fn bso_from_row(r: &rusqlite::Row) -> rusqlite::Result<Bso> {
-    Ok(Bso {
-        id: r.get(0)?,
-        modified: ts(r.get(1)?),
-        sortindex: r.get(2)?,
-        payload: r.get(3)?,
-    })
-}
-
-/// Builds and runs the query of `GET /storage/{c}` (§7.2–7.4).
-fn query_page(
-    tx: &Transaction,
-    user: UserId,
-    coll: i64,
-    q: &CollectionQuery,
-    now: SyncTimestamp,
-) -> StoreResult<(Vec<Bso>, Option<String>)> {
-    use rusqlite::types::Value;
-    let mut sql = String::from("SELECT id, modified, sortindex, ");
-    sql.push_str(if q.full { "payload" } else { "''" });
-    sql.push_str(" FROM bsos WHERE user_id = ? AND collection_id = ? AND expiry > ?");
-    let mut args: Vec<Value> = vec![user.into(), coll.into(), now.as_millis().into()];
-    if let Some(ids) = &q.ids {
-        if ids.is_empty() {
-            return Ok((Vec::new(), None));
-        }
-        sql.push_str(" AND id IN (");
-        sql.push_str(&vec!["?"; ids.len()].join(","));
-        sql.push(')');
-        args.extend(ids.iter().map(|id| Value::from(id.clone())));
-    }
-    if let Some(newer) = q.newer {
-        sql.push_str(" AND modified > ?");
-        args.push(newer.as_millis().into());
-    }
-    if let Some(older) = q.older {
-        sql.push_str(" AND modified < ?");
-        args.push(older.as_millis().into());
-    }
-    let mut skip: u64 = 0;
-    match &q.offset {
-        None => {}
-        Some(Offset::Skip(n)) => skip = *n,
-        Some(Offset::Legacy { ms, skip: n }) => {
-            skip = *n;
-            match q.sort {
-                Sort::Newest => {
-                    sql.push_str(" AND modified <= ?");
-                    args.push((*ms).into());
-                }
-                Sort::Oldest => {
-                    sql.push_str(" AND modified >= ?");
-                    args.push((*ms).into());
-                }
-                Sort::Index => {}
-            }
-        }
-        Some(Offset::After(SortKey::Modified { ms, id })) => {
-            sql.push_str(if q.sort == Sort::Oldest {
-                " AND (modified > ? OR (modified = ? AND id > ?))"
+        let _permit = self
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| unavailable("the store is closed"))?;
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => Conn::new(open_connection(&path, true, Synchronous::Full)?),
+            };
+            // A single statement is its own snapshot; several share one read transaction.
+            let result = if mode == Read::Snapshot {
+                conn.batch("BEGIN DEFERRED").and_then(|_| {
+                    let r = run_now(f(&conn));
+                    conn.batch("COMMIT").and(r)
+                })
             } else {
-                " AND (modified < ? OR (modified = ? AND id < ?))"
-            });
-            args.extend([Value::from(*ms), Value::from(*ms), Value::from(id.clone())]);
-        }
-        Some(Offset::After(SortKey::Index { sortindex: Some(s), id })) => {
-            sql.push_str(" AND (sortindex < ? OR (sortindex = ? AND id < ?) OR sortindex IS NULL)");
-            args.extend([Value::from(*s), Value::from(*s), Value::from(id.clone())]);
-        }
-        Some(Offset::After(SortKey::Index { sortindex: None, id })) => {
-            sql.push_str(" AND sortindex IS NULL AND id < ?");
-            args.push(Value::from(id.clone()));
-        }
-    }
-    sql.push_str(crate::order_by(q.sort));
-    // One row more than asked tells whether another page exists.
-    let fetch = q.limit.map(|l| l as i64 + 1).unwrap_or(-1);
-    sql.push_str(" LIMIT ? OFFSET ?");
-    args.push(fetch.into());
-    args.push((skip.min(i64::MAX as u64) as i64).into());
-
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), bso_from_row)?;
-    let bsos = rows.collect::<Result<Vec<_>, _>>()?;
-    Ok(crate::finish_page(bsos, q))
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn storage_timestamp(&self, user: UserId) -> StoreResult<SyncTimestamp> {
-        if let Some(t) = self.cached_storage_time(user) {
-            return Ok(t);
-        }
-        self.read(move |tx| storage_ts(tx, user)).await
-    }
-
-    async fn collection_timestamps(
-        &self,
-        user: UserId,
-        pre: Precondition,
-    ) -> StoreResult<(SyncTimestamp, Vec<(String, SyncTimestamp)>)> {
-        if let (Precondition::IfModifiedSince(_), Some(t)) = (pre, self.cached_storage_time(user)) {
-            pre.check(t)?;
-        }
-        self.read(move |tx| {
-            let storage = storage_ts(tx, user)?;
-            pre.check(storage)?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT c.name, uc.modified FROM user_collections uc JOIN collections c ON c.id = uc.collection_id
-                 WHERE uc.user_id = ?1",
-            )?;
-            let rows = stmt.query_map([user], |r| Ok((r.get::<_, String>(0)?, ts(r.get(1)?))))?;
-            Ok((storage, rows.collect::<Result<Vec<_>, _>>()?))
-        })
-        .await
-    }
-
-    async fn collection_usage(
-        &self,
-        user: UserId,
-        pre: Precondition,
-    ) -> StoreResult<(SyncTimestamp, Vec<CollectionUsage>)> {
-        self.read(move |tx| {
-            let storage = storage_ts(tx, user)?;
-            pre.check(storage)?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT c.name, COUNT(*), SUM(b.payload_size) FROM bsos b JOIN collections c ON c.id = b.collection_id
-                 WHERE b.user_id = ?1 AND b.expiry > ?2 GROUP BY c.name",
-            )?;
-            let rows = stmt.query_map(params![user, SyncTimestamp::now().as_millis()], |r| {
-                Ok(CollectionUsage {
-                    collection: r.get(0)?,
-                    count: r.get::<_, i64>(1)? as u64,
-                    bytes: r.get::<_, i64>(2)? as u64,
-                })
-            })?;
-            Ok((storage, rows.collect::<Result<Vec<_>, _>>()?))
-        })
-        .await
-    }
-
-    async fn get_collection(
-        &self,
-        user: UserId,
-        collection: &str,
-        query: &CollectionQuery,
-        pre: Precondition,
-    ) -> StoreResult<Page> {
-        let Some(coll) = self.find_collection(collection).await? else {
-            pre.check(SyncTimestamp::ZERO)?;
-            return Ok(Page {
-                modified: SyncTimestamp::ZERO,
-                bsos: Vec::new(),
-                next_offset: None,
-            });
-        };
-        let query = query.clone();
-        self.read(move |tx| {
-            let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
-            pre.check(modified)?;
-            if modified == SyncTimestamp::ZERO {
-                return Ok(Page {
-                    modified,
-                    bsos: Vec::new(),
-                    next_offset: None,
-                });
-            }
-            let (bsos, next_offset) = query_page(tx, user, coll, &query, SyncTimestamp::now())?;
-            Ok(Page {
-                modified,
-                bsos,
-                next_offset,
-            })
-        })
-        .await
-    }
-
-    async fn get_bso(&self, user: UserId, collection: &str, id: &str, pre: Precondition) -> StoreResult<Bso> {
-        let Some(coll) = self.find_collection(collection).await? else {
-            pre.check(SyncTimestamp::ZERO)?;
-            return Err(StoreError::NotFound);
-        };
-        let id = id.to_string();
-        self.read(move |tx| {
-            let bso = tx
-                .prepare_cached(
-                    "SELECT id, modified, sortindex, payload FROM bsos
-                     WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3 AND expiry > ?4",
-                )?
-                .query_row(params![user, coll, id, SyncTimestamp::now().as_millis()], bso_from_row)
-                .optional()?;
-            pre.check(bso.as_ref().map_or(SyncTimestamp::ZERO, |b| b.modified))?;
-            bso.ok_or(StoreError::NotFound)
-        })
-        .await
-    }
-
-    async fn put_bso(
-        &self,
-        user: UserId,
-        collection: &str,
-        bso: BsoInput,
-        pre: Precondition,
-        limits: WriteLimits,
-    ) -> StoreResult<SyncTimestamp> {
-        let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), bso.payload_len(), move |tx, now| {
-            let current: Option<i64> = tx
-                .prepare_cached("SELECT modified FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3")?
-                .query_row(params![user, coll, bso.id], |r| r.get(0))
-                .optional()?;
-            pre.check(ts(current.unwrap_or(0)))?;
-            ensure_later(tx, user, now)?;
-            check_quota(tx, user, now, limits, 0)?;
-            upsert(tx, user, coll, &bso, now, false)?;
-            touch(tx, user, coll, now)?;
-            Ok(now)
-        })
-        .await
-    }
-
-    async fn post_bsos(
-        &self,
-        user: UserId,
-        collection: &str,
-        bsos: Vec<BsoInput>,
-        pre: Precondition,
-        limits: WriteLimits,
-    ) -> StoreResult<SyncTimestamp> {
-        let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), total_payload(&bsos) as usize, move |tx, now| {
-            pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
-            ensure_later(tx, user, now)?;
-            check_quota(tx, user, now, limits, 0)?;
-            for bso in &bsos {
-                upsert(tx, user, coll, bso, now, false)?;
-            }
-            touch(tx, user, coll, now)?;
-            Ok(now)
-        })
-        .await
-    }
-
-    async fn delete_bso(
-        &self,
-        user: UserId,
-        collection: &str,
-        id: &str,
-        pre: Precondition,
-    ) -> StoreResult<SyncTimestamp> {
-        let Some(coll) = self.find_collection(collection).await? else {
-            pre.check(SyncTimestamp::ZERO)?;
-            return Err(StoreError::NotFound);
-        };
-        let id = id.to_string();
-        self.write(Some(user), 0, move |tx, now| {
-            let current: Option<(i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT modified, expiry FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3",
-                )?
-                .query_row(params![user, coll, id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let live = current.filter(|(_, expiry)| *expiry > now.as_millis());
-            pre.check(ts(live.map_or(0, |(m, _)| m)))?;
-            if live.is_none() {
-                return Err(StoreError::NotFound);
-            }
-            ensure_later(tx, user, now)?;
-            tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3")?
-                .execute(params![user, coll, id])?;
-            touch(tx, user, coll, now)?;
-            Ok(now)
-        })
-        .await
-    }
-
-    async fn delete_bsos(
-        &self,
-        user: UserId,
-        collection: &str,
-        ids: Vec<String>,
-        pre: Precondition,
-    ) -> StoreResult<SyncTimestamp> {
-        let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), 0, move |tx, now| {
-            pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
-            ensure_later(tx, user, now)?;
-            let mut stmt =
-                tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1 AND collection_id = ?2 AND id = ?3")?;
-            for id in &ids {
-                stmt.execute(params![user, coll, id])?;
-            }
-            touch(tx, user, coll, now)?;
-            Ok(now)
-        })
-        .await
-    }
-
-    async fn delete_collection(
-        &self,
-        user: UserId,
-        collection: &str,
-        pre: Precondition,
-    ) -> StoreResult<DeletedCollection> {
-        let coll = self.find_collection(collection).await?;
-        self.write(Some(user), HEAVY, move |tx, now| {
-            let previous = match coll {
-                Some(c) => collection_ts(tx, user, c)?,
-                None => None,
+                run_now(f(&conn))
             };
-            pre.check(previous.unwrap_or_default())?;
-            let (Some(c), Some(previous)) = (coll, previous) else {
-                // S15-143: a collection that does not exist: nothing changes.
-                return Ok(DeletedCollection { previous: SyncTimestamp::ZERO, storage: storage_ts(tx, user)? });
-            };
-            ensure_later(tx, user, now)?;
-            tx.prepare_cached("DELETE FROM bsos WHERE user_id = ?1 AND collection_id = ?2")?.execute(params![user, c])?;
-            tx.prepare_cached("DELETE FROM user_collections WHERE user_id = ?1 AND collection_id = ?2")?
-                .execute(params![user, c])?;
-            tx.prepare_cached(
-                "DELETE FROM batch_items WHERE batch_id IN (SELECT id FROM batches WHERE user_id = ?1 AND collection_id = ?2)",
-            )?
-            .execute(params![user, c])?;
-            tx.prepare_cached("DELETE FROM batches WHERE user_id = ?1 AND collection_id = ?2")?.execute(params![user, c])?;
-            // The storage timestamp is the deleted-collection marker of S15-142.
-            touch_storage(tx, user, now)?;
-            Ok(DeletedCollection { previous, storage: now })
+            pool.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            result
         })
         .await
+        .map_err(join_err)?
     }
 
-    async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
-        self.write(Some(user), HEAVY, move |tx, _now| {
-            let previous = storage_ts(tx, user)?;
-            pre.check(previous)?;
-            delete_bucket(tx, user)?;
-            Ok(previous)
-        })
-        .await
+    async fn write<R, F>(&self, cost: usize, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
+    {
+        self.submit(cost, f).await
     }
 
-    async fn create_batch(
-        &self,
-        user: UserId,
-        collection: &str,
-        bsos: Vec<BsoInput>,
-        pre: Precondition,
-        limits: WriteLimits,
-    ) -> StoreResult<(String, SyncTimestamp)> {
-        let coll = self.ensure_collection(collection).await?;
-        self.write(Some(user), total_payload(&bsos) as usize, move |tx, now| {
-            let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
-            pre.check(modified)?;
-            check_quota(tx, user, now, limits, total_payload(&bsos))?;
-            tx.prepare_cached("INSERT INTO batches (user_id, collection_id, expiry) VALUES (?1, ?2, ?3)")?
-                .execute(params![user, coll, now.as_millis() + BATCH_LIFETIME_MS])?;
-            let batch = tx.last_insert_rowid();
-            stage(tx, batch, &bsos)?;
-            Ok((batch.to_string(), modified))
-        })
-        .await
+    fn cached_storage_time(&self, user: UserId) -> Option<SyncTimestamp> {
+        self.storage_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .copied()
     }
 
-    async fn append_batch(
-        &self,
-        user: UserId,
-        collection: &str,
-        batch: &str,
-        bsos: Vec<BsoInput>,
-        pre: Precondition,
-        limits: WriteLimits,
-    ) -> StoreResult<SyncTimestamp> {
-        let Some(coll) = self.find_collection(collection).await? else {
-            return Err(StoreError::BatchNotFound);
-        };
-        let batch = batch.to_string();
-        self.write(Some(user), total_payload(&bsos) as usize, move |tx, now| {
-            let modified = collection_ts(tx, user, coll)?.unwrap_or_default();
-            pre.check(modified)?;
-            let id = live_batch(tx, user, coll, &batch, now)?;
-            let new_bytes: u64 = total_payload(&bsos);
-            check_quota(tx, user, now, limits, staged_bytes(tx, id)? + new_bytes)?;
-            stage(tx, id, &bsos)?;
-            Ok(modified)
-        })
-        .await
-    }
-
-    async fn commit_batch(
-        &self,
-        user: UserId,
-        collection: &str,
-        batch: &str,
-        bsos: Vec<BsoInput>,
-        pre: Precondition,
-        limits: WriteLimits,
-    ) -> StoreResult<SyncTimestamp> {
-        let Some(coll) = self.find_collection(collection).await? else {
-            return Err(StoreError::BatchNotFound);
-        };
-        let batch = batch.to_string();
-        self.write(Some(user), HEAVY, move |tx, now| {
-            pre.check(collection_ts(tx, user, coll)?.unwrap_or_default())?;
-            let id = live_batch(tx, user, coll, &batch, now)?;
-            ensure_later(tx, user, now)?;
-            let new_bytes: u64 = total_payload(&bsos);
-            check_quota(tx, user, now, limits, staged_bytes(tx, id)? + new_bytes)?;
-            // The commit body overrides staged fields of the same id (S15-125).
-            stage(tx, id, &bsos)?;
-            let staged: Vec<BsoInput> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT id, sortindex, payload, ttl FROM batch_items WHERE batch_id = ?1 ORDER BY seq",
-                )?;
-                let rows = stmt.query_map([id], |r| {
-                    Ok(BsoInput {
-                        id: r.get(0)?,
-                        sortindex: r.get(1)?,
-                        payload: r.get(2)?,
-                        ttl: r.get(3)?,
-                    })
-                })?;
-                rows.collect::<Result<_, _>>()?
-            };
-            for bso in &staged {
-                upsert(tx, user, coll, bso, now, true)?;
-            }
-            delete_batch(tx, id)?;
-            touch(tx, user, coll, now)?;
-            Ok(now)
-        })
-        .await
-    }
-
-    async fn purge_expired(&self) -> StoreResult<PurgeReport> {
-        // Small chunks keep each writer transaction short, so requests never wait long.
-        let mut report = PurgeReport::default();
-        loop {
-            let (bsos, batches) = self
-                .write(None, HEAVY, |tx, now| {
-                    let bsos = tx
-                        .prepare_cached(
-                            "DELETE FROM bsos WHERE rowid IN
-                             (SELECT rowid FROM bsos WHERE expiry < 9223372036854775800 AND expiry <= ?1 LIMIT 1000)",
-                        )?
-                        .execute([now.as_millis()])?;
-                    let expired: Vec<i64> = {
-                        let mut stmt = tx.prepare_cached("SELECT id FROM batches WHERE expiry <= ?1 LIMIT 100")?;
-                        let rows = stmt.query_map([now.as_millis()], |r| r.get(0))?;
-                        rows.collect::<Result<_, _>>()?
-                    };
-                    for id in &expired {
-                        delete_batch(tx, *id)?;
-                    }
-                    Ok((bsos as u64, expired.len() as u64))
-                })
-                .await?;
-            report.bsos += bsos;
-            report.batches += batches;
-            if bsos < 1000 && batches < 100 {
-                break;
-            }
-        }
-        // Give free pages (left by purges and by users deleting their data) back to the
-        // file system, 2,000 pages (8 MiB) per writer job so requests never wait long.
+    /// Gives free pages (left by purges and by users deleting their data) back to the file
+    /// system, 2,000 pages (8 MiB) per writer job so requests never wait long.
+    async fn reclaim_space(&self) -> StoreResult<()> {
         for _ in 0..256 {
-            let left: i64 = self
-                .write(None, HEAVY, |tx, _| {
-                    // The pragma frees one page per step: step it to the end.
-                    let mut stmt = tx.prepare_cached("PRAGMA incremental_vacuum(2000)")?;
-                    let mut rows = stmt.query([])?;
-                    while rows.next()?.is_some() {}
-                    drop(rows);
-                    Ok(tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+            let left = self
+                .submit(HEAVY, |conn| {
+                    Box::pin(std::future::ready((|| {
+                        let c = conn.guard();
+                        // The pragma frees one page per step: step it to the end.
+                        let mut stmt = c.prepare_cached("PRAGMA incremental_vacuum(2000)")?;
+                        let mut rows = stmt.query([])?;
+                        while rows.next()?.is_some() {}
+                        drop(rows);
+                        Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))?)
+                    })()))
                 })
                 .await?;
             if left == 0 {
                 break;
             }
         }
-        Ok(report)
+        Ok(())
     }
 
-    async fn stats(&self) -> StoreResult<StoreStats> {
-        let path = self.path.clone();
-        let (users, active_batches) = self
-            .read(move |tx| {
-                let users: i64 = tx.query_row("SELECT COUNT(*) FROM user_storage", [], |r| r.get(0))?;
-                let batches: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM batches WHERE expiry > ?1",
-                    [SyncTimestamp::now().as_millis()],
-                    |r| r.get(0),
-                )?;
-                Ok((users as u64, batches as u64))
-            })
-            .await?;
-        let mut database_bytes = 0;
+    async fn database_bytes(&self) -> StoreResult<u64> {
+        let mut bytes = 0;
         for suffix in ["", "-wal"] {
-            let mut p = path.clone().into_os_string();
+            let mut p = self.path.clone().into_os_string();
             p.push(suffix);
-            database_bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         }
-        Ok(StoreStats {
-            users,
-            active_batches,
-            database_bytes,
-        })
-    }
-
-    async fn check(&self) -> StoreResult<()> {
-        self.read(|tx| {
-            tx.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
+        Ok(bytes)
     }
 }
 
 /// Copies a live database into `dest` with SQLite's online backup: a consistent snapshot
 /// while the server keeps serving (writers are only paused between steps). Returns the
 /// number of pages copied.
-pub fn backup(db: &Path, dest: &Path) -> StoreResult<u64> {
+pub fn backup(db: &Path, dest: &Path) -> AdminResult<u64> {
     if dest.exists() {
-        return Err(StoreError::Database(format!(
-            "{} exists; refusing to overwrite it",
-            dest.display()
-        )));
+        return Err(AdminError::Exists(dest.to_path_buf()));
     }
-    let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    src.busy_timeout(std::time::Duration::from_secs(10))?;
-    let mut out = Connection::open(dest)?;
-    let pages = {
-        let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
-        backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
-        backup.progress().pagecount
+    let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
+    let run = || -> rusqlite::Result<(u64, String)> {
+        src.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut out = Connection::open(dest)?;
+        let pages = {
+            let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
+            backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+            backup.progress().pagecount
+        };
+        // A backup is a single self-contained file.
+        out.pragma_update(None, "journal_mode", "DELETE")?;
+        let check: String = out.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        Ok((pages.max(0) as u64, check))
     };
-    // A backup is a single self-contained file.
-    out.pragma_update(None, "journal_mode", "DELETE")?;
-    let check: String = out.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    let (pages, check) = run().map_err(StoreError::from)?;
     if check != "ok" {
-        return Err(StoreError::Database(format!(
-            "the copy failed its integrity check: {check}"
-        )));
+        return Err(AdminError::Integrity(check));
     }
-    Ok(pages.max(0) as u64)
+    Ok(pages)
 }
 
 /// Puts a backup in place as the database at `db` (the server must be stopped). Refuses a
 /// file that is not a Syncstead database this release can open, and an existing database
 /// unless `force`.
-pub fn restore(backup_file: &Path, db: &Path, force: bool) -> StoreResult<()> {
-    let src = Connection::open_with_flags(backup_file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let version: i64 = src.pragma_query_value(None, "user_version", |r| r.get(0))?;
+pub fn restore(backup_file: &Path, db: &Path, force: bool) -> AdminResult<()> {
+    let src = Connection::open_with_flags(backup_file, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
+    let probe = || -> rusqlite::Result<(i64, i64)> {
+        let version: i64 = src.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let has_bsos: i64 = src.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'bsos'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok((version, has_bsos))
+    };
+    let not_a_database = |version| AdminError::NotADatabase {
+        path: backup_file.to_path_buf(),
+        version,
+    };
+    let (version, has_bsos) = probe().map_err(|_| not_a_database(0))?;
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-    let has_bsos: i64 = src.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'bsos'",
-        [],
-        |r| r.get(0),
-    )?;
     if version == 0 || version > latest || has_bsos == 0 {
-        return Err(StoreError::Database(format!(
-            "{} is not a Syncstead database this release can open (schema {version})",
-            backup_file.display()
-        )));
+        return Err(not_a_database(version));
     }
     if db.exists() && !force {
-        return Err(StoreError::Database(format!(
-            "{} exists; pass --force to replace it",
-            db.display()
-        )));
+        return Err(AdminError::ExistsWithoutForce(db.to_path_buf()));
     }
     for suffix in ["-wal", "-shm"] {
         let mut side = db.as_os_str().to_owned();
@@ -1195,10 +596,13 @@ pub fn restore(backup_file: &Path, db: &Path, force: bool) -> StoreResult<()> {
     }
     let _ = std::fs::remove_file(db);
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| AdminError::Io(dir.to_path_buf(), e))?;
     }
-    let mut out = Connection::open(db)?;
-    let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
-    backup.run_to_completion(1024, std::time::Duration::ZERO, None)?;
+    let copy = || -> rusqlite::Result<()> {
+        let mut out = Connection::open(db)?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
+        backup.run_to_completion(1024, std::time::Duration::ZERO, None)
+    };
+    copy().map_err(StoreError::from)?;
     Ok(())
 }

@@ -35,7 +35,7 @@ async fn t10_070_no_node_means_no_user_and_capacity_is_released() {
         store.login(login("a", None, None, "aa"), OPEN).await,
         Err(LoginError::NoNode)
     ));
-    store.add_node("https://n1", 10, false).await.unwrap();
+    store.add_node("https://n1", 10).await.unwrap();
     store
         .update_node(
             "https://n1",
@@ -57,7 +57,7 @@ async fn t10_070_no_node_means_no_user_and_capacity_is_released() {
 async fn t10_041_t10_061_key_change_and_purge_of_the_old_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    store.add_node("https://n1/", 100, false).await.unwrap();
+    store.add_node("https://n1/", 100).await.unwrap();
     let first = store.login(login("a", Some(10), Some(10), "aa"), OPEN).await.unwrap();
     assert_eq!(first.node, "https://n1");
     let same = store.login(login("a", Some(11), Some(10), "aa"), OPEN).await.unwrap();
@@ -102,14 +102,14 @@ async fn t10_041_t10_061_key_change_and_purge_of_the_old_bucket() {
 async fn t10_042_removed_or_downed_nodes_move_users() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    store.add_node("https://n1", 100, false).await.unwrap();
+    store.add_node("https://n1", 100).await.unwrap();
     let first = store.login(login("a", None, None, "aa"), OPEN).await.unwrap();
-    store.add_node("https://n2", 100, false).await.unwrap();
+    store.add_node("https://n2", 100).await.unwrap();
     store.remove_node("https://n1").await.unwrap();
     let moved = store.login(login("a", None, None, "aa"), OPEN).await.unwrap();
     assert_eq!(moved.node, "https://n2");
     assert_ne!(moved.uid, first.uid);
-    store.add_node("https://n3", 100, false).await.unwrap();
+    store.add_node("https://n3", 100).await.unwrap();
     store
         .update_node(
             "https://n2",
@@ -128,7 +128,7 @@ async fn t10_042_removed_or_downed_nodes_move_users() {
 async fn new_user_policies() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    store.add_node("https://n1", 100, false).await.unwrap();
+    store.add_node("https://n1", 100).await.unwrap();
     let closed = NewUserPolicy {
         allow_list_only: true,
         ..OPEN

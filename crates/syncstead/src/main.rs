@@ -319,7 +319,7 @@ async fn node(action: NodeAction, layer: ConfigLayer) -> Result<(), String> {
     let e = |e: syncstead_store::StoreError| e.to_string();
     match action {
         NodeAction::Add { url, capacity } => {
-            if !store.add_node(&url, capacity, false).await.map_err(e)? {
+            if !store.add_node(&url, capacity).await.map_err(e)? {
                 return Err(format!("node {url} exists already"));
             }
             println!("added {url} (capacity {capacity})");

@@ -33,7 +33,7 @@ fn sqlite_url(p: &Path) -> String {
 
 /// A database with something in every table the copy carries.
 async fn populate(store: &dyn Backend) {
-    store.add_node("https://node-a.example", 50, false).await.unwrap();
+    store.add_node("https://node-a.example", 50).await.unwrap();
     let policy = NewUserPolicy {
         open: true,
         allow_list_only: false,

@@ -1,0 +1,196 @@
+//! [`Db`]: the store every protocol talks to, generic over the backend's [`Engine`].
+//!
+//! The store traits (`Store`, `LegacyStore`, `TokenStore`, `AccountStore`) are
+//! implemented once, on `Db`, next to their rules (`storage.rs`, `legacy.rs`,
+//! `tokens.rs`, `accounts.rs`). A backend only says how to run a rule: in which
+//! transaction, on which connection, with which locks. Everything that passes through
+//! here is timed, so the store's metrics cover every surface alike.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use syncstead_proto::SyncTimestamp;
+
+use crate::sql::{BoxFuture, Tx};
+use crate::{StoreError, StoreResult, UserId};
+
+/// How many clock ticks (10 ms) a write waits for its bucket before answering 503.
+const MAX_TICK_RETRIES: usize = 32;
+
+/// How a read sees the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// A single statement, which is its own snapshot: no transaction needed.
+    Statement,
+    /// Several statements that must agree (a check and the rows it guards).
+    Snapshot,
+}
+
+/// What a backend provides: transactions to run rules in.
+pub trait Engine: Send + Sync + 'static {
+    #[doc(hidden)]
+    type Tx: Tx;
+
+    /// Runs `f` in a read-only transaction.
+    #[doc(hidden)]
+    fn read<R, F>(&self, mode: Read, f: F) -> impl Future<Output = StoreResult<R>> + Send
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t Self::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static;
+
+    /// Runs `f` in a write transaction that commits when `f` succeeds (and is durable
+    /// when this returns) and rolls back when it fails. `cost` estimates the payload
+    /// bytes written, for backends that group writes.
+    #[doc(hidden)]
+    fn write<R, F>(&self, cost: usize, f: F) -> impl Future<Output = StoreResult<R>> + Send
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t Self::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static;
+
+    /// A bucket's storage time if the backend knows it without asking the database.
+    fn cached_storage_time(&self, _user: UserId) -> Option<SyncTimestamp> {
+        None
+    }
+
+    /// Gives space freed by deletes back to the file system, where the backend must be
+    /// asked to (PostgreSQL's autovacuum does it by itself).
+    fn reclaim_space(&self) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The bytes the database occupies.
+    fn database_bytes(&self) -> impl Future<Output = StoreResult<u64>> + Send;
+}
+
+/// A store on one backend: `SqliteStore` or `PgStore`.
+pub struct Db<E> {
+    pub(crate) engine: E,
+    /// Collection names and ids: the table only ever grows, so a cached id stays right.
+    collections: RwLock<HashMap<String, i64>>,
+}
+
+/// Payload estimate of jobs whose size is unknown up front (batch commits, bulk deletes).
+pub(crate) const HEAVY: usize = 256 * 1024;
+
+impl<E: Engine> Db<E> {
+    /// Wraps an opened engine and loads the collection names.
+    pub(crate) async fn new(engine: E) -> StoreResult<Self> {
+        let db = Db {
+            engine,
+            collections: RwLock::new(HashMap::new()),
+        };
+        // Through the writer: SQLite then opens its read connections only when requests come.
+        let names = db
+            .write("collections", 0, |tx| {
+                Box::pin(async move {
+                    let rows = tx.query("SELECT id, name FROM collections", &[]).await?;
+                    rows.into_iter()
+                        .map(|mut r| Ok((r.text(1)?, r.int(0)?)))
+                        .collect::<StoreResult<Vec<_>>>()
+                })
+            })
+            .await?;
+        db.collections.write().expect("collections lock").extend(names);
+        Ok(db)
+    }
+
+    /// Runs a read rule, timed as `op`.
+    pub(crate) async fn read<R, F>(&self, op: &'static str, mode: Read, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
+    {
+        let start = Instant::now();
+        let out = self.engine.read(mode, f).await;
+        record(op, start);
+        out
+    }
+
+    /// Runs a write rule, timed as `op`. A [`StoreError::Conflict`] (the bucket already
+    /// used this clock tick) is retried at the next tick, so many devices of one user
+    /// writing at once are served in turn; only a bucket busy for longer than
+    /// [`MAX_TICK_RETRIES`] ticks answers 503 (S15-043).
+    pub(crate) async fn write<R, F>(&self, op: &'static str, cost: usize, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: for<'t> Fn(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + Sync + 'static,
+    {
+        let start = Instant::now();
+        let f = Arc::new(f);
+        let mut out = Err(StoreError::Conflict);
+        for _ in 0..MAX_TICK_RETRIES {
+            let f = f.clone();
+            out = self.engine.write(cost, move |tx| f(tx)).await;
+            if !matches!(out, Err(StoreError::Conflict)) {
+                break;
+            }
+            next_tick().await;
+        }
+        record(op, start);
+        out
+    }
+
+    fn cached_collection(&self, name: &str) -> Option<i64> {
+        self.collections.read().expect("collections lock").get(name).copied()
+    }
+
+    fn remember_collection(&self, name: &str, id: i64) {
+        self.collections
+            .write()
+            .expect("collections lock")
+            .insert(name.to_string(), id);
+    }
+
+    /// Looks a collection up, also in the database: another process (an admin command,
+    /// another node) may have registered it since this one started.
+    pub(crate) async fn find_collection(&self, name: &str) -> StoreResult<Option<i64>> {
+        if let Some(id) = self.cached_collection(name) {
+            return Ok(Some(id));
+        }
+        let owned = name.to_string();
+        let id = self
+            .read("find_collection", Read::Statement, move |tx| {
+                Box::pin(async move { crate::storage::collection_id(tx, &owned).await })
+            })
+            .await?;
+        if let Some(id) = id {
+            self.remember_collection(name, id);
+        }
+        Ok(id)
+    }
+
+    /// The id of a collection, registering a new custom name if needed. The registry only
+    /// grows, so a name registered by a write that later fails is harmless.
+    pub(crate) async fn ensure_collection(&self, name: &str) -> StoreResult<i64> {
+        if let Some(id) = self.find_collection(name).await? {
+            return Ok(id);
+        }
+        let owned: Arc<str> = name.into();
+        let id = self
+            .write("register_collection", 0, move |tx| {
+                let name = owned.clone();
+                Box::pin(async move { crate::storage::register_collection(tx, &name).await })
+            })
+            .await?;
+        self.remember_collection(name, id);
+        Ok(id)
+    }
+}
+
+fn record(op: &'static str, start: Instant) {
+    metrics::histogram!("syncstead_store_seconds", "op" => op).record(start.elapsed().as_secs_f64());
+}
+
+/// Sleeps until the clock has reached the next centisecond.
+pub(crate) async fn next_tick() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let into_tick = (now.as_micros() % 10_000) as u64;
+    tokio::time::sleep(std::time::Duration::from_micros(10_000 - into_tick + 200)).await;
+}
+
+/// The current time in milliseconds, for bookkeeping columns (`created_at`, …).
+pub(crate) fn now_ms() -> i64 {
+    SyncTimestamp::now().as_millis()
+}

@@ -1,0 +1,992 @@
+//! Storage 1.5 (storage-1.5.md), written once for every backend: timestamps, PUT and POST
+//! semantics, batches, TTLs, quota and paging.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use syncstead_proto::query::{CollectionQuery, Offset, Sort, SortKey};
+use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
+
+use crate::db::{Db, Engine, Read, HEAVY};
+use crate::sql::{query_one, Arg, Dialect, Row, Sql, Tx};
+use crate::{
+    CollectionUsage, DeletedCollection, Page, Precondition, PurgeReport, Store, StoreError, StoreResult, StoreStats,
+    UserId, WriteLimits, BATCH_LIFETIME_MS,
+};
+
+fn first_time(row: Option<Row>) -> StoreResult<Option<SyncTimestamp>> {
+    row.map(|r| r.time(0)).transpose()
+}
+
+pub(crate) async fn collection_id<T: Tx>(tx: &T, name: &str) -> StoreResult<Option<i64>> {
+    tx.query_opt("SELECT id FROM collections WHERE name = $1", &[name.into()])
+        .await?
+        .map(|r| r.int(0))
+        .transpose()
+}
+
+/// Registers a custom collection name (numbered from 101, S15-060) unless it exists.
+pub(crate) async fn register_collection<T: Tx>(tx: &T, name: &str) -> StoreResult<i64> {
+    if let Some(id) = collection_id(tx, name).await? {
+        return Ok(id);
+    }
+    // SQLite's single writer can number by MAX; PostgreSQL nodes writing at once use a sequence.
+    match tx.dialect() {
+        Dialect::Sqlite => {
+            tx.execute(
+                "INSERT INTO collections (id, name) SELECT MAX(COALESCE(MAX(id), 0) + 1, $2), $1 FROM collections",
+                &[name.into(), syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID.into()],
+            )
+            .await?
+        }
+        Dialect::Postgres => {
+            tx.execute(
+                "INSERT INTO collections (id, name) VALUES (nextval('collections_custom_id'), $1)
+                 ON CONFLICT (name) DO NOTHING",
+                &[name.into()],
+            )
+            .await?
+        }
+    };
+    collection_id(tx, name)
+        .await?
+        .ok_or_else(|| StoreError::Internal("a registered collection vanished".into()))
+}
+
+/// The storage-level last-modified of a bucket (S15-045); 0 without data.
+pub(crate) async fn storage_time<T: Tx>(tx: &T, user: UserId) -> StoreResult<SyncTimestamp> {
+    Ok(first_time(
+        tx.query_opt("SELECT modified FROM user_storage WHERE user_id = $1", &[user.into()])
+            .await?,
+    )?
+    .unwrap_or_default())
+}
+
+async fn collection_time<T: Tx>(tx: &T, user: UserId, coll: i64) -> StoreResult<Option<SyncTimestamp>> {
+    first_time(
+        tx.query_opt(
+            "SELECT modified FROM user_collections WHERE user_id = $1 AND collection_id = $2",
+            &[user.into(), coll.into()],
+        )
+        .await?,
+    )
+}
+
+/// A write moves the collection's and the storage's last-modified to its time (S15-044).
+async fn touch<T: Tx>(tx: &T, user: UserId, coll: i64, now: SyncTimestamp) -> StoreResult<()> {
+    let args = [user.into(), coll.into(), now.into()];
+    tokio::try_join!(
+        tx.execute(
+            "INSERT INTO user_collections (user_id, collection_id, modified) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, collection_id) DO UPDATE SET modified = excluded.modified",
+            &args,
+        ),
+        touch_storage(tx, user, now),
+    )?;
+    Ok(())
+}
+
+async fn touch_storage<T: Tx>(tx: &T, user: UserId, now: SyncTimestamp) -> StoreResult<u64> {
+    tx.execute(
+        "INSERT INTO user_storage (user_id, modified) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET modified = excluded.modified",
+        &[user.into(), now.into()],
+    )
+    .await
+}
+
+/// Deletes everything a bucket holds (1.5 and 1.1 alike), holding its write lock.
+pub(crate) async fn delete_bucket<T: Tx>(tx: &T, user: UserId) -> StoreResult<()> {
+    tx.lock_bucket(user).await?;
+    for sql in [
+        "DELETE FROM bsos WHERE user_id = $1",
+        "DELETE FROM user_collections WHERE user_id = $1",
+        "DELETE FROM batch_items WHERE batch_id IN (SELECT id FROM batches WHERE user_id = $1)",
+        "DELETE FROM batches WHERE user_id = $1",
+        "DELETE FROM user_storage WHERE user_id = $1",
+    ] {
+        tx.execute(sql, &[user.into()]).await?;
+    }
+    Ok(())
+}
+
+fn total_payload(bsos: &[BsoInput]) -> u64 {
+    bsos.iter().map(|b| b.payload_len() as u64).sum()
+}
+
+/// S15-170: checked before the write, so one write may overshoot. `staged` counts the
+/// payload bytes a batch already holds plus those arriving.
+async fn check_quota<T: Tx>(
+    tx: &T,
+    user: UserId,
+    now: SyncTimestamp,
+    limits: WriteLimits,
+    staged: u64,
+) -> StoreResult<()> {
+    let Some(quota) = limits.quota_bytes else {
+        return Ok(());
+    };
+    let used = query_one(
+        tx,
+        "SELECT CAST(COALESCE(SUM(payload_size), 0) AS BIGINT) FROM bsos WHERE user_id = $1 AND expiry > $2",
+        &[user.into(), now.into()],
+    )
+    .await?
+    .count(0)?;
+    if used + staged >= quota {
+        return Err(StoreError::OverQuota);
+    }
+    Ok(())
+}
+
+/// The per-record upsert with PUT semantics (S15-093, S15-094, S15-047): fields left out
+/// keep their values, an expired record is replaced whole, only a change of payload or
+/// sortindex (or `$9`, a batch commit) moves `modified`; ttl sets a new expiry.
+const UPSERT_ONE: &str = "INSERT INTO bsos AS b (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry)
+     VALUES ($1, $2, $3, $4, COALESCE($5, ''), $6, $7, $8)
+     ON CONFLICT (user_id, collection_id, id) DO UPDATE SET
+       sortindex = CASE WHEN b.expiry <= $7 THEN excluded.sortindex ELSE COALESCE($4, b.sortindex) END,
+       payload = CASE WHEN CAST($5 AS TEXT) IS NOT NULL OR b.expiry <= $7 THEN excluded.payload ELSE b.payload END,
+       payload_size = CASE WHEN CAST($5 AS TEXT) IS NOT NULL OR b.expiry <= $7 THEN excluded.payload_size ELSE b.payload_size END,
+       modified = CASE WHEN $9 OR CAST($5 AS TEXT) IS NOT NULL OR CAST($4 AS INTEGER) IS NOT NULL OR b.expiry <= $7
+                  THEN $7 ELSE b.modified END,
+       expiry = CASE WHEN CAST($10 AS BIGINT) IS NOT NULL THEN excluded.expiry WHEN b.expiry <= $7 THEN $11 ELSE b.expiry END";
+
+/// The same rules for many records that all carry a payload, in one PostgreSQL statement:
+/// payload and `modified` always change; an absent ttl arrives as expiry "never", which a
+/// real ttl can never produce.
+const UPSERT_MANY_PG: &str = "INSERT INTO bsos AS b (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry)
+     SELECT $1::BIGINT, $2::INTEGER, u.id, u.sortindex, u.payload, u.size, $3::BIGINT, u.expiry
+     FROM UNNEST($4::TEXT[], $5::INTEGER[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[]) AS u(id, sortindex, payload, size, expiry)
+     ON CONFLICT (user_id, collection_id, id) DO UPDATE SET
+       sortindex = CASE WHEN b.expiry <= $3 THEN excluded.sortindex ELSE COALESCE(excluded.sortindex, b.sortindex) END,
+       payload = excluded.payload,
+       payload_size = excluded.payload_size,
+       modified = $3,
+       expiry = CASE WHEN excluded.expiry < $9 THEN excluded.expiry WHEN b.expiry <= $3 THEN $9 ELSE b.expiry END";
+
+fn unique_ids(bsos: &[BsoInput]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(bsos.len());
+    bsos.iter().all(|b| seen.insert(b.id.as_str()))
+}
+
+fn expiry(bso: &BsoInput, now: SyncTimestamp) -> i64 {
+    bso.ttl
+        .map_or(SyncTimestamp::NEVER, |ttl| now.plus_seconds(ttl.into()))
+        .as_millis()
+}
+
+/// Upserts records at `now`. With `touch_all` (batch commit) every record gets
+/// `modified = now`. On PostgreSQL, records that all carry payloads and distinct ids (what
+/// clients send) go in one statement, saving a round trip per record.
+async fn upsert<T: Tx>(
+    tx: &T,
+    user: UserId,
+    coll: i64,
+    bsos: &[BsoInput],
+    now: SyncTimestamp,
+    touch_all: bool,
+) -> StoreResult<()> {
+    let never = SyncTimestamp::NEVER.as_millis();
+    if tx.dialect() == Dialect::Postgres
+        && bsos.len() > 1
+        && bsos.iter().all(|b| b.payload.is_some())
+        && unique_ids(bsos)
+    {
+        let args = [
+            user.into(),
+            coll.into(),
+            now.into(),
+            Arg::Texts(bsos.iter().map(|b| Some(b.id.as_str())).collect()),
+            Arg::Ints(bsos.iter().map(|b| b.sortindex.map(i64::from)).collect()),
+            Arg::Texts(bsos.iter().map(|b| b.payload.as_deref()).collect()),
+            Arg::Ints(bsos.iter().map(|b| Some(b.payload_len() as i64)).collect()),
+            Arg::Ints(bsos.iter().map(|b| Some(expiry(b, now))).collect()),
+            never.into(),
+        ];
+        tx.execute(UPSERT_MANY_PG, &args).await?;
+        return Ok(());
+    }
+    for bso in bsos {
+        let args = [
+            user.into(),
+            coll.into(),
+            (&bso.id).into(),
+            bso.sortindex.into(),
+            bso.payload.as_ref().into(),
+            (bso.payload_len() as i64).into(),
+            now.into(),
+            expiry(bso, now).into(),
+            touch_all.into(),
+            bso.ttl.into(),
+            never.into(),
+        ];
+        tx.execute(UPSERT_ONE, &args).await?;
+    }
+    Ok(())
+}
+
+/// Adds records to a batch; a later record of the same id overrides the fields it sets.
+const STAGE_ONE: &str = "INSERT INTO batch_items AS i (batch_id, seq, id, sortindex, payload, payload_size, ttl)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (batch_id, id) DO UPDATE SET
+       sortindex = COALESCE(excluded.sortindex, i.sortindex),
+       payload = COALESCE(excluded.payload, i.payload),
+       payload_size = CASE WHEN excluded.payload IS NULL THEN i.payload_size ELSE excluded.payload_size END,
+       ttl = COALESCE(excluded.ttl, i.ttl)";
+
+const STAGE_MANY_PG: &str = "INSERT INTO batch_items AS i (batch_id, seq, id, sortindex, payload, payload_size, ttl)
+     SELECT $1::BIGINT, $2::BIGINT + u.ord, u.id, u.sortindex, u.payload, u.size, u.ttl
+     FROM UNNEST($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::BIGINT[], $7::BIGINT[])
+          WITH ORDINALITY AS u(id, sortindex, payload, size, ttl, ord)
+     ON CONFLICT (batch_id, id) DO UPDATE SET
+       sortindex = COALESCE(excluded.sortindex, i.sortindex),
+       payload = COALESCE(excluded.payload, i.payload),
+       payload_size = CASE WHEN excluded.payload IS NULL THEN i.payload_size ELSE excluded.payload_size END,
+       ttl = COALESCE(excluded.ttl, i.ttl)";
+
+async fn stage<T: Tx>(tx: &T, batch: i64, bsos: &[BsoInput]) -> StoreResult<()> {
+    if bsos.is_empty() {
+        return Ok(());
+    }
+    let seq = query_one(
+        tx,
+        "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM batch_items WHERE batch_id = $1",
+        &[batch.into()],
+    )
+    .await?
+    .int(0)?;
+    // One PostgreSQL statement for distinct ids; repeated ids (rare) merge in order, one by one.
+    if tx.dialect() == Dialect::Postgres && unique_ids(bsos) {
+        let args = [
+            batch.into(),
+            seq.into(),
+            Arg::Texts(bsos.iter().map(|b| Some(b.id.as_str())).collect()),
+            Arg::Ints(bsos.iter().map(|b| b.sortindex.map(i64::from)).collect()),
+            Arg::Texts(bsos.iter().map(|b| b.payload.as_deref()).collect()),
+            Arg::Ints(bsos.iter().map(|b| Some(b.payload_len() as i64)).collect()),
+            Arg::Ints(bsos.iter().map(|b| b.ttl.map(i64::from)).collect()),
+        ];
+        tx.execute(STAGE_MANY_PG, &args).await?;
+        return Ok(());
+    }
+    for (n, bso) in bsos.iter().enumerate() {
+        let args = [
+            batch.into(),
+            (seq + 1 + n as i64).into(),
+            (&bso.id).into(),
+            bso.sortindex.into(),
+            bso.payload.as_ref().into(),
+            (bso.payload_len() as i64).into(),
+            bso.ttl.into(),
+        ];
+        tx.execute(STAGE_ONE, &args).await?;
+    }
+    Ok(())
+}
+
+/// Finds a live batch of this bucket and collection (S15-121, S15-122).
+async fn live_batch<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &str, now: SyncTimestamp) -> StoreResult<i64> {
+    let id: i64 = batch.parse().map_err(|_| StoreError::BatchNotFound)?;
+    tx.query_opt(
+        "SELECT id FROM batches WHERE id = $1 AND user_id = $2 AND collection_id = $3 AND expiry > $4",
+        &[id.into(), user.into(), coll.into(), now.into()],
+    )
+    .await?
+    .ok_or(StoreError::BatchNotFound)?
+    .int(0)
+}
+
+async fn staged_bytes<T: Tx>(tx: &T, batch: i64) -> StoreResult<u64> {
+    query_one(
+        tx,
+        "SELECT CAST(COALESCE(SUM(payload_size), 0) AS BIGINT) FROM batch_items WHERE batch_id = $1",
+        &[batch.into()],
+    )
+    .await?
+    .count(0)
+}
+
+async fn delete_batches<T: Tx>(tx: &T, ids: Vec<i64>) -> StoreResult<()> {
+    let d = tx.dialect();
+    let list = [Arg::Ints(ids.into_iter().map(Some).collect())];
+    tx.execute(
+        &format!("DELETE FROM batch_items WHERE {}", d.in_list("batch_id", "$1")),
+        &list,
+    )
+    .await?;
+    tx.execute(&format!("DELETE FROM batches WHERE {}", d.in_list("id", "$1")), &list)
+        .await?;
+    Ok(())
+}
+
+fn bso_from_row(mut r: Row) -> StoreResult<Bso> {
+    Ok(Bso {
+        id: r.text(0)?,
+        modified: r.time(1)?,
+        sortindex: r.opt_i32(2)?,
+        payload: r.text(3)?,
+    })
+}
+
+/// The ORDER BY of a 1.5 listing (S15-072) and of a 1.1 one (S11-054): the same three
+/// orders, with ids breaking ties so paging keys are total.
+pub(crate) fn order_by(sort: Sort) -> &'static str {
+    match sort {
+        Sort::Newest => " ORDER BY modified DESC, id DESC",
+        Sort::Oldest => " ORDER BY modified ASC, id ASC",
+        Sort::Index => " ORDER BY sortindex DESC NULLS LAST, id DESC",
+    }
+}
+
+/// `LIMIT`/`OFFSET` for a listing; SQLite needs a LIMIT (−1: none) before an OFFSET.
+pub(crate) fn limit_offset(sql: &mut Sql<'_>, dialect: Dialect, limit: Option<i64>, skip: u64) {
+    match (limit, dialect) {
+        (Some(limit), _) => {
+            let p = sql.arg(limit);
+            sql.push(&format!(" LIMIT {p}"));
+        }
+        (None, Dialect::Sqlite) if skip > 0 => sql.push(" LIMIT -1"),
+        (None, _) => {}
+    }
+    if skip > 0 {
+        let p = sql.arg(skip.min(i64::MAX as u64) as i64);
+        sql.push(&format!(" OFFSET {p}"));
+    }
+}
+
+/// Builds the query of `GET /storage/{c}` (§7.2–7.4). The keyset after an offset token
+/// continues exactly after the last record sent (S15-081).
+fn page_query<'q>(dialect: Dialect, user: UserId, coll: i64, q: &'q CollectionQuery, now: SyncTimestamp) -> Sql<'q> {
+    let mut sql = Sql::new(
+        if q.full {
+            "SELECT id, modified, sortindex, payload FROM bsos"
+        } else {
+            "SELECT id, modified, sortindex, CAST('' AS TEXT) FROM bsos"
+        },
+        vec![user.into(), coll.into(), now.into()],
+    );
+    sql.push(" WHERE user_id = $1 AND collection_id = $2 AND expiry > $3");
+    if let Some(ids) = &q.ids {
+        let p = sql.arg(Arg::Texts(ids.iter().map(|i| Some(i.as_str())).collect()));
+        sql.push(&format!(" AND {}", dialect.in_list("id", &p)));
+    }
+    if let Some(newer) = q.newer {
+        let p = sql.arg(newer);
+        sql.push(&format!(" AND modified > {p}"));
+    }
+    if let Some(older) = q.older {
+        let p = sql.arg(older);
+        sql.push(&format!(" AND modified < {p}"));
+    }
+    let mut skip: u64 = 0;
+    match &q.offset {
+        None => {}
+        Some(Offset::Skip(n)) => skip = *n,
+        Some(Offset::Legacy { ms, skip: n }) => {
+            skip = *n;
+            let op = match q.sort {
+                Sort::Newest => Some("<="),
+                Sort::Oldest => Some(">="),
+                Sort::Index => None,
+            };
+            if let Some(op) = op {
+                let p = sql.arg(*ms);
+                sql.push(&format!(" AND modified {op} {p}"));
+            }
+        }
+        Some(Offset::After(SortKey::Modified { ms, id })) => {
+            let m = sql.arg(*ms);
+            let i = sql.arg(id.as_str());
+            let op = if q.sort == Sort::Oldest { ">" } else { "<" };
+            sql.push(&format!(" AND (modified {op} {m} OR (modified = {m} AND id {op} {i}))"));
+        }
+        Some(Offset::After(SortKey::Index { sortindex: Some(s), id })) => {
+            let s = sql.arg(*s);
+            let i = sql.arg(id.as_str());
+            sql.push(&format!(
+                " AND (sortindex < {s} OR (sortindex = {s} AND id < {i}) OR sortindex IS NULL)"
+            ));
+        }
+        Some(Offset::After(SortKey::Index { sortindex: None, id })) => {
+            let i = sql.arg(id.as_str());
+            sql.push(&format!(" AND sortindex IS NULL AND id < {i}"));
+        }
+    }
+    sql.push(order_by(q.sort));
+    // One row more than asked tells whether another page exists.
+    limit_offset(&mut sql, dialect, q.limit.map(|l| l as i64 + 1), skip);
+    sql
+}
+
+/// Cuts a page fetched with one row more than `q.limit` to the limit and, when more rows
+/// exist, makes the keyset token of the last row kept (S15-081; limit=0 returns [] with no
+/// token, spec README §5).
+fn finish_page(mut bsos: Vec<Bso>, q: &CollectionQuery) -> (Vec<Bso>, Option<String>) {
+    let Some(limit) = q.limit.map(|l| l as usize) else {
+        return (bsos, None);
+    };
+    if bsos.len() <= limit {
+        return (bsos, None);
+    }
+    bsos.truncate(limit);
+    let next = bsos.last().map(|last| {
+        Offset::encode(&match q.sort {
+            Sort::Index => SortKey::Index {
+                sortindex: last.sortindex,
+                id: last.id.clone(),
+            },
+            _ => SortKey::Modified {
+                ms: last.modified.as_millis(),
+                id: last.id.clone(),
+            },
+        })
+    });
+    (bsos, next)
+}
+
+async fn query_page<T: Tx>(
+    tx: &T,
+    user: UserId,
+    coll: i64,
+    q: &CollectionQuery,
+    now: SyncTimestamp,
+) -> StoreResult<(Vec<Bso>, Option<String>)> {
+    if q.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok((Vec::new(), None));
+    }
+    let sql = page_query(tx.dialect(), user, coll, q, now);
+    let bsos = tx
+        .query(&sql.text, &sql.args)
+        .await?
+        .into_iter()
+        .map(bso_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(finish_page(bsos, q))
+}
+
+fn empty_page(modified: SyncTimestamp) -> Page {
+    Page {
+        modified,
+        bsos: Vec::new(),
+        next_offset: None,
+    }
+}
+
+/// The staged records of a batch, in the order they arrived.
+async fn staged<T: Tx>(tx: &T, batch: i64) -> StoreResult<Vec<BsoInput>> {
+    tx.query(
+        "SELECT id, sortindex, payload, ttl FROM batch_items WHERE batch_id = $1 ORDER BY seq",
+        &[batch.into()],
+    )
+    .await?
+    .into_iter()
+    .map(|mut r| {
+        Ok(BsoInput {
+            id: r.text(0)?,
+            sortindex: r.opt_i32(1)?,
+            payload: r.opt_text(2)?,
+            ttl: r.opt_int(3)?.map(|t| t.clamp(0, u32::MAX as i64) as u32),
+        })
+    })
+    .collect()
+}
+
+/// One purge step: at most 1,000 expired records and 100 expired batches, so each
+/// transaction stays short.
+async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64)> {
+    const EXPIRED: &str = "SELECT {row} FROM bsos WHERE expiry < 9223372036854775800 AND expiry <= $1 LIMIT 1000";
+    let sql = match tx.dialect() {
+        Dialect::Sqlite => format!(
+            "DELETE FROM bsos WHERE rowid IN ({})",
+            EXPIRED.replace("{row}", "rowid")
+        ),
+        // A tid array makes a tid scan, where IN (subquery) might scan the table.
+        Dialect::Postgres => format!(
+            "DELETE FROM bsos WHERE ctid = ANY(ARRAY({}))",
+            EXPIRED.replace("{row}", "ctid")
+        ),
+    };
+    let bsos = tx.execute(&sql, &[now.into()]).await?;
+    let expired = tx
+        .query("SELECT id FROM batches WHERE expiry <= $1 LIMIT 100", &[now.into()])
+        .await?
+        .iter()
+        .map(|r| r.int(0))
+        .collect::<StoreResult<Vec<i64>>>()?;
+    let batches = expired.len() as u64;
+    if !expired.is_empty() {
+        delete_batches(tx, expired).await?;
+    }
+    Ok((bsos, batches))
+}
+
+#[async_trait]
+impl<E: Engine> Store for Db<E> {
+    async fn storage_timestamp(&self, user: UserId) -> StoreResult<SyncTimestamp> {
+        if let Some(t) = self.engine.cached_storage_time(user) {
+            return Ok(t);
+        }
+        self.read("storage_timestamp", Read::Statement, move |tx| {
+            Box::pin(storage_time(tx, user))
+        })
+        .await
+    }
+
+    async fn collection_timestamps(
+        &self,
+        user: UserId,
+        pre: Precondition,
+    ) -> StoreResult<(SyncTimestamp, Vec<(String, SyncTimestamp)>)> {
+        if let (Precondition::IfModifiedSince(_), Some(t)) = (pre, self.engine.cached_storage_time(user)) {
+            pre.check(t)?;
+        }
+        self.read("collection_timestamps", Read::Statement, move |tx| {
+            Box::pin(async move {
+                // One statement is one snapshot: the storage time and the collections agree.
+                let rows = tx
+                    .query(
+                        "SELECT s.modified, c.name, uc.modified FROM user_storage s
+                         LEFT JOIN user_collections uc ON uc.user_id = s.user_id
+                         LEFT JOIN collections c ON c.id = uc.collection_id
+                         WHERE s.user_id = $1",
+                        &[user.into()],
+                    )
+                    .await?;
+                let storage = rows.first().map(|r| r.time(0)).transpose()?.unwrap_or_default();
+                pre.check(storage)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for mut r in rows {
+                    if let Some(name) = r.opt_text(1)? {
+                        out.push((name, r.time(2)?));
+                    }
+                }
+                Ok((storage, out))
+            })
+        })
+        .await
+    }
+
+    async fn collection_usage(
+        &self,
+        user: UserId,
+        pre: Precondition,
+    ) -> StoreResult<(SyncTimestamp, Vec<CollectionUsage>)> {
+        self.read("collection_usage", Read::Snapshot, move |tx| {
+            Box::pin(async move {
+                let storage = storage_time(tx, user).await?;
+                pre.check(storage)?;
+                let rows = tx
+                    .query(
+                        "SELECT c.name, CAST(COUNT(*) AS BIGINT), CAST(SUM(b.payload_size) AS BIGINT)
+                         FROM bsos b JOIN collections c ON c.id = b.collection_id
+                         WHERE b.user_id = $1 AND b.expiry > $2 GROUP BY c.name",
+                        &[user.into(), SyncTimestamp::now().into()],
+                    )
+                    .await?;
+                let usage = rows
+                    .into_iter()
+                    .map(|mut r| {
+                        Ok(CollectionUsage {
+                            collection: r.text(0)?,
+                            count: r.count(1)?,
+                            bytes: r.count(2)?,
+                        })
+                    })
+                    .collect::<StoreResult<_>>()?;
+                Ok((storage, usage))
+            })
+        })
+        .await
+    }
+
+    async fn get_collection(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &CollectionQuery,
+        pre: Precondition,
+    ) -> StoreResult<Page> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            pre.check(SyncTimestamp::ZERO)?;
+            return Ok(empty_page(SyncTimestamp::ZERO));
+        };
+        let query = query.clone();
+        self.read("get_collection", Read::Snapshot, move |tx| {
+            Box::pin(async move {
+                // Both statements go out together (PostgreSQL pipelines them) in one snapshot.
+                let (modified, (bsos, next_offset)) = tokio::try_join!(
+                    collection_time(tx, user, coll),
+                    query_page(tx, user, coll, &query, SyncTimestamp::now())
+                )?;
+                let modified = modified.unwrap_or_default();
+                pre.check(modified)?;
+                if modified == SyncTimestamp::ZERO {
+                    return Ok(empty_page(modified));
+                }
+                Ok(Page {
+                    modified,
+                    bsos,
+                    next_offset,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn get_bso(&self, user: UserId, collection: &str, id: &str, pre: Precondition) -> StoreResult<Bso> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            pre.check(SyncTimestamp::ZERO)?;
+            return Err(StoreError::NotFound);
+        };
+        let id = id.to_string();
+        self.read("get_bso", Read::Statement, move |tx| {
+            Box::pin(async move {
+                let bso = tx
+                    .query_opt(
+                        "SELECT id, modified, sortindex, payload FROM bsos
+                         WHERE user_id = $1 AND collection_id = $2 AND id = $3 AND expiry > $4",
+                        &[user.into(), coll.into(), (&id).into(), SyncTimestamp::now().into()],
+                    )
+                    .await?
+                    .map(bso_from_row)
+                    .transpose()?;
+                pre.check(bso.as_ref().map_or(SyncTimestamp::ZERO, |b| b.modified))?;
+                bso.ok_or(StoreError::NotFound)
+            })
+        })
+        .await
+    }
+
+    async fn put_bso(
+        &self,
+        user: UserId,
+        collection: &str,
+        bso: BsoInput,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp> {
+        let coll = self.ensure_collection(collection).await?;
+        let cost = bso.payload_len();
+        let bso = Arc::new(bso);
+        self.write("put_bso", cost, move |tx| {
+            let bso = bso.clone();
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                let current = first_time(
+                    tx.query_opt(
+                        "SELECT modified FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3",
+                        &[user.into(), coll.into(), (&bso.id).into()],
+                    )
+                    .await?,
+                )?;
+                pre.check(current.unwrap_or_default())?;
+                check_quota(tx, user, now, limits, 0).await?;
+                upsert(tx, user, coll, std::slice::from_ref(&bso), now, false).await?;
+                touch(tx, user, coll, now).await?;
+                Ok(now)
+            })
+        })
+        .await
+    }
+
+    async fn post_bsos(
+        &self,
+        user: UserId,
+        collection: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp> {
+        let coll = self.ensure_collection(collection).await?;
+        let cost = total_payload(&bsos) as usize;
+        let bsos = Arc::new(bsos);
+        self.write("post_bsos", cost, move |tx| {
+            let bsos = bsos.clone();
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                if pre != Precondition::None {
+                    pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
+                }
+                check_quota(tx, user, now, limits, 0).await?;
+                upsert(tx, user, coll, &bsos, now, false).await?;
+                touch(tx, user, coll, now).await?;
+                Ok(now)
+            })
+        })
+        .await
+    }
+
+    async fn delete_bso(
+        &self,
+        user: UserId,
+        collection: &str,
+        id: &str,
+        pre: Precondition,
+    ) -> StoreResult<SyncTimestamp> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            pre.check(SyncTimestamp::ZERO)?;
+            return Err(StoreError::NotFound);
+        };
+        let id: Arc<str> = id.into();
+        self.write("delete_bso", 0, move |tx| {
+            let id = id.clone();
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                let args = [user.into(), coll.into(), (&*id).into(), now.into()];
+                let live = first_time(
+                    tx.query_opt(
+                        "SELECT modified FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3 AND expiry > $4",
+                        &args,
+                    )
+                    .await?,
+                )?;
+                pre.check(live.unwrap_or_default())?;
+                if live.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                tx.execute(
+                    "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3",
+                    &args[..3],
+                )
+                .await?;
+                touch(tx, user, coll, now).await?;
+                Ok(now)
+            })
+        })
+        .await
+    }
+
+    async fn delete_bsos(
+        &self,
+        user: UserId,
+        collection: &str,
+        ids: Vec<String>,
+        pre: Precondition,
+    ) -> StoreResult<SyncTimestamp> {
+        let coll = self.ensure_collection(collection).await?;
+        let ids = Arc::new(ids);
+        self.write("delete_bsos", 0, move |tx| {
+            let ids = ids.clone();
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
+                let sql = format!(
+                    "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2 AND {}",
+                    tx.dialect().in_list("id", "$3")
+                );
+                let list = Arg::Texts(ids.iter().map(|i| Some(i.as_str())).collect());
+                tx.execute(&sql, &[user.into(), coll.into(), list]).await?;
+                touch(tx, user, coll, now).await?;
+                Ok(now)
+            })
+        })
+        .await
+    }
+
+    async fn delete_collection(
+        &self,
+        user: UserId,
+        collection: &str,
+        pre: Precondition,
+    ) -> StoreResult<DeletedCollection> {
+        let coll = self.find_collection(collection).await?;
+        self.write("delete_collection", HEAVY, move |tx| {
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                let previous = match coll {
+                    Some(c) => collection_time(tx, user, c).await?,
+                    None => None,
+                };
+                pre.check(previous.unwrap_or_default())?;
+                let (Some(coll), Some(previous)) = (coll, previous) else {
+                    // S15-143: a collection that does not exist: nothing changes.
+                    return Ok(DeletedCollection {
+                        previous: SyncTimestamp::ZERO,
+                        storage: storage_time(tx, user).await?,
+                    });
+                };
+                for sql in [
+                    "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2",
+                    "DELETE FROM user_collections WHERE user_id = $1 AND collection_id = $2",
+                    "DELETE FROM batch_items WHERE batch_id IN (SELECT id FROM batches WHERE user_id = $1 AND collection_id = $2)",
+                    "DELETE FROM batches WHERE user_id = $1 AND collection_id = $2",
+                ] {
+                    tx.execute(sql, &[user.into(), coll.into()]).await?;
+                }
+                // The storage timestamp is the deleted-collection marker of S15-142.
+                touch_storage(tx, user, now).await?;
+                Ok(DeletedCollection { previous, storage: now })
+            })
+        })
+        .await
+    }
+
+    async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
+        self.write("delete_storage", HEAVY, move |tx| {
+            Box::pin(async move {
+                let previous = storage_time(tx, user).await?;
+                pre.check(previous)?;
+                delete_bucket(tx, user).await?;
+                Ok(previous)
+            })
+        })
+        .await
+    }
+
+    async fn create_batch(
+        &self,
+        user: UserId,
+        collection: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<(String, SyncTimestamp)> {
+        let coll = self.ensure_collection(collection).await?;
+        let cost = total_payload(&bsos) as usize;
+        let bsos = Arc::new(bsos);
+        self.write("create_batch", cost, move |tx| {
+            let bsos = bsos.clone();
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
+                pre.check(modified)?;
+                check_quota(tx, user, now, limits, total_payload(&bsos)).await?;
+                let batch = query_one(
+                    tx,
+                    "INSERT INTO batches (user_id, collection_id, expiry) VALUES ($1, $2, $3) RETURNING id",
+                    &[user.into(), coll.into(), (now.as_millis() + BATCH_LIFETIME_MS).into()],
+                )
+                .await?
+                .int(0)?;
+                stage(tx, batch, &bsos).await?;
+                Ok((batch.to_string(), modified))
+            })
+        })
+        .await
+    }
+
+    async fn append_batch(
+        &self,
+        user: UserId,
+        collection: &str,
+        batch: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            return Err(StoreError::BatchNotFound);
+        };
+        let cost = total_payload(&bsos) as usize;
+        let (batch, bsos): (Arc<str>, _) = (batch.into(), Arc::new(bsos));
+        self.write("append_batch", cost, move |tx| {
+            let (batch, bsos) = (batch.clone(), bsos.clone());
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
+                pre.check(modified)?;
+                let id = live_batch(tx, user, coll, &batch, now).await?;
+                check_quota(
+                    tx,
+                    user,
+                    now,
+                    limits,
+                    staged_bytes(tx, id).await? + total_payload(&bsos),
+                )
+                .await?;
+                stage(tx, id, &bsos).await?;
+                Ok(modified)
+            })
+        })
+        .await
+    }
+
+    async fn commit_batch(
+        &self,
+        user: UserId,
+        collection: &str,
+        batch: &str,
+        bsos: Vec<BsoInput>,
+        pre: Precondition,
+        limits: WriteLimits,
+    ) -> StoreResult<SyncTimestamp> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            return Err(StoreError::BatchNotFound);
+        };
+        let (batch, bsos): (Arc<str>, _) = (batch.into(), Arc::new(bsos));
+        self.write("commit_batch", HEAVY, move |tx| {
+            let (batch, bsos) = (batch.clone(), bsos.clone());
+            Box::pin(async move {
+                let now = tx.lock_bucket(user).await?;
+                pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
+                let id = live_batch(tx, user, coll, &batch, now).await?;
+                check_quota(
+                    tx,
+                    user,
+                    now,
+                    limits,
+                    staged_bytes(tx, id).await? + total_payload(&bsos),
+                )
+                .await?;
+                // The commit body overrides staged fields of the same id (S15-125).
+                stage(tx, id, &bsos).await?;
+                let records = staged(tx, id).await?;
+                upsert(tx, user, coll, &records, now, true).await?;
+                delete_batches(tx, vec![id]).await?;
+                touch(tx, user, coll, now).await?;
+                Ok(now)
+            })
+        })
+        .await
+    }
+
+    async fn purge_expired(&self) -> StoreResult<PurgeReport> {
+        let mut report = PurgeReport::default();
+        loop {
+            let (bsos, batches) = self
+                .write("purge_expired", HEAVY, |tx| {
+                    Box::pin(purge_step(tx, SyncTimestamp::now()))
+                })
+                .await?;
+            report.bsos += bsos;
+            report.batches += batches;
+            if bsos < 1000 && batches < 100 {
+                break;
+            }
+        }
+        self.engine.reclaim_space().await?;
+        Ok(report)
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let row = self
+            .read("stats", Read::Statement, |tx| {
+                Box::pin(async move {
+                    query_one(
+                        tx,
+                        "SELECT (SELECT CAST(COUNT(*) AS BIGINT) FROM user_storage),
+                                (SELECT CAST(COUNT(*) AS BIGINT) FROM batches WHERE expiry > $1)",
+                        &[SyncTimestamp::now().into()],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        Ok(StoreStats {
+            users: row.count(0)?,
+            active_batches: row.count(1)?,
+            database_bytes: self.engine.database_bytes().await?,
+        })
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        self.read("check", Read::Statement, |tx| {
+            Box::pin(async move {
+                query_one(tx, "SELECT 1", &[]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
