@@ -68,7 +68,7 @@ pub fn basic_auth(data: &[u8]) {
     let mut headers = http::HeaderMap::new();
     if let Ok(v) = http::HeaderValue::from_bytes(data) {
         headers.insert(http::header::AUTHORIZATION, v);
-        let _ = syncstead_server::passwords::basic_credentials(&headers);
+        let _ = syncstead_server::auth::basic_credentials(&headers);
     }
 }
 

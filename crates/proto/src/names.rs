@@ -45,6 +45,22 @@ pub fn is_valid_bso_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
+/// The `info/` documents a user reads with credentials (S15-061…S15-064, S11-030…S11-033);
+/// `info/configuration` (1.5) needs none.
+pub const INFO_DOCUMENTS: [&str; 4] = ["collections", "collection_counts", "collection_usage", "quota"];
+
+pub fn is_info_document(s: &str) -> bool {
+    INFO_DOCUMENTS.contains(&s)
+}
+
+/// `^[a-zA-Z0-9._-]{1,100}$`: a Weave 1.1 username as the User API accepts it (U10-001).
+pub fn is_valid_username(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

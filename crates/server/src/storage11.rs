@@ -2,27 +2,24 @@
 //! specified in `shared/spec/storage-1.1.md`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 
-use crate::listener::ClientAddr;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::{json, Value};
-use syncstead_proto::names::is_valid_collection;
 use syncstead_proto::respcode;
 use syncstead_proto::wbo::{parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
 use syncstead_proto::SyncTimestamp;
 use syncstead_store::{Precondition, UserId};
 
+use crate::auth::WeaveUser;
 use crate::error::{ApiError, WeaveError};
 use crate::headers::{X_IF_UNMODIFIED_SINCE, X_WEAVE_RECORDS, X_WEAVE_TIMESTAMP};
-use crate::user_api::authenticate;
-use crate::AppState;
+use crate::state::AppState;
 
 pub const PREFIXES: [&str; 3] = ["1.1", "1.0", "1"];
 
@@ -62,18 +59,6 @@ fn at(mut r: Response, t: SyncTimestamp) -> Response {
     r
 }
 
-async fn user(state: &AppState, headers: &HeaderMap, username: &str, addr: Option<IpAddr>) -> Result<UserId, ApiError> {
-    Ok(authenticate(state, headers, username, addr).await?.bucket())
-}
-
-fn collection(name: &str) -> Result<(), ApiError> {
-    if is_valid_collection(name) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(respcode::INVALID_COLLECTION))
-    }
-}
-
 /// §5.1 selectors; a malformed number is 400 `8` (S11-050).
 fn selectors(query: Option<&str>) -> Result<WboQuery, ApiError> {
     WboQuery::parse(query.unwrap_or("")).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))
@@ -93,17 +78,10 @@ fn unmodified_since(headers: &HeaderMap) -> Result<Option<SyncTimestamp>, ApiErr
 
 async fn info(
     State(state): State<AppState>,
-    Path((username, what)): Path<(String, String)>,
-    ClientAddr(addr): ClientAddr,
-    headers: HeaderMap,
+    user: WeaveUser,
+    Path((_, what)): Path<(String, String)>,
 ) -> Result<Response, WeaveError> {
-    if !matches!(
-        what.as_str(),
-        "collections" | "collection_counts" | "collection_usage" | "quota"
-    ) {
-        return Err(ApiError::NotFound.into());
-    }
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     let colls = state.legacy.wbo_collections(bucket).await?;
     if what == "quota" {
         let used: u64 = colls.iter().map(|c| c.bytes).sum();
@@ -205,13 +183,12 @@ fn render(items: &[Value], format: Format) -> (Vec<u8>, &'static str) {
 
 async fn get_collection(
     State(state): State<AppState>,
-    Path((username, coll)): Path<(String, String)>,
+    user: WeaveUser,
+    Path((_, coll)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, WeaveError> {
-    collection(&coll)?;
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     let q = selectors(query.as_deref())?;
     let wbos = state.legacy.wbo_get(bucket, &coll, &q).await?;
     let n = wbos.len();
@@ -264,12 +241,10 @@ async fn get_collection(
 
 async fn get_item(
     State(state): State<AppState>,
-    Path((username, coll, id)): Path<(String, String, String)>,
-    ClientAddr(addr): ClientAddr,
-    headers: HeaderMap,
+    user: WeaveUser,
+    Path((_, coll, id)): Path<(String, String, String)>,
 ) -> Result<Response, WeaveError> {
-    collection(&coll)?;
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     let wbo = state
         .legacy
         .wbo_get_one(bucket, &coll, &id)
@@ -311,13 +286,12 @@ fn with_quota(mut r: Response, left_kib: Option<u64>) -> Response {
 
 async fn put_item(
     State(state): State<AppState>,
-    Path((username, coll, id)): Path<(String, String, String)>,
-    ClientAddr(addr): ClientAddr,
+    user: WeaveUser,
+    Path((_, coll, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WeaveError> {
-    collection(&coll)?;
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     let since = unmodified_since(&headers)?;
     let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let Value::Object(obj) = value else {
@@ -337,13 +311,12 @@ async fn put_item(
 /// S11-080…S11-084.
 async fn post_collection(
     State(state): State<AppState>,
-    Path((username, coll)): Path<(String, String)>,
-    ClientAddr(addr): ClientAddr,
+    user: WeaveUser,
+    Path((_, coll)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WeaveError> {
-    collection(&coll)?;
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     let since = unmodified_since(&headers)?;
     let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let elements = match value {
@@ -402,13 +375,12 @@ async fn post_collection(
 
 async fn delete_collection(
     State(state): State<AppState>,
-    Path((username, coll)): Path<(String, String)>,
+    user: WeaveUser,
+    Path((_, coll)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, WeaveError> {
-    collection(&coll)?;
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     let since = unmodified_since(&headers)?;
     let q = selectors(query.as_deref())?;
     // `full` only shapes output; it selects nothing.
@@ -419,12 +391,11 @@ async fn delete_collection(
 
 async fn delete_item(
     State(state): State<AppState>,
-    Path((username, coll, id)): Path<(String, String, String)>,
-    ClientAddr(addr): ClientAddr,
+    user: WeaveUser,
+    Path((_, coll, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, WeaveError> {
-    collection(&coll)?;
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     let since = unmodified_since(&headers)?;
     let q = WboQuery {
         ids: Some(vec![id]),
@@ -437,14 +408,10 @@ async fn delete_item(
 /// S11-094/095: `DELETE /<api>/<username>/storage`, only with `X-Confirm-Delete`.
 async fn delete_all(
     State(state): State<AppState>,
-    Path((username, what)): Path<(String, String)>,
-    ClientAddr(addr): ClientAddr,
+    user: WeaveUser,
     headers: HeaderMap,
 ) -> Result<Response, WeaveError> {
-    if what != "storage" {
-        return Err(ApiError::NotFound.into());
-    }
-    let bucket = user(&state, &headers, &username, addr).await?;
+    let bucket = user.bucket();
     if headers.get("x-confirm-delete").is_none() {
         return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE).into());
     }

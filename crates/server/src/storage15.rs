@@ -3,26 +3,28 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::json;
 use syncstead_proto::bso::{is_known_bad_crypto_payload, parse_post_body, parse_put_body, PostItem};
-use syncstead_proto::names::{is_valid_bso_id, is_valid_collection, parse_uid};
+use syncstead_proto::names::parse_uid;
 use syncstead_proto::query::{delete_ids, BatchParam, CollectionQuery, PostQuery};
 use syncstead_proto::{respcode, BsoInput, SyncTimestamp};
-use syncstead_store::{Precondition, UserId, WriteLimits};
+use syncstead_store::WriteLimits;
 
+use crate::auth::HawkUser;
 use crate::error::ApiError;
 use crate::headers::*;
-use crate::{timed, AppState, RequestUid};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/1.5/{uid}", delete(delete_storage))
         .route("/1.5/{uid}/storage", delete(delete_storage))
+        .route("/1.5/{uid}/info/configuration", get(configuration))
         .route("/1.5/{uid}/info/{what}", get(info))
         .route(
             "/1.5/{uid}/storage/{collection}",
@@ -32,97 +34,6 @@ pub fn router() -> Router<AppState> {
             "/1.5/{uid}/storage/{collection}/{id}",
             get(get_bso).put(put_bso).delete(delete_bso),
         )
-}
-
-/// What every authenticated storage request carries once its path, credentials and
-/// preconditions are checked.
-struct Ctx {
-    user: UserId,
-    collection: String,
-    id: String,
-    pre: Precondition,
-    query: String,
-    headers: HeaderMap,
-    body: Body,
-}
-
-fn decode_segment(raw: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
-}
-
-/// Path validation (404), Hawk (401), uid match (400, S15-021), preconditions (400, S15-052/053),
-/// in that order.
-async fn context(state: &AppState, req: Request) -> Result<Ctx, ApiError> {
-    let (mut parts, body) = req.into_parts();
-    let params = axum::extract::RawPathParams::from_request_parts(&mut parts, state)
-        .await
-        .map_err(|_| ApiError::NotFound)?;
-    let (mut uid, mut collection, mut id) = (None, String::new(), String::new());
-    for (name, raw) in &params {
-        let value = decode_segment(raw).ok_or(ApiError::NotFound)?;
-        match name {
-            "uid" => uid = Some(parse_uid(&value).ok_or(ApiError::NotFound)?),
-            "collection" if is_valid_collection(&value) => collection = value,
-            "id" if is_valid_bso_id(&value) => id = value,
-            "what" => {}
-            _ => return Err(ApiError::NotFound),
-        }
-    }
-    let uid = uid.ok_or(ApiError::NotFound)?;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let original = parts
-        .extensions
-        .get::<axum::extract::OriginalUri>()
-        .and_then(|u| u.0.path_and_query().map(|p| p.as_str().to_string()))
-        .unwrap_or_else(|| path_and_query.to_string());
-    // S15-022: exactly `/1.5/{uid}/info/collections` (the path is already validated above).
-    let info_collections = parts.method == Method::GET
-        && parts
-            .uri
-            .path()
-            .strip_prefix("/1.5/")
-            .and_then(|r| r.split_once('/'))
-            .is_some_and(|(_, rest)| rest == "info/collections");
-    let identity = state
-        .hawk
-        .verify(&parts.method, &original, &parts.headers, info_collections)?;
-    if let Some(slot) = parts.extensions.get::<RequestUid>() {
-        let _ = slot.0.set(identity.uid);
-    }
-    if identity.uid != uid {
-        return Err(ApiError::BadRequest(respcode::NONE));
-    }
-    let pre = preconditions(&parts.headers)?;
-    Ok(Ctx {
-        user: uid as UserId,
-        collection,
-        id,
-        pre,
-        query: parts.uri.query().unwrap_or("").to_string(),
-        headers: parts.headers,
-        body,
-    })
-}
-
-fn preconditions(headers: &HeaderMap) -> Result<Precondition, ApiError> {
-    let parse = |name: &str| -> Result<Option<SyncTimestamp>, ApiError> {
-        match headers.get(name) {
-            None => Ok(None),
-            Some(v) => {
-                let s = v.to_str().map_err(|_| ApiError::BadRequest(respcode::NONE))?;
-                Ok(Some(SyncTimestamp::parse_seconds(s)?))
-            }
-        }
-    };
-    match (parse(X_IF_MODIFIED_SINCE)?, parse(X_IF_UNMODIFIED_SINCE)?) {
-        (Some(_), Some(_)) => Err(ApiError::BadRequest(respcode::NONE)),
-        (Some(t), None) => Ok(Precondition::IfModifiedSince(t)),
-        (None, Some(t)) => Ok(Precondition::IfUnmodifiedSince(t)),
-        (None, None) => Ok(Precondition::None),
-    }
 }
 
 fn ts_header(t: SyncTimestamp) -> HeaderValue {
@@ -154,35 +65,27 @@ fn limits_for(state: &AppState) -> WriteLimits {
 
 // ---- info ----------------------------------------------------------------------------
 
-async fn info(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let what = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
-    if what == "configuration" {
-        // Served without auth and without touching the database (S15-065).
-        let uid = req.uri().path().split('/').nth(2).unwrap_or("");
-        parse_uid(uid).ok_or(ApiError::NotFound)?;
-        let body = serde_json::to_string(&state.settings.limits).map_err(ApiError::internal)?;
-        return Ok(json_response(StatusCode::OK, SyncTimestamp::ZERO, body));
-    }
-    if !matches!(
-        what.as_str(),
-        "collections" | "collection_counts" | "collection_usage" | "quota"
-    ) {
-        return Err(ApiError::NotFound);
-    }
-    let ctx = context(&state, req).await?;
+/// Served without auth and without touching the database (S15-065).
+async fn configuration(State(state): State<AppState>, Path(uid): Path<String>) -> Result<Response, ApiError> {
+    parse_uid(&uid).ok_or(ApiError::NotFound)?;
+    let body = serde_json::to_string(&state.settings.limits).map_err(ApiError::internal)?;
+    Ok(json_response(StatusCode::OK, SyncTimestamp::ZERO, body))
+}
+
+async fn info(
+    State(state): State<AppState>,
+    ctx: HawkUser,
+    Path((_, what)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     match what.as_str() {
         "collections" => {
-            let (storage, colls) = timed(
-                "collection_timestamps",
-                state.store.collection_timestamps(ctx.user, ctx.pre),
-            )
-            .await?;
+            let (storage, colls) = state.store.collection_timestamps(ctx.bucket, ctx.pre).await?;
             let map: BTreeMap<String, SyncTimestamp> = colls.into_iter().collect();
             let body = serde_json::to_string(&map).map_err(ApiError::internal)?;
             Ok(with_records(json_response(StatusCode::OK, storage, body), map.len()))
         }
         "collection_counts" | "collection_usage" | "quota" => {
-            let (storage, usage) = timed("collection_usage", state.store.collection_usage(ctx.user, ctx.pre)).await?;
+            let (storage, usage) = state.store.collection_usage(ctx.bucket, ctx.pre).await?;
             if what == "quota" {
                 let total: u64 = usage.iter().map(|u| u.bytes).sum();
                 let quota = state.settings.quota_bytes.map(|q| q as f64 / 1024.0);
@@ -259,20 +162,23 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
     Err(ApiError::NotAcceptable)
 }
 
-async fn get_collection(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let ctx = context(&state, req).await?;
-    let mut query = CollectionQuery::parse(&ctx.query)?;
+async fn get_collection(
+    State(state): State<AppState>,
+    ctx: HawkUser,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut query = CollectionQuery::parse(query.as_deref().unwrap_or(""))?;
     // An unbounded read is cut at max_total_records with a paging token, as Mozilla's
     // MySQL-backed server does (S15-081), so one request cannot make the server hold a
     // whole huge collection in memory.
     let cap = state.settings.limits.max_total_records.min(u32::MAX as u64) as u32;
     query.limit = Some(query.limit.map_or(cap, |l| l.min(cap)));
-    let format = negotiate(&ctx.headers)?;
-    let page = timed(
-        "get_collection",
-        state.store.get_collection(ctx.user, &ctx.collection, &query, ctx.pre),
-    )
-    .await?;
+    let format = negotiate(&headers)?;
+    let page = state
+        .store
+        .get_collection(ctx.bucket, &ctx.collection, &query, ctx.pre)
+        .await?;
     let n = page.bsos.len();
     let payload_bytes: usize = page.bsos.iter().map(|b| b.payload.len()).sum();
     let (modified, next_offset, full) = (page.modified, page.next_offset, query.full);
@@ -333,13 +239,11 @@ fn render_bsos(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format) -> V
     out
 }
 
-async fn get_bso(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let ctx = context(&state, req).await?;
-    let bso = timed(
-        "get_bso",
-        state.store.get_bso(ctx.user, &ctx.collection, &ctx.id, ctx.pre),
-    )
-    .await?;
+async fn get_bso(State(state): State<AppState>, ctx: HawkUser) -> Result<Response, ApiError> {
+    let bso = state
+        .store
+        .get_bso(ctx.bucket, &ctx.collection, &ctx.id, ctx.pre)
+        .await?;
     let body = serde_json::to_string(&bso).map_err(ApiError::internal)?;
     Ok(json_response(StatusCode::OK, bso.modified, body))
 }
@@ -385,10 +289,14 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         .map_err(|_| ApiError::PayloadTooLarge)
 }
 
-async fn put_bso(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let ctx = context(&state, req).await?;
-    body_type(&ctx.headers, false)?;
-    let body = read_body(&state, &ctx.headers, ctx.body).await?;
+async fn put_bso(
+    State(state): State<AppState>,
+    ctx: HawkUser,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    body_type(&headers, false)?;
+    let body = read_body(&state, &headers, body).await?;
     let mut bso = parse_put_body(&body)?;
     if bso.payload_len() as u64 > state.settings.limits.max_record_payload_bytes {
         return Err(ApiError::BadRequest(respcode::INVALID_WBO));
@@ -397,13 +305,10 @@ async fn put_bso(State(state): State<AppState>, req: Request) -> Result<Response
         return Err(ApiError::BadRequest(respcode::INVALID_WBO));
     }
     bso.id = ctx.id;
-    let t = timed(
-        "put_bso",
-        state
-            .store
-            .put_bso(ctx.user, &ctx.collection, bso, ctx.pre, limits_for(&state)),
-    )
-    .await?;
+    let t = state
+        .store
+        .put_bso(ctx.bucket, &ctx.collection, bso, ctx.pre, limits_for(&state))
+        .await?;
     Ok(json_response(StatusCode::OK, t, t.to_string()))
 }
 
@@ -457,12 +362,17 @@ fn apply_post_limits(state: &AppState, items: Vec<PostItem>) -> (Vec<BsoInput>, 
     (valid, failed)
 }
 
-async fn post_collection(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let ctx = context(&state, req).await?;
-    let kind = body_type(&ctx.headers, true)?;
-    let query = PostQuery::parse(&ctx.query)?;
-    check_declared_limits(&state, &ctx.headers)?;
-    let body = read_body(&state, &ctx.headers, ctx.body).await?;
+async fn post_collection(
+    State(state): State<AppState>,
+    ctx: HawkUser,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = body_type(&headers, true)?;
+    let query = PostQuery::parse(query.as_deref().unwrap_or(""))?;
+    check_declared_limits(&state, &headers)?;
+    let body = read_body(&state, &headers, body).await?;
     let newlines = kind == BodyType::Newlines;
     let items = if body.len() > OFFLOAD_BYTES {
         tokio::task::spawn_blocking(move || parse_post_body(&body, newlines))
@@ -482,33 +392,25 @@ async fn post_collection(State(state): State<AppState>, req: Request) -> Result<
     let success: Vec<String> = valid.iter().map(|b| b.id.clone()).collect();
     let limits = limits_for(&state);
     let store = &state.store;
-    let (user, coll, pre) = (ctx.user, ctx.collection.as_str(), ctx.pre);
+    let (user, coll, pre) = (ctx.bucket, ctx.collection.as_str(), ctx.pre);
     match (query.batch, query.commit) {
         (BatchParam::None, _) | (BatchParam::New, true) => {
-            let t = timed("post_bsos", store.post_bsos(user, coll, valid, pre, limits)).await?;
+            let t = store.post_bsos(user, coll, valid, pre, limits).await?;
             let body = json!({ "modified": t, "success": success, "failed": failed });
             Ok(json_response(StatusCode::OK, t, body.to_string()))
         }
         (BatchParam::New, false) => {
-            let (batch, modified) = timed("create_batch", store.create_batch(user, coll, valid, pre, limits)).await?;
+            let (batch, modified) = store.create_batch(user, coll, valid, pre, limits).await?;
             let body = json!({ "batch": batch, "success": success, "failed": failed });
             Ok(json_response(StatusCode::ACCEPTED, modified, body.to_string()))
         }
         (BatchParam::Existing(batch), false) => {
-            let modified = timed(
-                "append_batch",
-                store.append_batch(user, coll, &batch, valid, pre, limits),
-            )
-            .await?;
+            let modified = store.append_batch(user, coll, &batch, valid, pre, limits).await?;
             let body = json!({ "batch": batch, "success": success, "failed": failed });
             Ok(json_response(StatusCode::ACCEPTED, modified, body.to_string()))
         }
         (BatchParam::Existing(batch), true) => {
-            let t = timed(
-                "commit_batch",
-                store.commit_batch(user, coll, &batch, valid, pre, limits),
-            )
-            .await?;
+            let t = store.commit_batch(user, coll, &batch, valid, pre, limits).await?;
             let body = json!({ "modified": t, "success": success, "failed": failed });
             Ok(json_response(StatusCode::OK, t, body.to_string()))
         }
@@ -517,54 +419,51 @@ async fn post_collection(State(state): State<AppState>, req: Request) -> Result<
 
 // ---- deletes -------------------------------------------------------------------------
 
-async fn delete_bso(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let ctx = context(&state, req).await?;
-    let t = timed(
-        "delete_bso",
-        state.store.delete_bso(ctx.user, &ctx.collection, &ctx.id, ctx.pre),
-    )
-    .await?;
+async fn delete_bso(State(state): State<AppState>, ctx: HawkUser) -> Result<Response, ApiError> {
+    let t = state
+        .store
+        .delete_bso(ctx.bucket, &ctx.collection, &ctx.id, ctx.pre)
+        .await?;
     Ok(json_response(StatusCode::OK, t, json!({ "modified": t }).to_string()))
 }
 
-async fn delete_collection(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let ctx = context(&state, req).await?;
-    match delete_ids(&ctx.query)? {
+async fn delete_collection(
+    State(state): State<AppState>,
+    ctx: HawkUser,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    match delete_ids(query.as_deref().unwrap_or(""))? {
         // An empty id list deletes nothing (spec README §5, S15-144).
         Some(ids) if ids.is_empty() => {
             let q = CollectionQuery {
                 ids: Some(Vec::new()),
                 ..Default::default()
             };
-            let page = timed(
-                "get_collection",
-                state.store.get_collection(ctx.user, &ctx.collection, &q, ctx.pre),
-            )
-            .await?;
+            let page = state
+                .store
+                .get_collection(ctx.bucket, &ctx.collection, &q, ctx.pre)
+                .await?;
             Ok(json_response(StatusCode::OK, page.modified, page.modified.to_string()))
         }
         Some(ids) => {
-            let t = timed(
-                "delete_bsos",
-                state.store.delete_bsos(ctx.user, &ctx.collection, ids, ctx.pre),
-            )
-            .await?;
+            let t = state
+                .store
+                .delete_bsos(ctx.bucket, &ctx.collection, ids, ctx.pre)
+                .await?;
             Ok(json_response(StatusCode::OK, t, t.to_string()))
         }
         None => {
-            let d = timed(
-                "delete_collection",
-                state.store.delete_collection(ctx.user, &ctx.collection, ctx.pre),
-            )
-            .await?;
+            let d = state
+                .store
+                .delete_collection(ctx.bucket, &ctx.collection, ctx.pre)
+                .await?;
             Ok(json_response(StatusCode::OK, d.previous, d.storage.to_string()))
         }
     }
 }
 
-async fn delete_storage(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let ctx = context(&state, req).await?;
-    let previous = timed("delete_storage", state.store.delete_storage(ctx.user, ctx.pre)).await?;
+async fn delete_storage(State(state): State<AppState>, ctx: HawkUser) -> Result<Response, ApiError> {
+    let previous = state.store.delete_storage(ctx.bucket, ctx.pre).await?;
     Ok(json_response(StatusCode::OK, previous, "null".into()))
 }
 

@@ -15,7 +15,7 @@ use syncstead_store::{Login, LoginError, NewUserPolicy};
 
 use crate::listener::ClientAddr;
 use crate::oauth::OAuthError;
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -312,7 +312,7 @@ async fn token(
 pub struct TokenService {
     pub verifier: crate::oauth::Verifier,
     /// Refused access tokens per client address: guessing is slowed to a crawl.
-    pub throttle: crate::passwords::Throttle,
+    pub throttle: crate::auth::Throttle,
     pub policy: NewUserPolicy,
     pub email_domain: String,
     pub duration: u64,

@@ -1,9 +1,6 @@
 //! User API 1.0 (`/user/1.0/<username>/…`), as specified in `shared/spec/user-api-1.0.md`:
 //! legacy account creation, password and e-mail changes, and node assignment.
 
-use std::net::IpAddr;
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 
@@ -14,75 +11,16 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
+use syncstead_proto::names::is_valid_username;
 use syncstead_proto::respcode;
 use syncstead_proto::username::username_for_account;
 use syncstead_store::{Account, AccountError};
 
+use crate::auth::{authenticate, throttle_keys, WeaveUser};
 use crate::config::Registration;
 use crate::error::{ApiError, WeaveError};
-use crate::passwords::{basic_credentials, strong_enough, throttle_keys, valid_email, Hasher, Throttle, VerifiedCache};
-use crate::AppState;
-
-/// Sends password-reset e-mails.
-pub struct Mailer {
-    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
-    from: lettre::message::Mailbox,
-}
-
-impl Mailer {
-    pub fn new(url: &str, from: &str) -> Result<Self, String> {
-        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
-            .map_err(|e| format!("smtp_url: {e}"))?
-            .timeout(Some(Duration::from_secs(20)))
-            .build();
-        let from = from.parse().map_err(|e| format!("smtp_from: {e}"))?;
-        Ok(Mailer { transport, from })
-    }
-
-    async fn send(&self, to: &str, subject: &str, body: String) -> Result<(), String> {
-        use lettre::AsyncTransport;
-        let message = lettre::Message::builder()
-            .from(self.from.clone())
-            .to(to.parse().map_err(|e| format!("recipient: {e}"))?)
-            .subject(subject)
-            .body(body)
-            .map_err(|e| e.to_string())?;
-        self.transport
-            .send(message)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Password checking shared by the User API and Storage 1.1.
-pub struct WeaveAuth {
-    pub hasher: Hasher,
-    pub verified: VerifiedCache,
-    pub throttle: Throttle,
-    pub mailer: Option<Mailer>,
-    /// Verified against when the user does not exist, so that a wrong username costs as
-    /// much time as a wrong password.
-    dummy_hash: String,
-}
-
-impl WeaveAuth {
-    pub fn new(hasher: Hasher, mailer: Option<Mailer>) -> Self {
-        let dummy_hash = hasher.hash("not a password anyone has");
-        WeaveAuth {
-            hasher,
-            mailer,
-            verified: VerifiedCache::new(Duration::from_secs(600)),
-            throttle: Throttle::new(
-                5,
-                Duration::from_secs(900),
-                Duration::from_secs(30),
-                Duration::from_secs(900),
-            ),
-            dummy_hash,
-        }
-    }
-}
+use crate::passwords::{strong_enough, valid_email};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -114,69 +52,10 @@ fn text(body: impl Into<String>) -> Response {
 
 /// U10-001: the version segment is `1.0` or `1`; usernames are `[a-zA-Z0-9._-]+`.
 fn check_path(version: &str, username: &str) -> Result<(), ApiError> {
-    let ok_name = !username.is_empty()
-        && username.len() <= 100
-        && username
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if !matches!(version, "1.0" | "1") || !ok_name {
+    if !matches!(version, "1.0" | "1") || !is_valid_username(username) {
         return Err(ApiError::NotFound);
     }
     Ok(())
-}
-
-/// HTTP Basic for `username` (U10-012, S11-010…S11-013), throttled per username and
-/// per client address.
-pub async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    username: &str,
-    addr: Option<IpAddr>,
-) -> Result<Account, ApiError> {
-    let auth = &state.weave;
-    let keys = throttle_keys(username, addr);
-    if let Some(wait) = keys.iter().filter_map(|k| auth.throttle.locked(k)).max() {
-        return Err(ApiError::Unavailable { retry_after: wait });
-    }
-    let fail = |why: &'static str| {
-        for k in &keys {
-            auth.throttle.failure(k);
-        }
-        tracing::info!(why, "basic authentication failed");
-        ApiError::BasicUnauthorized
-    };
-    let Some((user, password)) = basic_credentials(headers) else {
-        return Err(ApiError::BasicUnauthorized);
-    };
-    // The Basic user is the URL username, or an e-mail address that derives to it (S11-011).
-    if user != username && username_for_account(&user) != username {
-        return Err(fail("user does not match the path"));
-    }
-    let account = state.accounts.account(username).await?;
-    let (hash, usable) = match &account {
-        Some(a) => (a.password_hash.clone(), !a.disabled),
-        None => (auth.dummy_hash.clone(), false),
-    };
-    let verified = if usable && auth.verified.contains(username, &hash, &password) {
-        true
-    } else {
-        let weave = state.weave.clone();
-        let (h, p) = (hash.clone(), password.clone());
-        let ok = tokio::task::spawn_blocking(move || weave.hasher.verify(&p, &h))
-            .await
-            .map_err(ApiError::internal)?;
-        ok && usable
-    };
-    match account {
-        Some(a) if verified => {
-            auth.verified.insert(username, &hash, &password);
-            for k in &keys {
-                auth.throttle.success(k);
-            }
-            Ok(a)
-        }
-        _ => Err(fail("wrong password, unknown or disabled account")),
-    }
 }
 
 async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
@@ -256,14 +135,8 @@ async fn create(
 }
 
 /// U10-040: deletes the account and everything it stored.
-async fn delete_account(
-    State(state): State<AppState>,
-    Path((version, username)): Path<(String, String)>,
-    ClientAddr(addr): ClientAddr,
-    headers: HeaderMap,
-) -> Result<Response, WeaveError> {
-    check_path(&version, &username)?;
-    authenticate(&state, &headers, &username, addr).await?;
+async fn delete_account(State(state): State<AppState>, user: WeaveUser) -> Result<Response, WeaveError> {
+    let username = user.account.username;
     state.accounts.delete_account(&username).await?;
     state.weave.verified.forget(&username);
     Ok(text("0"))
@@ -332,15 +205,8 @@ fn reset_code_matches(account: &Account, code: &[u8]) -> bool {
 }
 
 /// U10-070: the body is the new address.
-async fn change_email(
-    State(state): State<AppState>,
-    Path((version, username)): Path<(String, String)>,
-    ClientAddr(addr): ClientAddr,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, WeaveError> {
-    check_path(&version, &username)?;
-    authenticate(&state, &headers, &username, addr).await?;
+async fn change_email(State(state): State<AppState>, user: WeaveUser, body: Bytes) -> Result<Response, WeaveError> {
+    let username = user.account.username;
     let email = utf8_body(&body)?.trim().to_string();
     if !valid_email(&email) {
         return Err(ApiError::BadRequest(respcode::NO_EMAIL).into());
@@ -541,14 +407,8 @@ async fn reset_form_post(State(state): State<AppState>, ClientAddr(addr): Client
 }
 
 /// U10-062.
-async fn clear_reset(
-    State(state): State<AppState>,
-    Path((version, username)): Path<(String, String)>,
-    ClientAddr(addr): ClientAddr,
-    headers: HeaderMap,
-) -> Result<Response, WeaveError> {
-    check_path(&version, &username)?;
-    authenticate(&state, &headers, &username, addr).await?;
+async fn clear_reset(State(state): State<AppState>, user: WeaveUser) -> Result<Response, WeaveError> {
+    let username = user.account.username;
     state.accounts.set_reset_code(&username, None).await?;
     Ok(text("success"))
 }

@@ -1,4 +1,5 @@
-//! Hawk authentication of storage 1.5 requests with tokenlib tokens (tokenserver.md §9).
+//! Hawk authentication of storage 1.5 requests with tokenlib tokens (tokenserver.md §9),
+//! and [`HawkUser`], the extractor every 1.5 handler takes.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -6,11 +7,18 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::extract::{FromRequestParts, OriginalUri, RawPathParams};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
+use syncstead_proto::names::{is_info_document, is_valid_bso_id, is_valid_collection, parse_uid};
 use syncstead_proto::token::TokenSigner;
+use syncstead_proto::{respcode, SyncTimestamp};
+use syncstead_store::{Precondition, UserId};
 
 use crate::config::PublicUrl;
 use crate::error::ApiError;
+use crate::headers::{X_IF_MODIFIED_SINCE, X_IF_UNMODIFIED_SINCE};
+use crate::state::{AppState, RequestUid};
 
 /// Who a verified request belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +206,97 @@ impl HawkVerifier {
             return Err(ApiError::Unauthorized("replayed nonce"));
         }
         Ok(HawkIdentity { uid: token.uid })
+    }
+}
+
+/// A Storage 1.5 request whose path, credentials and preconditions are checked, in the
+/// order clients rely on: path (404), Hawk (401), uid of the token against the path's
+/// (400, S15-021), preconditions (400, S15-052/053).
+#[derive(Debug)]
+pub struct HawkUser {
+    /// The bucket of the authenticated uid.
+    pub bucket: UserId,
+    /// The `{collection}` segment, or empty.
+    pub collection: String,
+    /// The `{id}` segment, or empty.
+    pub id: String,
+    pub pre: Precondition,
+}
+
+fn decode_segment(raw: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+impl FromRequestParts<AppState> for HawkUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        let (mut uid, mut collection, mut id) = (None, String::new(), String::new());
+        for (name, raw) in &params {
+            let value = decode_segment(raw).ok_or(ApiError::NotFound)?;
+            match name {
+                "uid" => uid = Some(parse_uid(&value).ok_or(ApiError::NotFound)?),
+                "collection" if is_valid_collection(&value) => collection = value,
+                "id" if is_valid_bso_id(&value) => id = value,
+                "what" if is_info_document(&value) => {}
+                _ => return Err(ApiError::NotFound),
+            }
+        }
+        let uid = uid.ok_or(ApiError::NotFound)?;
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let original = parts
+            .extensions
+            .get::<OriginalUri>()
+            .and_then(|u| u.0.path_and_query().map(|p| p.as_str().to_string()))
+            .unwrap_or_else(|| path_and_query.to_string());
+        // S15-022: exactly `/1.5/{uid}/info/collections` (the path is already validated above).
+        let info_collections = parts.method == Method::GET
+            && parts
+                .uri
+                .path()
+                .strip_prefix("/1.5/")
+                .and_then(|r| r.split_once('/'))
+                .is_some_and(|(_, rest)| rest == "info/collections");
+        let identity = state
+            .hawk
+            .verify(&parts.method, &original, &parts.headers, info_collections)?;
+        if let Some(slot) = parts.extensions.get::<RequestUid>() {
+            let _ = slot.0.set(identity.uid);
+        }
+        if identity.uid != uid {
+            return Err(ApiError::BadRequest(respcode::NONE));
+        }
+        Ok(HawkUser {
+            bucket: uid as UserId,
+            collection,
+            id,
+            pre: preconditions(&parts.headers)?,
+        })
+    }
+}
+
+/// `X-If-Modified-Since` or `X-If-Unmodified-Since`, not both (S15-052, S15-053).
+fn preconditions(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let parse = |name: &str| -> Result<Option<SyncTimestamp>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let s = v.to_str().map_err(|_| ApiError::BadRequest(respcode::NONE))?;
+                Ok(Some(SyncTimestamp::parse_seconds(s)?))
+            }
+        }
+    };
+    match (parse(X_IF_MODIFIED_SINCE)?, parse(X_IF_UNMODIFIED_SINCE)?) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(respcode::NONE)),
+        (Some(t), None) => Ok(Precondition::IfModifiedSince(t)),
+        (None, Some(t)) => Ok(Precondition::IfUnmodifiedSince(t)),
+        (None, None) => Ok(Precondition::None),
     }
 }
 

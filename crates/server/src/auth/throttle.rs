@@ -1,0 +1,111 @@
+//! Slows down guessing of passwords and tokens: failures per key (a username, a client
+//! address) lead to lockouts that double and end by themselves.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const MAX_CACHED: usize = 100_000;
+
+/// Slows down guessing: after `free` failures within `window`, a key (a username or a
+/// client address) is refused for a lockout that doubles with each further failure, up to
+/// `max_lockout`. A success clears the key, and every lockout ends by itself, so the real
+/// owner is never locked out for good.
+pub struct Throttle {
+    entries: Mutex<HashMap<String, Failures>>,
+    free: u32,
+    window: Duration,
+    base_lockout: Duration,
+    max_lockout: Duration,
+}
+
+struct Failures {
+    count: u32,
+    first: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl Throttle {
+    pub fn new(free: u32, window: Duration, base_lockout: Duration, max_lockout: Duration) -> Self {
+        Throttle {
+            entries: Mutex::new(HashMap::new()),
+            free: free.max(1),
+            window,
+            base_lockout,
+            max_lockout,
+        }
+    }
+
+    /// Seconds to wait if the key is locked out.
+    pub fn locked(&self, key: &str) -> Option<u64> {
+        let entries = self.entries.lock().expect("throttle lock");
+        let until = entries.get(key)?.locked_until?;
+        let now = Instant::now();
+        // Rounded up: a client that waits what it is told is let in.
+        (until > now).then(|| (until - now).as_millis().div_ceil(1000).max(1) as u64)
+    }
+
+    pub fn failure(&self, key: &str) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("throttle lock");
+        if entries.len() >= MAX_CACHED {
+            entries.retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now - f.first < self.window);
+        }
+        let f = entries.entry(key.to_string()).or_insert(Failures {
+            count: 0,
+            first: now,
+            locked_until: None,
+        });
+        if now - f.first > self.window && f.locked_until.is_none_or(|u| u <= now) {
+            *f = Failures {
+                count: 0,
+                first: now,
+                locked_until: None,
+            };
+        }
+        f.count += 1;
+        if f.count >= self.free {
+            let doublings = (f.count - self.free).min(16);
+            let lockout = self.base_lockout.saturating_mul(1 << doublings).min(self.max_lockout);
+            f.locked_until = Some(now + lockout);
+        }
+    }
+
+    pub fn success(&self, key: &str) {
+        self.entries.lock().expect("throttle lock").remove(key);
+    }
+}
+
+/// The throttle keys of one attempt.
+pub fn throttle_keys(username: &str, addr: Option<IpAddr>) -> Vec<String> {
+    let mut keys = vec![format!("user:{username}")];
+    if let Some(ip) = addr {
+        keys.push(format!("addr:{ip}"));
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_locks_then_recovers() {
+        let t = Throttle::new(
+            3,
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        );
+        t.failure("k");
+        t.failure("k");
+        assert!(t.locked("k").is_none());
+        t.failure("k");
+        assert!(t.locked("k").is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(t.locked("k").is_none(), "a lockout ends by itself");
+        t.success("k");
+        assert!(t.locked("k").is_none());
+    }
+}

@@ -1,0 +1,56 @@
+//! The whole HTTP application: every surface's routes, CORS, and the shared middleware.
+
+use std::time::Duration;
+
+use axum::http::{HeaderName, Method};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::headers::*;
+use crate::middleware::weave_middleware;
+use crate::state::AppState;
+use crate::{ops, storage11, storage15, tokenserver, user_api};
+
+fn cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{Any, CorsLayer};
+    let names = [
+        "authorization",
+        "content-type",
+        "user-agent",
+        X_LAST_MODIFIED,
+        X_WEAVE_TIMESTAMP,
+        X_WEAVE_NEXT_OFFSET,
+        X_WEAVE_RECORDS,
+        X_WEAVE_BYTES,
+        X_WEAVE_TOTAL_RECORDS,
+        X_WEAVE_TOTAL_BYTES,
+        "x-verify-code",
+        X_IF_MODIFIED_SINCE,
+        X_IF_UNMODIFIED_SINCE,
+    ]
+    .map(HeaderName::from_static);
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::DELETE, Method::GET, Method::POST, Method::PUT])
+        .allow_headers(names.clone())
+        .expose_headers(names)
+        .max_age(Duration::from_secs(1_728_000))
+}
+
+/// The whole HTTP application, before path-prefix handling.
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new().merge(ops::router()).merge(user_api::router());
+    if state.settings.storage_node {
+        app = app.merge(storage15::router());
+    }
+    if state.tokens.is_some() {
+        app = app.merge(tokenserver::router());
+    }
+    for prefix in storage11::PREFIXES {
+        app = app.merge(storage11::router(prefix));
+    }
+    app.fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), weave_middleware))
+        .layer(cors())
+        .with_state(state)
+}

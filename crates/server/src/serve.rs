@@ -1,0 +1,161 @@
+//! Starting and stopping the server: the store, the listeners, the background tasks, and
+//! node self-registration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::ServiceExt;
+use syncstead_store::{Backend, SqliteOptions, SqliteStore};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower::Layer;
+
+use crate::config::{self, Settings};
+use crate::middleware::strip_prefix;
+use crate::routes::router;
+use crate::state::AppState;
+use crate::{listener, ops};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] syncstead_store::StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("OAuth keys: {0}")]
+    OAuthKeys(String),
+    #[error("mail: {0}")]
+    Mail(#[from] crate::mail::MailError),
+}
+
+/// Opens the store the settings name.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Backend>, ServeError> {
+    if settings.is_postgres() {
+        let store = syncstead_store::PgStore::open(&settings.database_url, settings.postgres_pool_size).await?;
+        return Ok(Arc::new(store));
+    }
+    let path = settings.sqlite_path()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = SqliteOptions::new(path);
+    options.synchronous = settings.sqlite_synchronous;
+    options.readers = settings.sqlite_readers;
+    Ok(Arc::new(SqliteStore::open(options).await?))
+}
+
+/// A server started by [`start`]: its bound address, and the means to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, lets in-flight requests finish, then stops the
+    /// background tasks and closes the database.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = (&mut self.handle)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for task in &self.background {
+            task.abort();
+        }
+        result?;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself (it only does on an I/O failure).
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        let result = (&mut self.handle)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(result?)
+    }
+}
+
+/// Opens the store, binds the listeners and starts serving.
+pub async fn start(mut settings: Settings) -> Result<RunningServer, ServeError> {
+    settings.load_master_secret()?;
+    let store = open_store(&settings).await?;
+    start_with_store(settings, store).await
+}
+
+pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Result<RunningServer, ServeError> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| ServeError::Bind(settings.listen, e))?;
+    let addr = listener.local_addr()?;
+    // Zero-touch node assignment: a server that is both token server and storage node
+    // registers itself as a node the first time it starts.
+    let own = settings
+        .public_url
+        .as_ref()
+        .map_or_else(|| format!("http://{addr}"), |p| p.base());
+    if settings.token_server && settings.storage_node {
+        // When this server is the only node, it follows its public URL: a self-hoster who
+        // later puts it behind a proxy keeps every user on it.
+        match store.nodes().await?.as_slice() {
+            [only] if only.url != own => {
+                tracing::info!(from = %only.url, to = %own, "the single storage node follows public_url");
+                store.rename_node(&only.url, &own).await?;
+            }
+            _ => {
+                store.add_node(&own, settings.node_capacity).await?;
+            }
+        }
+    }
+    let state = AppState::new(store, settings, own)?;
+    let settings = state.settings.clone();
+
+    let mut background = vec![
+        tokio::spawn(ops::purge_task(state.clone())),
+        tokio::spawn(ops::maintenance_watch(state.clone())),
+    ];
+    let metrics_addr = match settings.metrics_listen {
+        Some(listen) => {
+            let (task, addr) = ops::metrics_server(state.clone(), listen).await?;
+            background.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
+
+    let prefix: Arc<str> = settings.public_url.as_ref().map_or("", |p| p.prefix.as_str()).into();
+    let app = axum::middleware::from_fn_with_state(prefix, strip_prefix).layer(router(state.clone()));
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let listener = listener::GuardedListener::new(
+            listener,
+            settings.max_connections,
+            Duration::from_secs(settings.idle_timeout_seconds),
+        );
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<listener::PeerAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        state,
+        shutdown: Some(tx),
+        handle,
+        background,
+    })
+}
