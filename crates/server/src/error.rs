@@ -187,6 +187,8 @@ impl IntoResponse for WeaveError {
                 }
                 .into_response()
             }
+            // S11-071: over quota is 400 `14` in Weave 1.1 (403 in 1.5).
+            ApiError::OverQuota => ApiError::BadRequest(respcode::OVER_QUOTA).into_response(),
             other => other.into_response(),
         }
     }

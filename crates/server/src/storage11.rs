@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use syncstead_proto::respcode;
 use syncstead_proto::wbo::{parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
 use syncstead_proto::SyncTimestamp;
-use syncstead_store::{Precondition, UserId};
+use syncstead_store::{Precondition, WboWrite, WriteLimits};
 
 use crate::auth::WeaveUser;
 use crate::error::{ApiError, WeaveError};
@@ -256,30 +256,21 @@ async fn get_item(
     ))
 }
 
-/// S11-071: 400 `14` once the quota is used up; otherwise the KiB left when that is 1 MiB
-/// or less, for `X-Weave-Quota-Remaining`.
-async fn check_quota(state: &AppState, bucket: UserId) -> Result<Option<u64>, ApiError> {
-    let Some(quota) = state.settings.quota_bytes else {
-        return Ok(None);
-    };
-    let used: u64 = state
-        .legacy
-        .wbo_collections(bucket)
-        .await?
-        .iter()
-        .map(|c| c.bytes)
-        .sum();
-    if used >= quota {
-        return Err(ApiError::BadRequest(respcode::OVER_QUOTA));
+fn limits(state: &AppState) -> WriteLimits {
+    WriteLimits {
+        quota_bytes: state.settings.quota_bytes,
     }
-    let left_kib = (quota - used) / 1024;
-    Ok((left_kib <= 1024).then_some(left_kib))
 }
 
-fn with_quota(mut r: Response, left_kib: Option<u64>) -> Response {
-    if let Some(left) = left_kib {
-        r.headers_mut()
-            .insert("x-weave-quota-remaining", HeaderValue::from(left));
+/// S11-071: `X-Weave-Quota-Remaining`, the KiB left, once that is 1 MiB or less (a full
+/// quota is refused by the store, 400 `14`).
+fn with_quota(mut r: Response, state: &AppState, w: &WboWrite) -> Response {
+    if let (Some(quota), Some(used)) = (state.settings.quota_bytes, w.used_bytes) {
+        let left_kib = quota.saturating_sub(used) / 1024;
+        if left_kib <= 1024 {
+            r.headers_mut()
+                .insert("x-weave-quota-remaining", HeaderValue::from(left_kib));
+        }
     }
     r
 }
@@ -302,10 +293,16 @@ async fn put_item(
         return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     }
     wbo.id = id;
-    let left = check_quota(&state, bucket).await?;
-    let (t, modified) = state.legacy.wbo_put(bucket, &coll, vec![wbo], since).await?;
-    let m = modified.first().copied().unwrap_or(t);
-    Ok(with_quota(at(json_body(StatusCode::OK, m.to_string()), t), left))
+    let w = state
+        .legacy
+        .wbo_put(bucket, &coll, vec![wbo], since, limits(&state))
+        .await?;
+    let m = w.modified.first().copied().unwrap_or(w.time);
+    Ok(with_quota(
+        at(json_body(StatusCode::OK, m.to_string()), w.time),
+        &state,
+        &w,
+    ))
 }
 
 /// S11-080…S11-084.
@@ -330,7 +327,6 @@ async fn post_collection(
         }
         _ => return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE).into()),
     };
-    let left = check_quota(&state, bucket).await?;
     let mut accepted: Vec<WboInput> = Vec::new();
     let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut total = 0usize;
@@ -364,13 +360,17 @@ async fn post_collection(
         }
     }
     let success: Vec<String> = accepted.iter().map(|w| w.id.clone()).collect();
-    let (t, _) = state.legacy.wbo_put(bucket, &coll, accepted, since).await?;
+    let w = state
+        .legacy
+        .wbo_put(bucket, &coll, accepted, since, limits(&state))
+        .await?;
+    let t = w.time;
     let body = format!(
         "{{\"modified\":{t},\"success\":{},\"failed\":{}}}",
         serde_json::to_string(&success).unwrap_or_default(),
         serde_json::to_string(&failed).unwrap_or_default()
     );
-    Ok(with_quota(at(json_body(StatusCode::OK, body), t), left))
+    Ok(with_quota(at(json_body(StatusCode::OK, body), t), &state, &w))
 }
 
 async fn delete_collection(

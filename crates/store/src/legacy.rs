@@ -11,8 +11,8 @@ use syncstead_proto::SyncTimestamp;
 
 use crate::db::{Db, Engine, Read, HEAVY};
 use crate::sql::{query_one, Arg, Lock, Row, Sql, Tx};
-use crate::storage::{limit_offset, order_by};
-use crate::{LegacyStore, StoreError, StoreResult, UserId, WboCollection};
+use crate::storage::{limit_offset, order_by, used_bytes};
+use crate::{LegacyStore, StoreError, StoreResult, UserId, WboCollection, WboWrite, WriteLimits};
 
 const COLUMNS: &str = "id, parentid, predecessorid, sortindex, modified, payload";
 
@@ -109,10 +109,22 @@ async fn put<T: Tx>(
     coll: i64,
     wbos: &[WboInput],
     since: Option<SyncTimestamp>,
-) -> StoreResult<(SyncTimestamp, Vec<SyncTimestamp>)> {
+    limits: WriteLimits,
+) -> StoreResult<WboWrite> {
     tx.lock(Lock::Legacy(user)).await?;
     let newest = check_unmodified(tx, user, coll, since).await?;
     let now = SyncTimestamp::now();
+    // S11-071: refused once the quota is used up, checked in the write's own transaction.
+    let used_bytes = match limits.quota_bytes {
+        Some(quota) => {
+            let used = used_bytes(tx, user, now).await?;
+            if used >= quota {
+                return Err(StoreError::OverQuota);
+            }
+            Some(used)
+        }
+        None => None,
+    };
     // The collection's time is its newest item's, so a write in the same centisecond as the
     // last one would be invisible to X-If-Unmodified-Since (a lost update between two
     // devices): it waits for the next tick instead.
@@ -137,7 +149,11 @@ async fn put<T: Tx>(
         ];
         modified.push(query_one(tx, PUT, &args).await?.time(0)?);
     }
-    Ok((now, modified))
+    Ok(WboWrite {
+        time: now,
+        modified,
+        used_bytes,
+    })
 }
 
 #[async_trait]
@@ -224,13 +240,14 @@ impl<E: Engine> LegacyStore for Db<E> {
         collection: &str,
         wbos: Vec<WboInput>,
         if_unmodified_since: Option<SyncTimestamp>,
-    ) -> StoreResult<(SyncTimestamp, Vec<SyncTimestamp>)> {
+        limits: WriteLimits,
+    ) -> StoreResult<WboWrite> {
         let coll = self.ensure_collection(collection).await?;
         let cost = wbos.iter().map(|w| w.payload.as_ref().map_or(0, String::len)).sum();
         let wbos = Arc::new(wbos);
         self.write("wbo_put", cost, move |tx| {
             let wbos = wbos.clone();
-            Box::pin(async move { put(tx, user, coll, &wbos, if_unmodified_since).await })
+            Box::pin(async move { put(tx, user, coll, &wbos, if_unmodified_since, limits).await })
         })
         .await
     }

@@ -259,6 +259,17 @@ pub struct WboCollection {
     pub bytes: u64,
 }
 
+/// What a 1.1 write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WboWrite {
+    /// The write time T.
+    pub time: SyncTimestamp,
+    /// Each WBO's `modified` after the write (unchanged where no payload was sent).
+    pub modified: Vec<SyncTimestamp>,
+    /// With a quota: the payload bytes stored before the write.
+    pub used_bytes: Option<u64>,
+}
+
 /// Storage 1.1 (storage-1.1.md): last writer wins, a collection's time is its newest
 /// item, only payload writes move `modified`.
 #[async_trait]
@@ -267,14 +278,15 @@ pub trait LegacyStore: Send + Sync + 'static {
     async fn wbo_get(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<Vec<Wbo>>;
     async fn wbo_get_one(&self, user: UserId, collection: &str, id: &str) -> StoreResult<Option<Wbo>>;
     /// Writes the WBOs at one time T, unless the collection changed after
-    /// `if_unmodified_since` (S11-072). Returns T and the `modified` of each WBO after the write.
+    /// `if_unmodified_since` (S11-072) or the quota is used up (S11-071).
     async fn wbo_put(
         &self,
         user: UserId,
         collection: &str,
         wbos: Vec<WboInput>,
         if_unmodified_since: Option<SyncTimestamp>,
-    ) -> StoreResult<(SyncTimestamp, Vec<SyncTimestamp>)>;
+        limits: WriteLimits,
+    ) -> StoreResult<WboWrite>;
     /// Deletes the WBOs the selectors name (all, without selectors).
     async fn wbo_delete(
         &self,

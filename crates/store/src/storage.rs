@@ -126,17 +126,21 @@ async fn check_quota<T: Tx>(
     let Some(quota) = limits.quota_bytes else {
         return Ok(());
     };
-    let used = query_one(
+    if used_bytes(tx, user, now).await? + staged >= quota {
+        return Err(StoreError::OverQuota);
+    }
+    Ok(())
+}
+
+/// The payload bytes of a bucket's live records: what the quota counts (S15-170, S11-071).
+pub(crate) async fn used_bytes<T: Tx>(tx: &T, user: UserId, now: SyncTimestamp) -> StoreResult<u64> {
+    query_one(
         tx,
         "SELECT CAST(COALESCE(SUM(payload_size), 0) AS BIGINT) FROM bsos WHERE user_id = $1 AND expiry > $2",
         &[user.into(), now.into()],
     )
     .await?
-    .count(0)?;
-    if used + staged >= quota {
-        return Err(StoreError::OverQuota);
-    }
-    Ok(())
+    .count(0)
 }
 
 /// The per-record upsert with PUT semantics (S15-093, S15-094, S15-047): fields left out

@@ -287,23 +287,44 @@ async fn s11_072_weave_records() {
         payload: payload.map(str::to_string),
         ttl: None,
     };
-    let (t1, _) = s
-        .wbo_put(-1, "bookmarks", vec![w("a", Some("1"), Some("p"))], None)
+    let t1 = s
+        .wbo_put(
+            -1,
+            "bookmarks",
+            vec![w("a", Some("1"), Some("p"))],
+            None,
+            WriteLimits::default(),
+        )
         .await
-        .unwrap();
-    let (t2, _) = s
-        .wbo_put(-1, "bookmarks", vec![w("b", Some("1"), None)], Some(t1))
+        .unwrap()
+        .time;
+    let t2 = s
+        .wbo_put(
+            -1,
+            "bookmarks",
+            vec![w("b", Some("1"), None)],
+            Some(t1),
+            WriteLimits::default(),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .time;
     assert!(t2 > t1);
     assert!(matches!(
-        s.wbo_put(-1, "bookmarks", vec![w("c", Some("1"), None)], Some(t1)).await,
+        s.wbo_put(-1, "bookmarks", vec![w("c", Some("1"), None)], Some(t1), WriteLimits::default()).await,
         Err(StoreError::PreconditionFailed(t)) if t == t2
     ));
-    let (_, m) = s
-        .wbo_put(-1, "bookmarks", vec![w("a", None, Some("q"))], None)
+    let m = s
+        .wbo_put(
+            -1,
+            "bookmarks",
+            vec![w("a", None, Some("q"))],
+            None,
+            WriteLimits::default(),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .modified;
     assert_eq!(m[0], t1, "a metadata-only write keeps modified");
     let q = WboQuery::parse("parentid=q&full=1").unwrap();
     let got = s.wbo_get(-1, "bookmarks", &q).await.unwrap();
@@ -322,6 +343,35 @@ async fn s11_072_weave_records() {
     assert!(s.wbo_get_one(-1, "bookmarks", "b").await.unwrap().is_some());
     // 1.1 buckets never show through 1.5 (and the reverse).
     assert!(s.collection_timestamps(1, NONE).await.unwrap().1.is_empty());
+}
+
+/// S11-071: the 1.1 quota is checked inside the write's transaction: a write is refused
+/// once the bucket holds the quota, and reports what it held before.
+#[tokio::test]
+async fn s11_071_weave_quota_in_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let limits = WriteLimits { quota_bytes: Some(10) };
+    let w = |id: &str| WboInput {
+        id: id.into(),
+        payload: Some("x".repeat(12)),
+        ..Default::default()
+    };
+    let first = s.wbo_put(-2, "tabs", vec![w("a")], None, limits).await.unwrap();
+    assert_eq!(first.used_bytes, Some(0));
+    assert!(matches!(
+        s.wbo_put(-2, "tabs", vec![w("b")], None, limits).await,
+        Err(StoreError::OverQuota)
+    ));
+    assert!(
+        s.wbo_get_one(-2, "tabs", "b").await.unwrap().is_none(),
+        "nothing of a refused write"
+    );
+    let unlimited = s
+        .wbo_put(-2, "tabs", vec![w("b")], None, WriteLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(unlimited.used_bytes, None);
 }
 
 /// PostgreSQL only: nodes starting together against a fresh database migrate it once,
