@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use syncstead_proto::names::{is_valid_bso_id, is_valid_collection};
+use syncstead_proto::SyncTimestamp;
 
 use crate::crypto::{CryptoError, KeyBundle};
 use crate::transport::{Record, Transport};
@@ -69,7 +70,7 @@ pub struct SyncState {
     /// Each collection's last-modified time as of this device's last read or write: the
     /// `X-If-Unmodified-Since` of its next write.
     #[serde(default)]
-    pub last_modified: BTreeMap<String, f64>,
+    pub last_modified: BTreeMap<String, SyncTimestamp>,
 }
 
 impl SyncState {
@@ -145,7 +146,7 @@ pub struct PushReport {
     pub merged: usize,
     /// Conflicts (412) met and resolved.
     pub conflicts: usize,
-    pub modified: f64,
+    pub modified: SyncTimestamp,
 }
 
 /// A random 12-character base64url id (a syncID, a device id, a record id).
@@ -162,7 +163,7 @@ pub struct SyncClient {
     pub device: Device,
     pub state: SyncState,
     keys: Option<CollectionKeys>,
-    meta: Option<(Value, f64)>,
+    meta: Option<(Value, SyncTimestamp)>,
     /// What happened that the user should hear about (fresh starts, resets, commands).
     pub events: Vec<String>,
 }
@@ -205,11 +206,11 @@ impl SyncClient {
 
     /// meta/global per CF-052. Returns true when this client made a fresh start (which
     /// also uploads new keys).
-    async fn ensure_meta_global(&mut self, info: &BTreeMap<String, f64>) -> Result<bool, ClientError> {
+    async fn ensure_meta_global(&mut self, info: &BTreeMap<String, SyncTimestamp>) -> Result<bool, ClientError> {
         for _ in 0..3 {
             let Some(rec) = self.transport.get_record("meta", "global").await? else {
                 let others = info.keys().any(|c| c != "meta");
-                match self.fresh_start(others, 0.0).await {
+                match self.fresh_start(others, SyncTimestamp::ZERO).await {
                     Err(ClientError::Conflict(_)) => continue,
                     other => return other.map(|_| true),
                 }
@@ -236,7 +237,7 @@ impl SyncClient {
     }
 
     /// Takes another client's meta/global: a changed syncID resets what we remember.
-    fn adopt_meta(&mut self, meta: Value, modified: f64) {
+    fn adopt_meta(&mut self, meta: Value, modified: SyncTimestamp) {
         let global = meta["syncID"].as_str().unwrap_or_default().to_string();
         if self.state.global_sync_id.as_deref() != Some(global.as_str()) {
             if self.state.global_sync_id.is_some() {
@@ -263,12 +264,12 @@ impl SyncClient {
 
     /// A new meta/global and new keys, after wiping the server if `wipe` (CF-052). The
     /// meta/global write is guarded, so a client that got there first wins (a Conflict).
-    async fn fresh_start(&mut self, wipe: bool, meta_modified: f64) -> Result<(), ClientError> {
+    async fn fresh_start(&mut self, wipe: bool, meta_modified: SyncTimestamp) -> Result<(), ClientError> {
         let mut guard = meta_modified;
         if wipe {
             self.transport.delete_storage().await?;
             self.events.push("started fresh: the server's data was wiped".into());
-            guard = 0.0;
+            guard = SyncTimestamp::ZERO;
         }
         let engines: Map<String, Value> = ENGINES
             .iter()
@@ -293,23 +294,25 @@ impl SyncClient {
         self.upload_new_keys(None).await
     }
 
-    async fn upload_new_keys(&mut self, guard: Option<f64>) -> Result<(), ClientError> {
+    async fn upload_new_keys(&mut self, guard: Option<SyncTimestamp>) -> Result<(), ClientError> {
         self.upload_keys(CollectionKeys::random(), guard).await
     }
 
-    async fn upload_keys(&mut self, keys: CollectionKeys, guard: Option<f64>) -> Result<(), ClientError> {
+    async fn upload_keys(&mut self, keys: CollectionKeys, guard: Option<SyncTimestamp>) -> Result<(), ClientError> {
         let rec = Record {
             id: "keys".into(),
             payload: self.root.seal(&keys.to_cleartext()),
             ..Default::default()
         };
-        self.transport.put_record("crypto", &rec, guard.or(Some(0.0))).await?;
+        self.transport
+            .put_record("crypto", &rec, guard.or(Some(SyncTimestamp::ZERO)))
+            .await?;
         self.keys = Some(keys);
         Ok(())
     }
 
     /// crypto/keys (CF-040…043): read and verified with the root key, or made when absent.
-    async fn ensure_keys(&mut self, info: &BTreeMap<String, f64>) -> Result<(), ClientError> {
+    async fn ensure_keys(&mut self, info: &BTreeMap<String, SyncTimestamp>) -> Result<(), ClientError> {
         match self.transport.get_record("crypto", "keys").await? {
             Some(rec) => {
                 let clear = self.root.open(&rec.payload).map_err(|e| match e {
@@ -332,10 +335,10 @@ impl SyncClient {
                 // Records encrypted with lost keys are unreadable (CF-042): start over.
                 let data = info.keys().any(|c| !["meta", "crypto"].contains(&c.as_str()));
                 if data {
-                    self.fresh_start(true, 0.0).await
+                    self.fresh_start(true, SyncTimestamp::ZERO).await
                 } else {
                     match self
-                        .upload_new_keys(Some(info.get("crypto").copied().unwrap_or(0.0)))
+                        .upload_new_keys(Some(info.get("crypto").copied().unwrap_or_default()))
                         .await
                     {
                         Err(ClientError::Conflict(_)) => Box::pin(self.ensure_keys(info)).await,
@@ -463,7 +466,7 @@ impl SyncClient {
             let mut rec = self.encrypt("clients", &Value::Object(extra))?;
             rec.ttl = Some(CLIENT_RECORD_TTL);
             // Guarded, so a command appended meanwhile is not lost: read again and obey it.
-            let guard = existing.as_ref().map(|r| r.modified).unwrap_or(0.0);
+            let guard = existing.as_ref().map(|r| r.modified).unwrap_or_default();
             match self.put_guarded_record("clients", &rec, guard).await {
                 Err(ClientError::Conflict(_)) => continue,
                 Err(e) => return Err(e),
@@ -485,8 +488,8 @@ impl SyncClient {
         &mut self,
         collection: &str,
         rec: &Record,
-        record_modified: f64,
-    ) -> Result<f64, ClientError> {
+        record_modified: SyncTimestamp,
+    ) -> Result<SyncTimestamp, ClientError> {
         // 1.5's X-If-Unmodified-Since on a record PUT compares with the record's own
         // timestamp (S15-108); 1.1 compares with the collection's. For 1.1 take the fresh
         // collection time, accepting the small race.
@@ -496,7 +499,7 @@ impl SyncClient {
                 .await?
                 .get(collection)
                 .copied()
-                .unwrap_or(0.0)
+                .unwrap_or_default()
                 .max(record_modified)
         } else {
             record_modified
@@ -581,7 +584,11 @@ impl SyncClient {
 
     /// Every record of a collection, decrypted (tombstones included), and the
     /// collection's last-modified time, which becomes this device's base for its next write.
-    pub async fn pull(&mut self, collection: &str, progress: &dyn Fn(usize)) -> Result<(Vec<Value>, f64), ClientError> {
+    pub async fn pull(
+        &mut self,
+        collection: &str,
+        progress: &dyn Fn(usize),
+    ) -> Result<(Vec<Value>, SyncTimestamp), ClientError> {
         check_collection(collection)?;
         let (records, modified) = self.transport.get_records(collection, None, progress).await?;
         let clear = records
@@ -620,7 +627,7 @@ impl SyncClient {
                 .await?
                 .get(collection)
                 .copied()
-                .unwrap_or(0.0),
+                .unwrap_or_default(),
         };
         let mut report = PushReport {
             records: records.len(),
@@ -703,7 +710,7 @@ impl SyncClient {
     /// Deletes everything on the server and starts afresh (new syncIDs and keys); other
     /// devices notice the new syncID and reset (CF-052).
     pub async fn wipe(&mut self) -> Result<(), ClientError> {
-        self.fresh_start(true, 0.0).await?;
+        self.fresh_start(true, SyncTimestamp::ZERO).await?;
         self.sync_clients().await?;
         Ok(())
     }

@@ -14,6 +14,8 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use syncstead_proto::token::Credentials;
+pub use syncstead_proto::Limits;
+use syncstead_proto::SyncTimestamp;
 use url::Url;
 
 use crate::{hawk_authorization, ClientError};
@@ -24,64 +26,13 @@ use crate::{hawk_authorization, ClientError};
 pub struct Record {
     pub id: String,
     #[serde(default, skip_serializing)]
-    pub modified: f64,
+    pub modified: SyncTimestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sortindex: Option<i64>,
     #[serde(default)]
     pub payload: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
-}
-
-/// The upload limits of `info/configuration` (S15-160); 1.1 has no such document, so its
-/// limits are what 1.1 clients always used (100 records / 1 MiB per POST, no batches).
-#[derive(Clone, Debug, Deserialize)]
-pub struct Limits {
-    #[serde(default = "default_request_bytes")]
-    pub max_request_bytes: u64,
-    #[serde(default = "default_post_records")]
-    pub max_post_records: u64,
-    #[serde(default = "default_post_bytes")]
-    pub max_post_bytes: u64,
-    #[serde(default = "default_total_records")]
-    pub max_total_records: u64,
-    #[serde(default = "default_total_bytes")]
-    pub max_total_bytes: u64,
-    #[serde(default = "default_payload_bytes")]
-    pub max_record_payload_bytes: u64,
-}
-
-// CF-070: what clients assume when a key is missing.
-fn default_request_bytes() -> u64 {
-    260 * 1024
-}
-fn default_post_records() -> u64 {
-    100
-}
-fn default_post_bytes() -> u64 {
-    256 * 1024
-}
-fn default_total_records() -> u64 {
-    10_000
-}
-fn default_total_bytes() -> u64 {
-    100 * 1024 * 1024
-}
-fn default_payload_bytes() -> u64 {
-    256 * 1024
-}
-
-impl Limits {
-    fn weave11() -> Self {
-        Limits {
-            max_request_bytes: 1024 * 1024,
-            max_post_records: 100,
-            max_post_bytes: 1024 * 1024,
-            max_total_records: u64::MAX,
-            max_total_bytes: u64::MAX,
-            max_record_payload_bytes: 256 * 1024,
-        }
-    }
 }
 
 /// Something the server asked the user or the client to know.
@@ -143,8 +94,8 @@ impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
-    fn timestamp(&self, name: &str) -> Option<f64> {
-        self.header(name).and_then(|v| v.parse().ok())
+    fn timestamp(&self, name: &str) -> Option<SyncTimestamp> {
+        self.header(name).and_then(|v| SyncTimestamp::parse_seconds(v).ok())
     }
     fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
         serde_json::from_str(&self.body).map_err(|e| ClientError::Protocol(format!("unexpected response body ({e})")))
@@ -162,7 +113,7 @@ impl Response {
 #[derive(Clone, Debug, Default)]
 pub struct Uploaded {
     /// The collection's new last-modified time.
-    pub modified: f64,
+    pub modified: SyncTimestamp,
     pub records: usize,
     pub requests: usize,
 }
@@ -387,7 +338,7 @@ impl Transport {
     }
 
     /// `info/collections`: collection name → last-modified.
-    pub async fn info_collections(&mut self) -> Result<BTreeMap<String, f64>, ClientError> {
+    pub async fn info_collections(&mut self) -> Result<BTreeMap<String, SyncTimestamp>, ClientError> {
         let r = self.request(Method::GET, "/info/collections", &[], None).await?;
         if !r.status.is_success() {
             return Err(r.error("info/collections"));
@@ -401,7 +352,7 @@ impl Transport {
             return Ok(l.clone());
         }
         let limits = if self.is_weave11() {
-            Limits::weave11()
+            Limits::WEAVE11
         } else {
             let r = self.request(Method::GET, "/info/configuration", &[], None).await?;
             match r.status.as_u16() {
@@ -433,9 +384,9 @@ impl Transport {
     pub async fn get_records(
         &mut self,
         collection: &str,
-        newer: Option<f64>,
+        newer: Option<SyncTimestamp>,
         progress: &dyn Fn(usize),
-    ) -> Result<(Vec<Record>, f64), ClientError> {
+    ) -> Result<(Vec<Record>, SyncTimestamp), ClientError> {
         let newer_q = newer.map(|n| format!("&newer={n:.2}")).unwrap_or_default();
         if self.is_weave11() {
             let r = self
@@ -453,13 +404,16 @@ impl Transport {
             };
             progress(records.len());
             // 1.1's collection time is its newest record's.
-            let modified = records.iter().map(|r| r.modified).fold(newer.unwrap_or(0.0), f64::max);
+            let modified = records
+                .iter()
+                .map(|r| r.modified)
+                .fold(newer.unwrap_or_default(), SyncTimestamp::max);
             return Ok((records, modified));
         }
         'restart: for _ in 0..5 {
             let mut out = Vec::new();
             let mut offset: Option<String> = None;
-            let mut last_modified: Option<f64> = None;
+            let mut last_modified: Option<SyncTimestamp> = None;
             loop {
                 let mut path = format!("/storage/{collection}?full=1&limit={}{newer_q}", self.page_size);
                 if let Some(o) = &offset {
@@ -471,11 +425,11 @@ impl Transport {
                 let r = self.request(Method::GET, &path, &guard, None).await?;
                 match r.status.as_u16() {
                     200 => {}
-                    404 => return Ok((Vec::new(), 0.0)),
+                    404 => return Ok((Vec::new(), SyncTimestamp::ZERO)),
                     412 => continue 'restart,
                     _ => return Err(r.error(&format!("GET {collection}"))),
                 }
-                let lm = r.timestamp("x-last-modified").unwrap_or(0.0);
+                let lm = r.timestamp("x-last-modified").unwrap_or_default();
                 last_modified.get_or_insert(lm);
                 let next = r.header("x-weave-next-offset").map(str::to_string);
                 let page: Vec<Record> = r.json()?;
@@ -483,7 +437,7 @@ impl Transport {
                 out.extend(page);
                 match next {
                     Some(n) => offset = Some(n),
-                    None => return Ok((out, last_modified.unwrap_or(0.0))),
+                    None => return Ok((out, last_modified.unwrap_or_default())),
                 }
             }
         }
@@ -498,8 +452,8 @@ impl Transport {
         &mut self,
         collection: &str,
         record: &Record,
-        if_unmodified_since: Option<f64>,
-    ) -> Result<f64, ClientError> {
+        if_unmodified_since: Option<SyncTimestamp>,
+    ) -> Result<SyncTimestamp, ClientError> {
         let guard: Vec<(&str, String)> = if_unmodified_since
             .map(|t| vec![("x-if-unmodified-since", format!("{t:.2}"))])
             .unwrap_or_default();
@@ -515,9 +469,9 @@ impl Transport {
         match r.status.as_u16() {
             200 => Ok(r
                 .timestamp("x-last-modified")
-                .or_else(|| r.body.trim().parse().ok())
+                .or_else(|| SyncTimestamp::parse_seconds(&r.body).ok())
                 .or_else(|| r.timestamp("x-weave-timestamp"))
-                .unwrap_or(0.0)),
+                .unwrap_or_default()),
             412 => Err(ClientError::Conflict(format!(
                 "{collection}/{} changed on the server",
                 record.id
@@ -535,7 +489,7 @@ impl Transport {
         &mut self,
         collection: &str,
         records: &[Record],
-        if_unmodified_since: f64,
+        if_unmodified_since: SyncTimestamp,
         progress: &dyn Fn(usize),
     ) -> Result<Uploaded, ClientError> {
         let limits = self.limits().await?;
@@ -599,7 +553,7 @@ impl Transport {
                     (Some(b), false) => format!("?batch={}", enc(b)),
                 }
             };
-            let guard = vec![("x-if-unmodified-since", format!("{:.2}", done.modified))];
+            let guard = vec![("x-if-unmodified-since", done.modified.to_string())];
             let r = self
                 .request(
                     Method::POST,
@@ -617,7 +571,7 @@ impl Transport {
             #[derive(Deserialize)]
             struct PostResult {
                 #[serde(default)]
-                modified: Option<f64>,
+                modified: Option<SyncTimestamp>,
                 #[serde(default)]
                 batch: Option<String>,
                 #[serde(default)]

@@ -3,6 +3,7 @@
 //! Requirement ids (S15-…, T10-…) refer to `shared/spec/`.
 
 pub mod bso;
+pub mod limits;
 pub mod names;
 pub mod query;
 pub mod respcode;
@@ -13,6 +14,7 @@ pub mod username;
 pub mod wbo;
 
 pub use bso::{Bso, BsoInput};
+pub use limits::Limits;
 pub use timestamp::SyncTimestamp;
 
 /// Every way a client-supplied value can be rejected by the parsers in this crate.

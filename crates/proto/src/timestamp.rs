@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, Serializer};
 
 use crate::ProtoError;
@@ -54,6 +55,11 @@ impl SyncTimestamp {
     /// u64::MAX/1000, then floored to milliseconds and truncated to centiseconds (S15-040).
     pub fn parse_seconds(s: &str) -> Result<Self, ProtoError> {
         let v: f64 = s.trim().parse().map_err(|_| ProtoError::Timestamp)?;
+        Self::from_seconds_f64(v)
+    }
+
+    /// Seconds as a JSON number carries them (`modified` of a record, info/collections).
+    pub fn from_seconds_f64(v: f64) -> Result<Self, ProtoError> {
         if !v.is_finite() || !(0.0..=18_446_744_073_709_551.0).contains(&v) {
             return Err(ProtoError::Timestamp);
         }
@@ -71,6 +77,14 @@ impl fmt::Display for SyncTimestamp {
 }
 
 /// Serialises as a JSON number with exactly two decimals (`1700000000.10`, `0.00`).
+/// Reads the JSON number servers send (S15-041), so clients hold times as servers do.
+impl<'de> Deserialize<'de> for SyncTimestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(deserializer)?;
+        SyncTimestamp::from_seconds_f64(v).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Serialize for SyncTimestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let raw = serde_json::value::RawValue::from_string(self.to_string()).map_err(serde::ser::Error::custom)?;
@@ -91,6 +105,16 @@ mod tests {
         for bad in ["-3", "abc", "", "NaN", "inf", "-0.5", "1.9e16"] {
             assert!(SyncTimestamp::parse_seconds(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn s15_041_json_numbers_round_trip() {
+        let t = SyncTimestamp::from_millis(1_700_000_000_100);
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(text, "1700000000.10");
+        assert_eq!(serde_json::from_str::<SyncTimestamp>(&text).unwrap(), t);
+        assert_eq!(serde_json::from_str::<SyncTimestamp>("12").unwrap().as_millis(), 12_000);
+        assert!(serde_json::from_str::<SyncTimestamp>("-1").is_err());
     }
 
     #[test]

@@ -3,12 +3,20 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::SyncTimestamp;
+use crate::{Limits, SyncTimestamp};
 
-pub const MAX_WBO_PAYLOAD: usize = 262_144;
+pub const MAX_WBO_PAYLOAD: usize = Limits::WEAVE11.max_record_payload_bytes as usize;
 pub const MAX_WBO_TTL: i64 = 31_536_000;
-pub const MAX_POST_ITEMS: usize = 100;
-pub const MAX_POST_BYTES: usize = 1_048_576;
+pub const MAX_POST_ITEMS: usize = Limits::WEAVE11.max_post_records as usize;
+pub const MAX_POST_BYTES: usize = Limits::WEAVE11.max_post_bytes as usize;
+/// Ids, parentids and predecessorids are at most 64 characters (S11-020).
+pub const MAX_ID_CHARS: usize = 64;
+
+/// A WBO id as a write may name it: 1–64 characters (S11-020). In a POST body it must not
+/// contain `/` either, or it could never be addressed by a URL.
+pub fn is_valid_wbo_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= MAX_ID_CHARS
+}
 
 /// The fields a 1.1 write supplies; `None` is "absent" (and so is a JSON null).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,7 +47,7 @@ pub struct Wbo {
 fn short_string(v: &Value, field: &str) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
-        Value::String(s) if s.chars().count() <= 64 => Ok(Some(s.clone())),
+        Value::String(s) if s.chars().count() <= MAX_ID_CHARS => Ok(Some(s.clone())),
         Value::Number(n) => Ok(Some(n.to_string())),
         _ => Err(format!("invalid {field}")),
     }

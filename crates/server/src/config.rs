@@ -290,32 +290,8 @@ impl ConfigLayer {
     }
 }
 
-/// The limits advertised in `info/configuration` and enforced (S15-160). Field order is
-/// alphabetical, which is the order Mozilla's server sends (S15-066).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Limits {
-    pub max_post_bytes: u64,
-    pub max_post_records: u64,
-    pub max_quota_limit: u64,
-    pub max_record_payload_bytes: u64,
-    pub max_request_bytes: u64,
-    pub max_total_bytes: u64,
-    pub max_total_records: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_post_bytes: 2_621_440,
-            max_post_records: 100,
-            max_quota_limit: 2_097_152_000,
-            max_record_payload_bytes: 2_621_440,
-            max_request_bytes: 2_625_536,
-            max_total_bytes: 262_144_000,
-            max_total_records: 10_000,
-        }
-    }
-}
+/// The limits advertised in `info/configuration` and enforced (S15-160).
+pub use syncstead_proto::Limits;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -476,7 +452,7 @@ impl Settings {
             max_total_bytes: layer.max_total_bytes.unwrap_or(d.max_total_bytes),
             max_total_records: layer.max_total_records.unwrap_or(d.max_total_records),
         };
-        if limits.max_record_payload_bytes < 262_144 {
+        if limits.max_record_payload_bytes < Limits::MIN_RECORD_PAYLOAD_BYTES {
             return Err(ConfigError::Invalid(
                 "max_record_payload_bytes",
                 "must be at least 262144".into(),

@@ -12,7 +12,7 @@ use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::{json, Value};
 use syncstead_proto::respcode;
-use syncstead_proto::wbo::{parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
+use syncstead_proto::wbo::{is_valid_wbo_id, parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
 use syncstead_proto::SyncTimestamp;
 use syncstead_store::{Precondition, WboWrite, WriteLimits};
 
@@ -91,34 +91,25 @@ async fn info(
             json!([used as f64 / 1024.0, quota]).to_string(),
         ));
     }
-    let map: serde_json::Map<String, Value> = colls
-        .into_iter()
-        .filter(|c| what == "collections" || c.count > 0)
-        .map(|c| {
-            let v = match what.as_str() {
-                "collections" => serde_json::to_value(c.modified).unwrap_or_default(),
-                "collection_counts" => json!(c.count),
-                _ => json!(c.bytes as f64 / 1024.0),
-            };
-            (c.name, v)
-        })
-        .collect();
-    let n = map.len();
-    // Timestamps must keep two decimals: render them by hand rather than through Value.
-    let body = if what == "collections" {
-        let parts: Vec<String> = map
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{}:{:.2}",
-                    serde_json::to_string(k).unwrap_or_default(),
-                    v.as_f64().unwrap_or(0.0)
-                )
+    // SyncTimestamp serialises with its two decimals (S11-031), so times go in as they are.
+    let (body, n) = if what == "collections" {
+        let map: BTreeMap<String, SyncTimestamp> = colls.into_iter().map(|c| (c.name, c.modified)).collect();
+        (serde_json::to_string(&map).map_err(ApiError::internal)?, map.len())
+    } else {
+        let map: serde_json::Map<String, Value> = colls
+            .into_iter()
+            .filter(|c| c.count > 0)
+            .map(|c| {
+                let v = if what == "collection_counts" {
+                    json!(c.count)
+                } else {
+                    json!(c.bytes as f64 / 1024.0)
+                };
+                (c.name, v)
             })
             .collect();
-        format!("{{{}}}", parts.join(","))
-    } else {
-        Value::Object(map).to_string()
+        let n = map.len();
+        (Value::Object(map).to_string(), n)
     };
     let mut r = json_body(StatusCode::OK, body);
     r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(n));
@@ -289,7 +280,7 @@ async fn put_item(
         return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     };
     let mut wbo = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
-    if id.is_empty() || id.chars().count() > 64 {
+    if !is_valid_wbo_id(&id) {
         return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     }
     wbo.id = id;
@@ -320,7 +311,7 @@ async fn post_collection(
         Value::Array(items) => items,
         Value::Object(obj) => {
             let w = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
-            if w.id.is_empty() || w.id.contains('/') {
+            if !is_valid_wbo_id(&w.id) || w.id.contains('/') {
                 return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
             }
             vec![Value::Object(obj)]

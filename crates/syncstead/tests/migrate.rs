@@ -11,7 +11,7 @@ use common::bin;
 use serde_json::{json, Value};
 use syncstead_proto::query::{CollectionQuery, Sort};
 use syncstead_proto::tokenserver::Claims;
-use syncstead_proto::BsoInput;
+use syncstead_proto::{BsoInput, SyncTimestamp};
 use syncstead_store::testing::ScratchSchema;
 use syncstead_store::{Backend, Login, NewUserPolicy, Precondition, SqliteOptions, SqliteStore, WriteLimits};
 
@@ -346,14 +346,22 @@ async fn import_from_mozilla_syncserver_keeps_firefox_syncing() {
     let (history, modified) = c.pull("history", &|_| {}).await.unwrap();
     assert_eq!(history.len(), 25);
     assert!(history.iter().all(|h| h["title"] == "kept"));
-    assert_eq!(modified, 1_650_000_001.24, "collection time kept");
+    assert_eq!(
+        modified,
+        SyncTimestamp::from_millis(1_650_000_001_240),
+        "collection time kept"
+    );
     let rec = c
         .transport
         .get_record("history", "hist00000003")
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rec.modified, 1_650_000_001.03, "record time kept");
+    assert_eq!(
+        rec.modified,
+        SyncTimestamp::from_millis(1_650_000_001_030),
+        "record time kept"
+    );
     assert!(
         c.transport.get_record("tabs", "oldtab").await.unwrap().is_none(),
         "expired stays expired"
@@ -368,7 +376,7 @@ async fn import_from_mozilla_syncserver_keeps_firefox_syncing() {
     )
     .await
     .unwrap();
-    assert!(c.state.last_modified["history"] > 1_650_000_001.24);
+    assert!(c.state.last_modified["history"] > SyncTimestamp::from_millis(1_650_000_001_240));
     server.shutdown().await.unwrap();
 }
 
