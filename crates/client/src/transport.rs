@@ -349,7 +349,7 @@ impl Transport {
     /// Upload limits (fetched once per transport).
     pub async fn limits(&mut self) -> Result<Limits, ClientError> {
         if let Some(l) = &self.limits {
-            return Ok(l.clone());
+            return Ok(*l);
         }
         let limits = if self.is_weave11() {
             Limits::WEAVE11
@@ -362,7 +362,7 @@ impl Transport {
                 _ => return Err(r.error("info/configuration")),
             }
         };
-        self.limits = Some(limits.clone());
+        self.limits = Some(limits);
         Ok(limits)
     }
 
