@@ -8,6 +8,7 @@
 //! written, and at the end everything is read back. `hot`: many clients poll
 //! info/collections with X-If-Modified-Since (the request Firefox sends most).
 
+use crate::error::{CliError, CliResult};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -530,8 +531,8 @@ fn proc_stats(pid: u32) -> Option<(f64, u64)> {
     Some((ticks / 100.0, hwm))
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), String> {
-    let url = reqwest::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
+pub async fn run(args: BenchArgs) -> CliResult<()> {
+    let url = reqwest::Url::parse(&args.url).map_err(|e| CliError::Refused(format!("--url: {e}")))?;
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -539,14 +540,13 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         None => false,
     };
     if !loopback {
-        return Err("the load tool only targets loopback addresses".into());
+        return Err(CliError::Refused(
+            "the load tool only targets loopback addresses".into(),
+        ));
     }
     let duration = Duration::from_secs(args.duration.min(1800));
     let args = Arc::new(args);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(Mutex::new(Stats::default()));
     let before = args.server_pid.and_then(proc_stats);
@@ -595,12 +595,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let load_secs = start.elapsed().as_secs_f64();
     let after = args.server_pid.and_then(proc_stats);
     for t in tasks {
-        t.await.map_err(|e| e.to_string())?;
+        t.await?;
     }
     let mut stats = std::mem::take(&mut *total.lock().expect("stats lock"));
     report(&args, &mut stats, load_secs, before, after);
     if stats.verify_errors > 0 || !stats.errors.is_empty() {
-        return Err("errors during the run (see above)".into());
+        return Err(CliError::Refused("errors during the run (see above)".into()));
     }
     Ok(())
 }

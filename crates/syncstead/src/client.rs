@@ -2,6 +2,7 @@
 //! command starts like a sync does (meta/global, crypto/keys, this device's client
 //! record and its commands), then does its work and saves the sync state.
 
+use crate::error::{CliError, CliResult};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -131,10 +132,6 @@ enum BookmarksAction {
     Export { file: PathBuf },
 }
 
-fn err(e: ClientError) -> String {
-    e.to_string()
-}
-
 fn device_name(given: Option<String>) -> String {
     given.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
@@ -146,12 +143,12 @@ fn device_name(given: Option<String>) -> String {
 }
 
 /// A secret from the terminal without echo, or a line of standard input.
-fn read_secret(prompt: &str) -> Result<String, String> {
+fn read_secret(prompt: &str) -> CliResult<String> {
     if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(prompt).map_err(|e| e.to_string())
+        Ok(rpassword::prompt_password(prompt)?)
     } else {
         let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+        std::io::stdin().read_line(&mut line)?;
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     }
 }
@@ -183,17 +180,17 @@ fn report(client: &mut SyncClient) {
 async fn with_client<T>(
     path: &Path,
     work: impl AsyncFnOnce(&mut SyncClient) -> Result<T, ClientError>,
-) -> Result<T, String> {
-    let mut account = Account::load(path).map_err(err)?;
-    let mut client = account.client(http()).map_err(err)?;
+) -> CliResult<T> {
+    let mut account = Account::load(path).map_err(CliError::from)?;
+    let mut client = account.client(http()).map_err(CliError::from)?;
     let result = match client.prepare().await {
         Ok(_) => work(&mut client).await,
         Err(e) => Err(e),
     };
     report(&mut client);
     account.state = client.state.clone();
-    account.save(path).map_err(err)?;
-    result.map_err(err)
+    account.save(path).map_err(CliError::from)?;
+    result.map_err(CliError::from)
 }
 
 fn http() -> reqwest::Client {
@@ -205,18 +202,18 @@ fn http() -> reqwest::Client {
 }
 
 /// Signs a new account in: prepares it (which checks the password and key) and saves it.
-async fn sign_in(path: &Path, login: Login, name: Option<String>) -> Result<SyncClient, String> {
+async fn sign_in(path: &Path, login: Login, name: Option<String>) -> CliResult<SyncClient> {
     let mut account = Account {
         login,
         device: Device::new(&device_name(name)),
         state: Default::default(),
     };
-    let mut client = account.client(http()).map_err(err)?;
+    let mut client = account.client(http()).map_err(CliError::from)?;
     let prepared = client.prepare().await;
     report(&mut client);
-    prepared.map_err(err)?;
+    prepared.map_err(CliError::from)?;
     account.state = client.state.clone();
-    account.save(path).map_err(err)?;
+    account.save(path).map_err(CliError::from)?;
     Ok(client)
 }
 
@@ -231,12 +228,13 @@ async fn collection_counts(client: &mut SyncClient) -> serde_json::Map<String, V
     }
 }
 
-fn read_json_array(file: &Path) -> Result<Vec<Value>, String> {
-    let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    serde_json::from_slice(&data).map_err(|e| format!("{}: not a JSON array of records ({e})", file.display()))
+fn read_json_array(file: &Path) -> CliResult<Vec<Value>> {
+    let data = std::fs::read(file).map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
+    serde_json::from_slice(&data)
+        .map_err(|e| CliError::Refused(format!("{}: not a JSON array of records ({e})", file.display())))
 }
 
-pub async fn run(args: ClientArgs) -> Result<(), String> {
+pub async fn run(args: ClientArgs) -> CliResult<()> {
     let path = args.config.unwrap_or_else(Account::default_path);
     let path = path.as_path();
     match args.action {
@@ -246,21 +244,21 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             secret,
             device_name,
         } => {
-            let url = Url::parse(&server).map_err(|e| format!("{server}: {e}"))?;
+            let url = Url::parse(&server).map_err(|e| CliError::Refused(format!("{server}: {e}")))?;
             let username = syncstead_proto::username::username_for_account(&email);
             let http = http();
-            if user_api::exists(&http, &url, &username).await.map_err(err)? {
-                return Err(format!(
+            if user_api::exists(&http, &url, &username).await.map_err(CliError::from)? {
+                return Err(CliError::Refused(format!(
                     "{email} already has an account here: use `syncstead client login`"
-                ));
+                )));
             }
             let password = read_secret("Password: ")?;
             if std::io::stdin().is_terminal() && read_secret("Again: ")? != password {
-                return Err("the passwords differ".into());
+                return Err(CliError::Refused("the passwords differ".into()));
             }
             user_api::create(&http, &url, &username, &email, &password, secret.as_deref())
                 .await
-                .map_err(err)?;
+                .map_err(CliError::from)?;
             let mut key = [0u8; 16];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
             let sync_key = friendly_sync_key(&key);
@@ -283,14 +281,16 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             sync_key,
             device_name,
         } => {
-            Url::parse(&server).map_err(|e| format!("{server}: {e}"))?;
+            Url::parse(&server).map_err(|e| CliError::Refused(format!("{server}: {e}")))?;
             let username = syncstead_proto::username::username_for_account(&email);
             let password = read_secret("Password: ")?;
             let key = match sync_key {
                 Some(k) => k,
                 None => read_secret("Sync Key: ")?,
             };
-            let key = friendly_sync_key(&parse_sync_key(&key).map_err(|e| format!("{e}: check the Sync Key"))?);
+            let key = friendly_sync_key(
+                &parse_sync_key(&key).map_err(|e| CliError::Refused(format!("{e}: check the Sync Key")))?,
+            );
             let login = Login::Weave11 {
                 server,
                 email: email.clone(),
@@ -309,30 +309,35 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             scoped_key,
             device_name,
         } => {
-            Url::parse(&token_server).map_err(|e| format!("{token_server}: {e}"))?;
+            Url::parse(&token_server).map_err(|e| CliError::Refused(format!("{token_server}: {e}")))?;
             let (ksync, key_id) = match (kb, scoped_key) {
                 (Some(kb), None) => {
                     let kb: [u8; 32] = HEXLOWER_PERMISSIVE
                         .decode(kb.trim().as_bytes())
                         .ok()
                         .and_then(|v| v.try_into().ok())
-                        .ok_or("--kb is 32 bytes of hex")?;
+                        .ok_or_else(|| CliError::Refused("--kb is 32 bytes of hex".into()))?;
                     let keys = SyncKeys::from_kb(&kb);
-                    let kca = keys_changed_at.ok_or("--kb needs --keys-changed-at")?;
+                    let kca =
+                        keys_changed_at.ok_or_else(|| CliError::Refused("--kb needs --keys-changed-at".into()))?;
                     (keys.scoped_key(), keys.key_id(kca))
                 }
                 (None, Some(file)) => {
-                    let jwk: Value = serde_json::from_slice(&std::fs::read(&file).map_err(|e| e.to_string())?)
-                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    let jwk: Value = serde_json::from_slice(&std::fs::read(&file)?)
+                        .map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
                     match (jwk["k"].as_str(), jwk["kid"].as_str()) {
                         (Some(k), Some(kid)) => (k.to_string(), kid.to_string()),
-                        _ => return Err("the scoped key needs \"k\" and \"kid\"".into()),
+                        _ => return Err(CliError::Refused("the scoped key needs \"k\" and \"kid\"".into())),
                     }
                 }
-                _ => return Err("give the key material: --kb with --keys-changed-at, or --scoped-key".into()),
+                _ => {
+                    return Err(CliError::Refused(
+                        "give the key material: --kb with --keys-changed-at, or --scoped-key".into(),
+                    ))
+                }
             };
             if BASE64URL_NOPAD.decode(ksync.as_bytes()).map(|k| k.len()) != Ok(64) {
-                return Err("kSync must be 64 bytes of base64url".into());
+                return Err(CliError::Refused("kSync must be 64 bytes of base64url".into()));
             }
             let login = Login::Sync15 {
                 token_server,
@@ -343,11 +348,11 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             let mut client = sign_in(path, login, device_name).await?;
             println!(
                 "connected; storage at {}",
-                client.transport.endpoint().await.map_err(err)?
+                client.transport.endpoint().await.map_err(CliError::from)?
             );
         }
         ClientAction::Status => {
-            let account = Account::load(path).map_err(err)?;
+            let account = Account::load(path).map_err(CliError::from)?;
             match &account.login {
                 Login::Weave11 {
                     server,
@@ -403,7 +408,8 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             let text = serde_json::to_string_pretty(&records).expect("JSON");
             match out {
                 Some(file) => {
-                    write_private(&file, text.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))?;
+                    write_private(&file, text.as_bytes())
+                        .map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
                     eprintln!(
                         "{} records of {collection} written to {}",
                         records.len(),
@@ -467,11 +473,13 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
         ClientAction::Wipe { yes } => {
             if !yes {
                 if !std::io::stdin().is_terminal() {
-                    return Err("wipe deletes all of the account's data on the server: confirm with --yes".into());
+                    return Err(CliError::Refused(
+                        "wipe deletes all of the account's data on the server: confirm with --yes".into(),
+                    ));
                 }
                 let answer = read_line("Delete everything this account has on the server? Type \"wipe\": ")?;
                 if answer.trim() != "wipe" {
-                    return Err("not wiped".into());
+                    return Err(CliError::Refused("not wiped".into()));
                 }
             }
             with_client(path, async |c| c.wipe().await).await?;
@@ -479,7 +487,8 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
         }
         ClientAction::Bookmarks { action } => match action {
             BookmarksAction::Import { file } => {
-                let html = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let html = std::fs::read_to_string(&file)
+                    .map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
                 let report = with_client(path, async |c| {
                     let pb = bar(None, "bookmarks");
                     let r = c.import_bookmarks(&html, &|n| pb.inc(n as u64)).await;
@@ -491,7 +500,7 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
             }
             BookmarksAction::Export { file } => {
                 let (html, n) = with_client(path, async |c| c.export_bookmarks(&|_| {}).await).await?;
-                std::fs::write(&file, html).map_err(|e| format!("{}: {e}", file.display()))?;
+                std::fs::write(&file, html).map_err(|e| CliError::Refused(format!("{}: {e}", file.display())))?;
                 println!("exported {n} bookmarks, folders and separators to {}", file.display());
             }
         },
@@ -509,11 +518,11 @@ pub async fn run(args: ClientArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn read_line(prompt: &str) -> Result<String, String> {
+fn read_line(prompt: &str) -> CliResult<String> {
     use std::io::Write;
     eprint!("{prompt}");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+    std::io::stdin().read_line(&mut line)?;
     Ok(line)
 }

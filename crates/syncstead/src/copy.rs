@@ -1,6 +1,7 @@
 //! `syncstead migrate` and `syncstead import-syncserver`: whole-database copies with a
 //! progress bar per table.
 
+use crate::error::CliResult;
 use indicatif::{ProgressBar, ProgressStyle};
 use syncstead_server::config::redact_url;
 use syncstead_server::{ConfigLayer, Settings};
@@ -75,29 +76,29 @@ fn print(report: &Report) {
     );
 }
 
-pub async fn migrate(from: &str, to: &str, mode: Mode) -> Result<(), String> {
+pub async fn migrate(from: &str, to: &str, mode: Mode) -> CliResult<()> {
     let bars = Bars::new();
     let result = store_copy::migrate(from, to, mode, &|p| bars.update(p)).await;
     bars.done();
-    let report = result.map_err(|e| e.to_string())?;
+    let report = result?;
     println!("copied {} to {}", redact_url(from), redact_url(to));
     print(&report);
     Ok(())
 }
 
-pub async fn import(source: &str, mode: Mode, layer: ConfigLayer) -> Result<(), String> {
-    let layer = layer.with_file().map_err(|e| e.to_string())?;
-    let settings = Settings::resolve(layer).map_err(|e| e.to_string())?;
+pub async fn import(source: &str, mode: Mode, layer: ConfigLayer) -> CliResult<()> {
+    let layer = layer.with_file()?;
+    let settings = Settings::resolve(layer)?;
     if !settings.is_postgres() {
-        let path = settings.sqlite_path().map_err(|e| e.to_string())?;
+        let path = settings.sqlite_path()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir)?;
         }
     }
     let bars = Bars::new();
     let result = store_copy::import_syncserver(source, &settings.database_url, mode, &|p| bars.update(p)).await;
     bars.done();
-    let report = result.map_err(|e| e.to_string())?;
+    let report = result?;
     println!("imported {} into {}", redact_url(source), settings.database_display());
     print(&report);
     println!(

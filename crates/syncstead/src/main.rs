@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod copy;
+mod error;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use syncstead_proto::token::{random_salt, TokenPayload, TokenSigner};
 use syncstead_server::{ConfigLayer, Settings};
+
+use crate::error::{CliError, CliResult};
 
 #[derive(Parser)]
 #[command(
@@ -179,9 +182,9 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-fn load_settings(layer: ConfigLayer) -> Result<Settings, String> {
-    let layer = layer.with_file().map_err(|e| e.to_string())?;
-    Settings::resolve(layer).map_err(|e| e.to_string())
+fn load_settings(layer: ConfigLayer) -> CliResult<Settings> {
+    let layer = layer.with_file()?;
+    Ok(Settings::resolve(layer)?)
 }
 
 async fn shutdown_signal() {
@@ -207,7 +210,7 @@ macro_rules! say {
     }};
 }
 
-async fn serve(layer: ConfigLayer) -> Result<(), String> {
+async fn serve(layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer)?;
     init_logging(&settings);
     let public = settings
@@ -215,7 +218,7 @@ async fn serve(layer: ConfigLayer) -> Result<(), String> {
         .as_ref()
         .map_or_else(|| format!("http://{}", settings.listen), |p| p.base());
     let database = settings.database_display();
-    let mut server = syncstead_server::start(settings).await.map_err(|e| e.to_string())?;
+    let mut server = syncstead_server::start(settings).await?;
     say!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
     say!("  listening on       http://{}", server.addr);
     if server.state.settings.token_server {
@@ -233,24 +236,24 @@ async fn serve(layer: ConfigLayer) -> Result<(), String> {
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down: finishing in-flight requests");
-            server.shutdown().await.map_err(|e| e.to_string())?;
+            server.shutdown().await?;
             tracing::info!("stopped");
         }
-        r = server.wait() => r.map_err(|e| e.to_string())?,
+        r = server.wait() => r?,
     }
     Ok(())
 }
 
-fn token(uid: u64, ttl: u64, layer: ConfigLayer) -> Result<(), String> {
+fn token(uid: u64, ttl: u64, layer: ConfigLayer) -> CliResult<()> {
     let mut settings = load_settings(layer)?;
-    settings.load_master_secret().map_err(|e| e.to_string())?;
+    settings.load_master_secret()?;
     let node = settings
         .public_url
         .as_ref()
         .map_or_else(|| format!("http://{}", settings.listen), |p| p.base());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
+        .unwrap_or_default()
         .as_secs();
     let payload = TokenPayload {
         node: node.clone(),
@@ -271,7 +274,7 @@ fn token(uid: u64, ttl: u64, layer: ConfigLayer) -> Result<(), String> {
         "api_endpoint": format!("{node}/1.5/{uid}"),
         "duration": ttl,
     });
-    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
@@ -286,41 +289,40 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn backup(file: &std::path::Path, layer: ConfigLayer) -> Result<(), String> {
+fn backup(file: &std::path::Path, layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer)?;
     if settings.is_postgres() {
-        return Err(
+        return Err(CliError::Refused(
             "for PostgreSQL use pg_dump (docs/operations.md shows how); `syncstead backup` copies SQLite databases"
                 .into(),
-        );
+        ));
     }
-    let db = settings.sqlite_path().map_err(|e| e.to_string())?;
-    let pages = syncstead_store::sqlite::backup(&db, file).map_err(|e| e.to_string())?;
+    let db = settings.sqlite_path()?;
+    let pages = syncstead_store::sqlite::backup(&db, file)?;
     println!("backed up {} to {} ({pages} pages)", db.display(), file.display());
     println!("keep the master secret with it: without it, issued tokens no longer verify");
     Ok(())
 }
 
-fn restore(file: &std::path::Path, force: bool, layer: ConfigLayer) -> Result<(), String> {
+fn restore(file: &std::path::Path, force: bool, layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer)?;
-    let db = settings.sqlite_path().map_err(|e| e.to_string())?;
-    syncstead_store::sqlite::restore(file, &db, force).map_err(|e| e.to_string())?;
+    let db = settings.sqlite_path()?;
+    syncstead_store::sqlite::restore(file, &db, force)?;
     println!("restored {} into {}", file.display(), db.display());
     Ok(())
 }
 
-async fn open_backend(layer: ConfigLayer) -> Result<std::sync::Arc<dyn syncstead_store::Backend>, String> {
+async fn open_backend(layer: ConfigLayer) -> CliResult<std::sync::Arc<dyn syncstead_store::Backend>> {
     let settings = load_settings(layer)?;
-    syncstead_server::open_store(&settings).await.map_err(|e| e.to_string())
+    Ok(syncstead_server::open_store(&settings).await?)
 }
 
-async fn node(action: NodeAction, layer: ConfigLayer) -> Result<(), String> {
+async fn node(action: NodeAction, layer: ConfigLayer) -> CliResult<()> {
     let store = open_backend(layer).await?;
-    let e = |e: syncstead_store::StoreError| e.to_string();
     match action {
         NodeAction::Add { url, capacity } => {
-            if !store.add_node(&url, capacity).await.map_err(e)? {
-                return Err(format!("node {url} exists already"));
+            if !store.add_node(&url, capacity).await? {
+                return Err(CliError::Refused(format!("node {url} exists already")));
             }
             println!("added {url} (capacity {capacity})");
         }
@@ -329,7 +331,7 @@ async fn node(action: NodeAction, layer: ConfigLayer) -> Result<(), String> {
                 "{:<40} {:>9} {:>9} {:>9} {:>6} {:>7}",
                 "node", "capacity", "load", "available", "downed", "backoff"
             );
-            for n in store.nodes().await.map_err(e)? {
+            for n in store.nodes().await? {
                 println!(
                     "{:<40} {:>9} {:>9} {:>9} {:>6} {:>7}",
                     n.url, n.capacity, n.current_load, n.available, n.downed, n.backoff
@@ -349,14 +351,14 @@ async fn node(action: NodeAction, layer: ConfigLayer) -> Result<(), String> {
                 downed,
                 backoff,
             };
-            if !store.update_node(&url, update).await.map_err(e)? {
-                return Err(format!("no node {url}"));
+            if !store.update_node(&url, update).await? {
+                return Err(CliError::Refused(format!("no node {url}")));
             }
             println!("updated {url}");
         }
         NodeAction::Remove { url } => {
-            if !store.remove_node(&url).await.map_err(e)? {
-                return Err(format!("no node {url}"));
+            if !store.remove_node(&url).await? {
+                return Err(CliError::Refused(format!("no node {url}")));
             }
             println!("removed {url}; its users move at their next sign-in");
         }
@@ -365,22 +367,22 @@ async fn node(action: NodeAction, layer: ConfigLayer) -> Result<(), String> {
 }
 
 /// A password from the terminal (without echo, twice) or from standard input.
-fn read_password() -> Result<String, String> {
+fn read_password() -> CliResult<String> {
     use std::io::IsTerminal;
     let password = if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
-        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
         if first != again {
-            return Err("the passwords differ".into());
+            return Err(CliError::Refused("the passwords differ".into()));
         }
         first
     } else {
         let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+        std::io::stdin().read_line(&mut line)?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
     if password.len() < 8 {
-        return Err("a password needs at least 8 bytes".into());
+        return Err(CliError::Refused("a password needs at least 8 bytes".into()));
     }
     Ok(password)
 }
@@ -390,20 +392,21 @@ fn account_name(account: &str) -> String {
     syncstead_proto::username::username_for_account(account)
 }
 
-async fn user(action: UserAction, layer: ConfigLayer) -> Result<(), String> {
+async fn user(action: UserAction, layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer.clone())?;
     let hasher = syncstead_server::passwords::Hasher::new(settings.argon2_memory_kib, settings.argon2_iterations);
     let store = open_backend(layer).await?;
-    let e = |e: syncstead_store::StoreError| e.to_string();
     let missing = |name: &str| format!("no Weave 1.1 account {name}");
     match action {
         UserAction::Add { email, username } => {
             if !syncstead_server::passwords::valid_email(&email) {
-                return Err(format!("{email:?} is not an e-mail address"));
+                return Err(CliError::Refused(format!("{email:?} is not an e-mail address")));
             }
             let name = match username {
                 Some(u) if settings.strict_usernames => {
-                    return Err(format!("--username {u} needs strict_usernames = false"));
+                    return Err(CliError::Refused(format!(
+                        "--username {u} needs strict_usernames = false"
+                    )));
                 }
                 Some(u) => u,
                 None => account_name(&email),
@@ -412,35 +415,35 @@ async fn user(action: UserAction, layer: ConfigLayer) -> Result<(), String> {
             store
                 .create_account(&name, &email, &hash, settings.max_accounts)
                 .await
-                .map_err(|err| format!("cannot create {name}: {err}"))?;
+                .map_err(|err| CliError::Refused(format!("cannot create {name}: {err}")))?;
             println!("created {name} for {email}");
         }
         UserAction::Passwd { account } => {
             let name = account_name(&account);
             let hash = hasher.hash(&read_password()?);
-            if !store.set_password(&name, &hash).await.map_err(e)? {
-                return Err(missing(&name));
+            if !store.set_password(&name, &hash).await? {
+                return Err(CliError::Refused(missing(&name)));
             }
             println!("password of {name} changed");
         }
         UserAction::Delete { account } => {
             let name = account_name(&account);
-            if !store.delete_account(&name).await.map_err(e)? {
-                return Err(missing(&name));
+            if !store.delete_account(&name).await? {
+                return Err(CliError::Refused(missing(&name)));
             }
             println!("deleted {name} and its data");
         }
         UserAction::Disable { account } => {
             let name = account_name(&account);
-            if !store.set_disabled(&name, true).await.map_err(e)? {
-                return Err(missing(&name));
+            if !store.set_disabled(&name, true).await? {
+                return Err(CliError::Refused(missing(&name)));
             }
             println!("disabled {name}");
         }
         UserAction::Enable { account } => {
             let name = account_name(&account);
-            if !store.set_disabled(&name, false).await.map_err(e)? {
-                return Err(missing(&name));
+            if !store.set_disabled(&name, false).await? {
+                return Err(CliError::Refused(missing(&name)));
             }
             println!("enabled {name}");
         }
@@ -451,24 +454,24 @@ async fn user(action: UserAction, layer: ConfigLayer) -> Result<(), String> {
             let code = data_encoding::BASE32_NOPAD.encode(&bytes);
             let expires = syncstead_proto::SyncTimestamp::now().as_millis() + 24 * 3600 * 1000;
             let hash = syncstead_server::user_api::reset_code_hash(code.as_bytes());
-            if !store.set_reset_code(&name, Some((hash, expires))).await.map_err(e)? {
-                return Err(missing(&name));
+            if !store.set_reset_code(&name, Some((hash, expires))).await? {
+                return Err(CliError::Refused(missing(&name)));
             }
             println!("{code}");
         }
         UserAction::Allow { fxa_uid } => {
-            store.allow_account(&fxa_uid, true).await.map_err(e)?;
+            store.allow_account(&fxa_uid, true).await?;
             println!("allowed {fxa_uid}");
         }
         UserAction::Deny { fxa_uid } => {
-            if !store.allow_account(&fxa_uid, false).await.map_err(e)? {
-                return Err(format!("{fxa_uid} was not on the allow list"));
+            if !store.allow_account(&fxa_uid, false).await? {
+                return Err(CliError::Refused(format!("{fxa_uid} was not on the allow list")));
             }
             println!("removed {fxa_uid} from the allow list");
         }
         UserAction::List => {
             println!("Weave 1.1 accounts (username, e-mail, state):");
-            for a in store.accounts().await.map_err(e)? {
+            for a in store.accounts().await? {
                 println!(
                     "  {} {} {}",
                     a.username,
@@ -477,11 +480,11 @@ async fn user(action: UserAction, layer: ConfigLayer) -> Result<(), String> {
                 );
             }
             println!("token server allow list:");
-            for a in store.allowed_accounts().await.map_err(e)? {
+            for a in store.allowed_accounts().await? {
                 println!("  {a}");
             }
             println!("users (account, uid, node):");
-            for (email, uid, node) in store.token_users().await.map_err(e)? {
+            for (email, uid, node) in store.token_users().await? {
                 println!("  {email} {uid} {node}");
             }
         }

@@ -1,0 +1,30 @@
+//! The one error type of the `syncstead` binary: what a command could not do, for the
+//! message `syncstead: …` and a failing exit status.
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] syncstead_server::config::ConfigError),
+    #[error(transparent)]
+    Serve(#[from] syncstead_server::ServeError),
+    #[error(transparent)]
+    Store(#[from] syncstead_store::StoreError),
+    #[error(transparent)]
+    Admin(#[from] syncstead_store::AdminError),
+    #[error(transparent)]
+    Client(#[from] syncstead_client::ClientError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+    /// The command refuses what it was asked (a bad argument, a missing confirmation,
+    /// something that does not exist); the text says what to change.
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub type CliResult<T> = Result<T, CliError>;
