@@ -1,5 +1,6 @@
 //! The client library against the real server, on both protocols: what two devices of one
 //! account see, conflicts, wrong keys, tampering, the special records and the commands.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 
@@ -126,11 +127,11 @@ async fn wrong_key_and_tampered_record_are_detected() {
         let mut wrong = second_device(&account, "wrong key");
         match &mut wrong.login {
             syncstead_client::account::Login::Weave11 { sync_key, .. } => {
-                *sync_key = syncstead_client::crypto::friendly_sync_key(&[7u8; 16])
+                *sync_key = syncstead_client::crypto::friendly_sync_key(&[7u8; 16]);
             }
             // 1.5: the same uid (same key id), another kSync.
             syncstead_client::account::Login::Sync15 { ksync, .. } => {
-                *ksync = data_encoding::BASE64URL_NOPAD.encode(&[7u8; 64])
+                *ksync = data_encoding::BASE64URL_NOPAD.encode(&[7u8; 64]);
             }
         }
         let mut w = wrong.client(reqwest::Client::new()).unwrap();

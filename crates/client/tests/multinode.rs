@@ -1,6 +1,7 @@
 //! Scale-out by node assignment (issue: multi-node): one token server without storage and
 //! two storage nodes, each with its own database, sharing the master secret. Users are
 //! spread over the nodes and each user's data lives on its node only.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

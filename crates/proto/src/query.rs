@@ -138,10 +138,10 @@ impl CollectionQuery {
             match key.as_ref() {
                 "ids" => q.ids = Some(parse_ids(&value)?),
                 "newer" => {
-                    q.newer = Some(SyncTimestamp::parse_seconds(&value).map_err(|_| ProtoError::Query("newer"))?)
+                    q.newer = Some(SyncTimestamp::parse_seconds(&value).map_err(|_| ProtoError::Query("newer"))?);
                 }
                 "older" => {
-                    q.older = Some(SyncTimestamp::parse_seconds(&value).map_err(|_| ProtoError::Query("older"))?)
+                    q.older = Some(SyncTimestamp::parse_seconds(&value).map_err(|_| ProtoError::Query("older"))?);
                 }
                 "full" => q.full = true,
                 "limit" => q.limit = Some(value.trim().parse().map_err(|_| ProtoError::Query("limit"))?),

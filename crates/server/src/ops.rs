@@ -121,7 +121,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     }
     metrics::gauge!("syncstead_requests_in_flight").set(state.runtime.inflight.load(Ordering::Relaxed) as f64);
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         prometheus().render(),
     )
         .into_response()

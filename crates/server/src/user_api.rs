@@ -3,8 +3,6 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-
-use crate::listener::ClientAddr;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +17,7 @@ use syncstead_store::{Account, AccountError};
 use crate::auth::{authenticate, throttle_keys, WeaveUser};
 use crate::config::Registration;
 use crate::error::{ApiError, WeaveError};
+use crate::listener::ClientAddr;
 use crate::passwords::{strong_enough, valid_email};
 use crate::state::AppState;
 
@@ -374,9 +373,8 @@ async fn reset_form_post(State(state): State<AppState>, ClientAddr(addr): Client
             Some((&username, key)),
         );
     }
-    let account = match state.accounts.account(&username).await {
-        Ok(Some(a)) => a,
-        _ => return page(StatusCode::BAD_REQUEST, "Unknown account.", None),
+    let Ok(Some(account)) = state.accounts.account(&username).await else {
+        return page(StatusCode::BAD_REQUEST, "Unknown account.", None);
     };
     if !reset_code_matches(&account, key.as_bytes()) {
         for k in throttle_keys(&username, addr) {

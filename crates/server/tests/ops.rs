@@ -1,5 +1,6 @@
 //! Operations over real HTTP: health, metrics, maintenance, backoff, CORS, reverse-proxy
 //! prefixes, restarts.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

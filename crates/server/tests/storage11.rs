@@ -1,4 +1,5 @@
 //! Storage 1.1 over real HTTP with Basic auth (storage-1.1.md).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

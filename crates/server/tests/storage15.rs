@@ -1,5 +1,6 @@
 //! SyncStorage 1.5 over real HTTP against the real server and a real SQLite file.
 //! Test names carry the requirement ids of shared/spec/storage-1.5.md.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Token Server 1.0 over real HTTP: RSA keys made at test time, JWTs minted by the test,
 //! the real server (and, where needed, a small fake Mozilla-accounts server).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 
@@ -362,7 +363,7 @@ async fn fake_fxa(verify_status: u16) -> (String, tokio::task::JoinHandle<()>) {
                 } else {
                     json!({"code": 400, "message": "invalid token"})
                 };
-                (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
+                (http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

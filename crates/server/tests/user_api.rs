@@ -1,4 +1,5 @@
 //! User API 1.0 over real HTTP (user-api-1.0.md).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

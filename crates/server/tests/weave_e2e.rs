@@ -1,5 +1,6 @@
 //! A Pale Moon-like first sync and a second device's download over Weave 1.1
 //! (spec README §2.1–2.2), with records encrypted as client-formats.md says.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Weave 1.1 accounts on the test backend (SQLite, or PostgreSQL in its run).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The backend conformance suite: the storage rules every backend must keep alike. It runs
 //! on SQLite, and again on PostgreSQL with `SYNCSTEAD_TEST_BACKEND=postgres` (scripts/test
 //! does both when `SYNCSTEAD_TEST_POSTGRES_URL` is set).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

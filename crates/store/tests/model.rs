@@ -2,6 +2,7 @@
 //! against a small in-memory model of the 1.5 rules (S15-04x, S15-07x, S15-09x, S15-14x),
 //! and every answer is compared. Seeds are fixed, so a failure names a reproducible case.
 //! Runs on SQLite, and on PostgreSQL in its run of the suite.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

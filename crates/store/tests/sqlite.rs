@@ -1,4 +1,5 @@
 //! The SQLite backend through the `Store` trait, on a real database file.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use syncstead_proto::query::CollectionQuery;
 use syncstead_proto::BsoInput;

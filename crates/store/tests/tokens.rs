@@ -1,5 +1,6 @@
 //! Token-server records on the test backend (SQLite, or PostgreSQL in its run;
 //! tokenserver.md §5).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

@@ -8,7 +8,6 @@
 //! written, and at the end everything is read back. `hot`: many clients poll
 //! info/collections with X-If-Modified-Since (the request Firefox sends most).
 
-use crate::error::{CliError, CliResult};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use syncstead_client::StorageClient;
 use syncstead_proto::token::{random_salt, TokenPayload, TokenSigner};
+
+use crate::error::{CliError, CliResult};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -166,7 +167,7 @@ impl Client {
         let ct: String = (0..len).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect();
         let iv: String = (0..22).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect();
         let hmac: String = (0..64)
-            .map(|_| char::from_digit(self.rng.gen_range(0..16), 16).unwrap())
+            .map(|_| char::from_digit(self.rng.gen_range(0..16), 16).unwrap_or('0'))
             .collect();
         json!({"ciphertext": ct, "IV": format!("{iv}=="), "hmac": hmac}).to_string()
     }

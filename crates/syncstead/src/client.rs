@@ -2,7 +2,6 @@
 //! command starts like a sync does (meta/global, crypto/keys, this device's client
 //! record and its commands), then does its work and saves the sync state.
 
-use crate::error::{CliError, CliResult};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +15,8 @@ use syncstead_client::sync::{write_private, Device, SyncClient};
 use syncstead_client::transport::user_api;
 use syncstead_client::ClientError;
 use url::Url;
+
+use crate::error::{CliError, CliResult};
 
 #[derive(Args)]
 pub struct ClientArgs {

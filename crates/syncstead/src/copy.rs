@@ -1,11 +1,12 @@
 //! `syncstead migrate` and `syncstead import-syncserver`: whole-database copies with a
 //! progress bar per table.
 
-use crate::error::CliResult;
 use indicatif::{ProgressBar, ProgressStyle};
 use syncstead_server::config::redact_url;
 use syncstead_server::{ConfigLayer, Settings};
 use syncstead_store::copy::{self as store_copy, Mode, Progress, Report};
+
+use crate::error::CliResult;
 
 pub fn mode(resume: bool, force: bool) -> Mode {
     match (resume, force) {

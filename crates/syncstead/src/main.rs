@@ -281,6 +281,7 @@ fn token(uid: u64, ttl: u64, layer: ConfigLayer) -> CliResult<()> {
 /// glibc gives every thread that allocates its own memory arena (up to 8 per core) and
 /// rarely hands freed memory back; two arenas keep the server's footprint flat under
 /// concurrency at no measurable cost in speed.
+#[allow(unsafe_code)]
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator tuning; called before any other thread starts.

@@ -1,4 +1,5 @@
 //! The `syncstead` binary as a user runs it: a real process, real signals.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `syncstead client` end to end: the real binary as server and as two client devices,
 //! on Weave 1.1 (sign-up / login) and Sync 1.5 (connect through the token server).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! SIGKILL at a random moment (mid-POST and mid-batch); after a restart every acknowledged
 //! write is there, intact, and every POST and every batch is either wholly there or wholly
 //! absent. On SQLite, and on PostgreSQL when a test server is configured.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! SQLite → PostgreSQL → SQLite (SQLite → SQLite when no test PostgreSQL is configured),
 //! an interrupted copy resumed, and an import of a database laid out as Mozilla's Python
 //! syncserver documents it, after which a Firefox-like client keeps syncing.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 mod common;
 

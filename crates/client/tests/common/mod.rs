@@ -1,6 +1,8 @@
 //! The real server on an ephemeral port (SQLite in a temporary directory, cheap Argon2),
 //! Mozilla-accounts access tokens signed with an RSA key the server is told to trust, and
 //! accounts for both protocols.
+// Test support: a failure here is a failed test, so unwrap is the right answer.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::sync::OnceLock;

@@ -1,5 +1,7 @@
 //! Test harness: the real server on an ephemeral port, a temporary SQLite database, and a
 //! Hawk-signing client.
+// Test support: a failure here is a failed test, so unwrap is the right answer.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::time::{SystemTime, UNIX_EPOCH};

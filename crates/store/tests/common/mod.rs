@@ -1,5 +1,7 @@
 //! The backend the store suites run on: a SQLite file in the test's directory, or, with
 //! `SYNCSTEAD_TEST_BACKEND=postgres`, a scratch schema in the test PostgreSQL.
+// Test support: a failure here is a failed test, so unwrap is the right answer.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::sync::Arc;

@@ -1,4 +1,6 @@
 //! Helpers shared by the binary's tests: the real `syncstead` process and a signed client.
+// Test support: a failure here is a failed test, so unwrap is the right answer.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
