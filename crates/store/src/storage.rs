@@ -230,6 +230,21 @@ async fn upsert<T: Tx>(
     Ok(())
 }
 
+/// A PUT's or a non-batch POST's records, stored at `now` under the quota (S15-093, S15-107).
+async fn write_records<T: Tx>(
+    tx: &T,
+    user: UserId,
+    coll: i64,
+    bsos: &[BsoInput],
+    now: SyncTimestamp,
+    limits: WriteLimits,
+) -> StoreResult<SyncTimestamp> {
+    check_quota(tx, user, now, limits, 0).await?;
+    upsert(tx, user, coll, bsos, now, false).await?;
+    touch(tx, user, coll, now).await?;
+    Ok(now)
+}
+
 /// Adds records to a batch; a later record of the same id overrides the fields it sets.
 const STAGE_ONE: &str = "INSERT INTO batch_items AS i (batch_id, seq, id, sortindex, payload, payload_size, ttl)
      VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -685,10 +700,7 @@ impl<E: Engine> Store for Db<E> {
                     .await?,
                 )?;
                 pre.check(current.unwrap_or_default())?;
-                check_quota(tx, user, now, limits, 0).await?;
-                upsert(tx, user, coll, std::slice::from_ref(&bso), now, false).await?;
-                touch(tx, user, coll, now).await?;
-                Ok(now)
+                write_records(tx, user, coll, std::slice::from_ref(&bso), now, limits).await
             })
         })
         .await
@@ -712,10 +724,7 @@ impl<E: Engine> Store for Db<E> {
                 if pre != Precondition::None {
                     pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
                 }
-                check_quota(tx, user, now, limits, 0).await?;
-                upsert(tx, user, coll, &bsos, now, false).await?;
-                touch(tx, user, coll, now).await?;
-                Ok(now)
+                write_records(tx, user, coll, &bsos, now, limits).await
             })
         })
         .await
