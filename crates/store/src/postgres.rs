@@ -224,9 +224,18 @@ impl Tx for PgTx {
         Ok(c.execute(&st, &params(args)).await?)
     }
 
+    /// Rows are converted as they arrive, so a large page is never held twice (raw and
+    /// converted).
     async fn query(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Vec<Row>> {
+        use futures_util::TryStreamExt;
         let (c, st) = self.statement(sql).await?;
-        c.query(&st, &params(args)).await?.iter().map(row).collect()
+        let stream = c.query_raw(&st, params(args)).await?;
+        let mut stream = std::pin::pin!(stream);
+        let mut out = Vec::new();
+        while let Some(r) = stream.try_next().await? {
+            out.push(row(&r)?);
+        }
+        Ok(out)
     }
 
     async fn query_opt(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Option<Row>> {
