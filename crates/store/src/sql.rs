@@ -222,20 +222,23 @@ pub(crate) async fn query_one<T: Tx>(tx: &T, sql: &str, args: &[Arg<'_>]) -> Sto
 }
 
 /// `$n` placeholders to SQLite's `?n` (the same numbering, so arguments may repeat).
+/// Byte-wise: every statement passes through here, and `$` and digits are ASCII.
 pub(crate) fn sqlite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
-    if !sql.contains('$') {
+    let bytes = sql.as_bytes();
+    if !bytes.contains(&b'$') {
         return std::borrow::Cow::Borrowed(sql);
     }
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
-        } else {
-            out.push(c);
+    let mut out = bytes.to_vec();
+    for i in 0..out.len().saturating_sub(1) {
+        if out[i] == b'$' && out[i + 1].is_ascii_digit() {
+            out[i] = b'?';
         }
     }
-    std::borrow::Cow::Owned(out)
+    // Only ASCII was replaced by ASCII, so the text is still UTF-8.
+    match String::from_utf8(out) {
+        Ok(s) => std::borrow::Cow::Owned(s),
+        Err(_) => std::borrow::Cow::Borrowed(sql),
+    }
 }
 
 /// A builder for statements whose conditions depend on the request (listings, 1.1
