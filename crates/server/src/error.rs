@@ -142,10 +142,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Backend(e) if e.is_unavailable() => {
                 tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable {
-                    retry_after: BACKEND_RETRY_AFTER,
-                }
-                .into_response()
+                try_later()
             }
             ApiError::Backend(e) => {
                 tracing::error!(error = %e, "database error");
@@ -157,6 +154,14 @@ impl IntoResponse for ApiError {
             }
         }
     }
+}
+
+/// 503 + `Retry-After`: what every Sync client reads as "try again later".
+fn try_later() -> Response {
+    ApiError::Unavailable {
+        retry_after: BACKEND_RETRY_AFTER,
+    }
+    .into_response()
 }
 
 /// An [`ApiError`] of a Weave 1.1 surface (User API, Storage 1.1): a failing backend is
@@ -175,17 +180,11 @@ impl IntoResponse for WeaveError {
         match self.0 {
             ApiError::Backend(e) => {
                 tracing::error!(error = %e, "database error");
-                ApiError::Unavailable {
-                    retry_after: BACKEND_RETRY_AFTER,
-                }
-                .into_response()
+                try_later()
             }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "internal error");
-                ApiError::Unavailable {
-                    retry_after: BACKEND_RETRY_AFTER,
-                }
-                .into_response()
+                try_later()
             }
             // S11-071: over quota is 400 `14` in Weave 1.1 (403 in 1.5).
             ApiError::OverQuota => ApiError::BadRequest(respcode::OVER_QUOTA).into_response(),
