@@ -414,6 +414,13 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// The per-write policy every storage surface passes to the store (S15-170, S11-071).
+    pub fn write_limits(&self) -> syncstead_store::WriteLimits {
+        syncstead_store::WriteLimits {
+            quota_bytes: self.quota_bytes,
+        }
+    }
+
     /// Resolves a merged layer into settings, applying defaults. Does not touch the disk
     /// except to read a secret file; see [`Settings::load_master_secret`].
     pub fn resolve(layer: ConfigLayer) -> Result<Settings, ConfigError> {

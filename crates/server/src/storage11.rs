@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use syncstead_proto::respcode;
 use syncstead_proto::wbo::{is_valid_wbo_id, parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
 use syncstead_proto::SyncTimestamp;
-use syncstead_store::{Precondition, WboWrite, WriteLimits};
+use syncstead_store::{Precondition, WboWrite};
 
 use crate::auth::WeaveUser;
 use crate::error::{ApiError, WeaveError};
@@ -247,12 +247,6 @@ async fn get_item(
     ))
 }
 
-fn limits(state: &AppState) -> WriteLimits {
-    WriteLimits {
-        quota_bytes: state.settings.quota_bytes,
-    }
-}
-
 /// S11-071: `X-Weave-Quota-Remaining`, the KiB left, once that is 1 MiB or less (a full
 /// quota is refused by the store, 400 `14`).
 fn with_quota(mut r: Response, state: &AppState, w: &WboWrite) -> Response {
@@ -286,7 +280,7 @@ async fn put_item(
     wbo.id = id;
     let w = state
         .legacy
-        .wbo_put(bucket, &coll, vec![wbo], since, limits(&state))
+        .wbo_put(bucket, &coll, vec![wbo], since, state.settings.write_limits())
         .await?;
     let m = w.modified.first().copied().unwrap_or(w.time);
     Ok(with_quota(
@@ -353,7 +347,7 @@ async fn post_collection(
     let success: Vec<String> = accepted.iter().map(|w| w.id.clone()).collect();
     let w = state
         .legacy
-        .wbo_put(bucket, &coll, accepted, since, limits(&state))
+        .wbo_put(bucket, &coll, accepted, since, state.settings.write_limits())
         .await?;
     let t = w.time;
     let body = format!(

@@ -13,7 +13,6 @@ use syncstead_proto::bso::{is_known_bad_crypto_payload, parse_post_body, parse_p
 use syncstead_proto::names::parse_uid;
 use syncstead_proto::query::{delete_ids, BatchParam, CollectionQuery, PostQuery};
 use syncstead_proto::{respcode, BsoInput, SyncTimestamp};
-use syncstead_store::WriteLimits;
 
 use crate::auth::HawkUser;
 use crate::error::ApiError;
@@ -55,12 +54,6 @@ fn json_response(status: StatusCode, modified: SyncTimestamp, body: String) -> R
 fn with_records(mut r: Response, n: usize) -> Response {
     r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(n));
     r
-}
-
-fn limits_for(state: &AppState) -> WriteLimits {
-    WriteLimits {
-        quota_bytes: state.settings.quota_bytes,
-    }
 }
 
 // ---- info ----------------------------------------------------------------------------
@@ -307,7 +300,7 @@ async fn put_bso(
     bso.id = ctx.id;
     let t = state
         .store
-        .put_bso(ctx.bucket, &ctx.collection, bso, ctx.pre, limits_for(&state))
+        .put_bso(ctx.bucket, &ctx.collection, bso, ctx.pre, state.settings.write_limits())
         .await?;
     Ok(json_response(StatusCode::OK, t, t.to_string()))
 }
@@ -390,7 +383,7 @@ async fn post_collection(
     }
     let (valid, failed) = apply_post_limits(&state, items);
     let success: Vec<String> = valid.iter().map(|b| b.id.clone()).collect();
-    let limits = limits_for(&state);
+    let limits = state.settings.write_limits();
     let store = &state.store;
     let (user, coll, pre) = (ctx.bucket, ctx.collection.as_str(), ctx.pre);
     match (query.batch, query.commit) {

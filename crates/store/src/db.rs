@@ -117,15 +117,16 @@ impl<E: Engine> Db<E> {
     {
         let start = Instant::now();
         let f = Arc::new(f);
-        let mut out = Err(StoreError::Conflict);
-        for _ in 0..MAX_TICK_RETRIES {
+        let mut attempt = 1;
+        let out = loop {
             let f = f.clone();
-            out = self.engine.write(cost, move |tx| f(tx)).await;
-            if !matches!(out, Err(StoreError::Conflict)) {
-                break;
+            let out = self.engine.write(cost, move |tx| f(tx)).await;
+            if attempt == MAX_TICK_RETRIES || !matches!(out, Err(StoreError::Conflict)) {
+                break out;
             }
+            attempt += 1;
             next_tick().await;
-        }
+        };
         record(op, start);
         out
     }
