@@ -2,7 +2,7 @@
 //! then command-line flags. One struct serves as the TOML schema and as the flag set, so a
 //! setting cannot exist in one place and not the other.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -91,6 +91,31 @@ pub struct ConfigLayer {
     /// clients cannot hold connections [default: 60].
     #[arg(long, env = "SYNCSTEAD_IDLE_TIMEOUT_SECONDS", value_name = "SECONDS")]
     pub idle_timeout_seconds: Option<u64>,
+
+    /// Most connections one client address may hold open; reverse proxies named in
+    /// `trusted_proxies` are exempt [default: 64].
+    #[arg(long, env = "SYNCSTEAD_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+
+    /// Time a client has to send a request's whole head (request line and headers) from
+    /// its first byte, and a kept-alive connection to start its next request [default: 10].
+    #[arg(long, env = "SYNCSTEAD_REQUEST_HEAD_TIMEOUT_SECONDS", value_name = "SECONDS")]
+    pub request_head_timeout_seconds: Option<u64>,
+
+    /// Time a client has to send a request's whole body [default: 60].
+    #[arg(long, env = "SYNCSTEAD_REQUEST_BODY_TIMEOUT_SECONDS", value_name = "SECONDS")]
+    pub request_body_timeout_seconds: Option<u64>,
+
+    /// Reverse proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges,
+    /// comma-separated. A request from one of them is keyed by the right-most
+    /// forwarded address that is not itself a trusted proxy [default: 127.0.0.1,::1].
+    #[arg(long, env = "SYNCSTEAD_TRUSTED_PROXIES", value_name = "ADDRS", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
+
+    /// Origins web pages may call this server from (CORS), comma-separated; `*` allows
+    /// any, answering with the caller's own origin as Mozilla's server does [default: *].
+    #[arg(long, env = "SYNCSTEAD_CORS_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Option<Vec<String>>,
 
     /// Largest request body in bytes [default: 2625536].
     #[arg(long, env = "SYNCSTEAD_MAX_REQUEST_BYTES", value_name = "N")]
@@ -235,6 +260,11 @@ pub struct ConfigLayer {
     #[arg(long, env = "SYNCSTEAD_ARGON2_ITERATIONS", value_name = "N")]
     pub argon2_iterations: Option<u32>,
 
+    /// Password hashes computed at once; further logins wait up to 10 s, then get 503
+    /// [default: the number of CPU cores].
+    #[arg(long, env = "SYNCSTEAD_PASSWORD_HASH_CONCURRENCY", value_name = "N")]
+    pub password_hash_concurrency: Option<usize>,
+
     /// Mail server for Weave 1.1 password-reset e-mails, e.g.
     /// `smtps://user:password@smtp.example.com` or `smtp://localhost:25`; off unless set.
     #[arg(long, env = "SYNCSTEAD_SMTP_URL", value_name = "URL", hide_env_values = true)]
@@ -342,6 +372,49 @@ impl PublicUrl {
     }
 }
 
+/// An address range (`192.0.2.0/24`, `::1`), for `trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn host(addr: IpAddr) -> Self {
+        IpNet {
+            addr,
+            prefix: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let host = IpNet::host(addr);
+        let prefix = prefix.unwrap_or(host.prefix);
+        (prefix <= host.prefix).then_some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u32),
+            // An IPv4-mapped peer (`::ffff:192.0.2.1`) matches IPv4 ranges.
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (u128::from(u32::from(v4)), 32),
+                None => (u128::from(v6), 128),
+            },
+        };
+        let ((net, width), (ip, ip_width)) = (bits(self.addr), bits(ip));
+        if width != ip_width {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        shift >= width || (net >> shift) == (ip >> shift)
+    }
+}
+
 /// Fully resolved settings.
 #[derive(Clone)]
 pub struct Settings {
@@ -358,6 +431,12 @@ pub struct Settings {
     pub postgres_pool_size: usize,
     pub max_connections: usize,
     pub idle_timeout_seconds: u64,
+    pub max_connections_per_address: usize,
+    pub request_head_timeout_seconds: u64,
+    pub request_body_timeout_seconds: u64,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `None`: any origin.
+    pub cors_allowed_origins: Option<Vec<String>>,
     pub limits: Limits,
     pub quota_bytes: Option<u64>,
     pub hawk_skew_seconds: u64,
@@ -382,6 +461,7 @@ pub struct Settings {
     pub strict_usernames: bool,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+    pub password_hash_concurrency: usize,
     pub smtp_url: Option<String>,
     pub smtp_from: Option<String>,
 }
@@ -503,6 +583,20 @@ impl Settings {
                 ))
             }
         };
+        let trusted_proxies = match &layer.trusted_proxies {
+            None => vec![IpNet::host([127, 0, 0, 1].into()), IpNet::host(std::net::Ipv6Addr::LOCALHOST.into())],
+            Some(list) => list
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| IpNet::parse(s).ok_or_else(|| ConfigError::Invalid("trusted_proxies", format!("{s:?}"))))
+                .collect::<Result<_, _>>()?,
+        };
+        let cors_allowed_origins = match layer.cors_allowed_origins {
+            None => None,
+            Some(list) if list.iter().any(|o| o.trim() == "*") => None,
+            Some(list) => Some(list.into_iter().map(|o| o.trim().to_string()).collect()),
+        };
         let master_secret = match (layer.master_secret, layer.master_secret_file) {
             (Some(s), _) => s,
             (None, Some(file)) => read_secret_file(&file)?,
@@ -522,6 +616,11 @@ impl Settings {
             postgres_pool_size: layer.postgres_pool_size.unwrap_or(16).max(1),
             max_connections: layer.max_connections.unwrap_or(1000).max(1),
             idle_timeout_seconds: layer.idle_timeout_seconds.unwrap_or(60).max(1),
+            max_connections_per_address: layer.max_connections_per_address.unwrap_or(64).max(1),
+            request_head_timeout_seconds: layer.request_head_timeout_seconds.unwrap_or(10).max(1),
+            request_body_timeout_seconds: layer.request_body_timeout_seconds.unwrap_or(60).max(1),
+            trusted_proxies,
+            cors_allowed_origins,
             limits,
             quota_bytes: quota,
             hawk_skew_seconds: layer.hawk_skew_seconds.unwrap_or(52 * 7 * 24 * 3600),
@@ -548,6 +647,10 @@ impl Settings {
             strict_usernames: layer.strict_usernames.unwrap_or(true),
             argon2_memory_kib: layer.argon2_memory_kib.unwrap_or(19_456),
             argon2_iterations: layer.argon2_iterations.unwrap_or(2),
+            password_hash_concurrency: layer
+                .password_hash_concurrency
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .max(1),
             smtp_url: layer.smtp_url.filter(|u| !u.is_empty()),
             smtp_from: layer.smtp_from.filter(|f| !f.is_empty()),
         })
@@ -633,6 +736,22 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxy_ranges() {
+        let net = IpNet::parse("192.0.2.0/24").unwrap();
+        assert!(net.contains("192.0.2.77".parse().unwrap()));
+        assert!(net.contains("::ffff:192.0.2.1".parse().unwrap()));
+        assert!(!net.contains("192.0.3.1".parse().unwrap()));
+        assert!(!net.contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains("198.51.100.1".parse().unwrap()));
+        let one = IpNet::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()) && !one.contains("127.0.0.2".parse().unwrap()));
+        for bad in ["192.0.2.0/33", "nope", "10.0.0.1/x"] {
+            assert!(IpNet::parse(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_resolve() {

@@ -192,3 +192,10 @@ impl IntoResponse for WeaveError {
         }
     }
 }
+
+/// Out of password-hashing slots: a load problem, so the client comes back later.
+impl From<crate::passwords::Busy> for ApiError {
+    fn from(_: crate::passwords::Busy) -> Self {
+        ApiError::Unavailable { retry_after: 10 }
+    }
+}

@@ -11,8 +11,11 @@ use crate::middleware::weave_middleware;
 use crate::state::AppState;
 use crate::{ops, storage11, storage15, tokenserver, user_api};
 
-fn cors() -> tower_http::cors::CorsLayer {
-    use tower_http::cors::{Any, CorsLayer};
+/// Any origin by default, answered with the caller's own origin as Mozilla's server does
+/// (records are encrypted and requests carry their credentials explicitly, never cookies);
+/// or only the operator's list.
+fn cors(allowed: Option<&[String]>) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
     let names = [
         "authorization",
         "content-type",
@@ -30,7 +33,10 @@ fn cors() -> tower_http::cors::CorsLayer {
     ]
     .map(HeaderName::from_static);
     CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(match allowed {
+            None => AllowOrigin::mirror_request(),
+            Some(list) => AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok())),
+        })
         .allow_methods([Method::DELETE, Method::GET, Method::POST, Method::PUT])
         .allow_headers(names.clone())
         .expose_headers(names)
@@ -51,6 +57,6 @@ pub fn router(state: AppState) -> Router {
     }
     app.fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(state.clone(), weave_middleware))
-        .layer(cors())
+        .layer(cors(state.settings.cors_allowed_origins.as_deref()))
         .with_state(state)
 }

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::ServiceExt;
 use syncstead_store::{Backend, SqliteOptions, SqliteStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -135,21 +134,17 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
     let prefix: Arc<str> = settings.public_url.as_ref().map_or("", |p| p.prefix.as_str()).into();
     let app = axum::middleware::from_fn_with_state(prefix, strip_prefix).layer(router(state.clone()));
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let listener = listener::GuardedListener::new(
-            listener,
-            settings.max_connections,
-            Duration::from_secs(settings.idle_timeout_seconds),
-        );
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<listener::PeerAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let limits = listener::ConnectionLimits {
+        max_connections: settings.max_connections,
+        per_address: settings.max_connections_per_address,
+        idle: Duration::from_secs(settings.idle_timeout_seconds),
+        head: Duration::from_secs(settings.request_head_timeout_seconds),
+        body: Duration::from_secs(settings.request_body_timeout_seconds),
+        trusted_proxies: settings.trusted_proxies.clone().into(),
+    };
+    let handle = tokio::spawn(listener::serve(listener, app, limits, async {
+        let _ = rx.await;
+    }));
     Ok(RunningServer {
         addr,
         metrics_addr,

@@ -79,7 +79,7 @@ impl AppState {
             token_store: backend.clone(),
             accounts: backend.clone(),
             legacy: backend,
-            weave: Arc::new(WeaveAuth::new(hasher, mailer)),
+            weave: Arc::new(WeaveAuth::new(hasher, settings.password_hash_concurrency, mailer)),
             settings: Arc::new(settings),
             hawk: Arc::new(hawk),
             runtime: Arc::new(runtime),

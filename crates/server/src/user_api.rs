@@ -14,7 +14,7 @@ use syncstead_proto::respcode;
 use syncstead_proto::username::username_for_account;
 use syncstead_store::{Account, AccountError};
 
-use crate::auth::{authenticate, throttle_keys, WeaveUser};
+use crate::auth::{authenticate, pair_key, WeaveUser};
 use crate::config::Registration;
 use crate::error::{ApiError, WeaveError};
 use crate::listener::ClientAddr;
@@ -58,10 +58,7 @@ fn check_path(version: &str, username: &str) -> Result<(), ApiError> {
 }
 
 async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
-    let weave = state.weave.clone();
-    tokio::task::spawn_blocking(move || weave.hasher.hash(&password))
-        .await
-        .map_err(ApiError::internal)
+    Ok(state.weave.hasher.hash(password).await?)
 }
 
 /// U10-020: `1` if the username is taken, `0` if free.
@@ -168,10 +165,9 @@ async fn change_password(
     check_path(&version, &username)?;
     if let Some(code) = headers.get("x-weave-password-reset") {
         let account = state.accounts.account(&username).await?.ok_or(ApiError::NotFound)?;
-        if !reset_code_matches(&account, code.as_bytes()) {
-            for k in throttle_keys(&username, addr) {
-                state.weave.throttle.failure(&k);
-            }
+        let pair = pair_key(&username, addr);
+        if state.weave.pairs.locked(&pair).is_some() || !reset_code_matches(&account, code.as_bytes()) {
+            state.weave.pairs.failure(&pair);
             return Err(ApiError::BadRequest(respcode::INVALID_RESET_CODE).into());
         }
     } else {
@@ -239,10 +235,10 @@ async fn send_reset_mail(state: &AppState, username: &str) -> Result<(), ApiErro
     };
     // A few mails per account, then a pause: nobody can flood an inbox through this.
     let key = format!("mail:{username}");
-    if let Some(wait) = state.weave.throttle.locked(&key) {
+    if let Some(wait) = state.weave.mails.locked(&key) {
         return Err(ApiError::Unavailable { retry_after: wait });
     }
-    state.weave.throttle.failure(&key);
+    state.weave.mails.failure(&key);
     let code = new_reset_code();
     let expires = syncstead_proto::SyncTimestamp::now().as_millis() + 24 * 3600 * 1000;
     state
@@ -376,10 +372,9 @@ async fn reset_form_post(State(state): State<AppState>, ClientAddr(addr): Client
     let Ok(Some(account)) = state.accounts.account(&username).await else {
         return page(StatusCode::BAD_REQUEST, "Unknown account.", None);
     };
-    if !reset_code_matches(&account, key.as_bytes()) {
-        for k in throttle_keys(&username, addr) {
-            state.weave.throttle.failure(&k);
-        }
+    let pair = pair_key(&username, addr);
+    if state.weave.pairs.locked(&pair).is_some() || !reset_code_matches(&account, key.as_bytes()) {
+        state.weave.pairs.failure(&pair);
         return page(
             StatusCode::BAD_REQUEST,
             "This reset link is not valid (any more).",

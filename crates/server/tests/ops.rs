@@ -108,19 +108,31 @@ async fn x_weave_backoff_when_overloaded() {
 
 #[tokio::test]
 async fn s15_181_cors_preflight() {
+    async fn preflight(s: &TestServer, origin: &str) -> Resp {
+        send(
+            s.http
+                .request(Method::OPTIONS, format!("{}/1.5/1/storage/bookmarks", s.base))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "authorization,x-if-unmodified-since"),
+        )
+        .await
+    }
     let s = TestServer::start().await;
-    let r = send(
-        s.http
-            .request(Method::OPTIONS, format!("{}/1.5/1/storage/bookmarks", s.base))
-            .header("origin", "https://example.org")
-            .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization,x-if-unmodified-since"),
-    )
-    .await;
+    let r = preflight(&s, "https://example.org").await;
     assert!(r.status.is_success());
-    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("*"));
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://example.org"));
     assert_eq!(r.header("access-control-max-age").as_deref(), Some("1728000"));
     assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
+    // Mozilla's suite (test_cors_settings_are_set) sends `Origin: localhost` and expects it back.
+    let r = preflight(&s, "localhost").await;
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("localhost"));
+
+    let listed = TestServer::start_with(|c| c.cors_allowed_origins = Some(vec!["https://mine.example".into()])).await;
+    let r = preflight(&listed, "https://mine.example").await;
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://mine.example"));
+    let r = preflight(&listed, "https://example.org").await;
+    assert_eq!(r.header("access-control-allow-origin"), None, "an origin off the list gets no grant");
 }
 
 /// Behind a TLS reverse proxy under a path prefix, clients sign the public URL; the server

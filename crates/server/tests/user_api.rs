@@ -301,9 +301,10 @@ async fn repeated_failures_are_throttled() {
             401
         );
     }
+    // The pair is locked out for a while: a 401, as Weave clients expect (a 503 makes
+    // them report a server error), even with the right password, and no hash is computed.
     let r = call(&s, Method::DELETE, &path, Some(basic(USER, PASSWORD)), None).await;
-    r.assert_error(503, 0);
-    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(r.status, 401);
 }
 
 /// A minimal SMTP server that keeps every message it receives.

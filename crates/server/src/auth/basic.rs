@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, RawPathParams};
@@ -19,14 +19,17 @@ use syncstead_proto::respcode;
 use syncstead_proto::username::username_for_account;
 use syncstead_store::{Account, UserId};
 
-use super::throttle::{throttle_keys, Throttle};
+use super::throttle::{pair_key, Throttle};
 use crate::error::{ApiError, WeaveError};
 use crate::listener::ClientAddr;
 use crate::mail::Mailer;
-use crate::passwords::Hasher;
+use crate::passwords::{HashPool, Hasher};
 use crate::state::AppState;
 
 const MAX_CACHED: usize = 100_000;
+
+/// Failed password checks one client address may cause in 15 minutes, over all accounts.
+pub const ADDRESS_CEILING: u32 = 100;
 
 /// `Authorization: Basic base64(user:password)`, split at the first `:` (S11-010).
 pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -97,9 +100,15 @@ impl VerifiedCache {
 
 /// Password checking shared by the User API and Storage 1.1.
 pub struct WeaveAuth {
-    pub hasher: Hasher,
+    pub hasher: Arc<HashPool>,
     pub verified: VerifiedCache,
-    pub throttle: Throttle,
+    /// Failures of one address on one account: five, then a lockout.
+    pub pairs: Throttle,
+    /// Failures of one address on any account: a ceiling far above what a household
+    /// behind one NAT address reaches, so only a flood meets it.
+    pub addresses: Throttle,
+    /// Reset mails per account.
+    pub mails: Throttle,
     pub mailer: Option<Mailer>,
     /// Verified against when the user does not exist, so that a wrong username costs as
     /// much time as a wrong password.
@@ -107,25 +116,26 @@ pub struct WeaveAuth {
 }
 
 impl WeaveAuth {
-    pub fn new(hasher: Hasher, mailer: Option<Mailer>) -> Self {
+    pub fn new(hasher: Hasher, hash_concurrency: usize, mailer: Option<Mailer>) -> Self {
         let dummy_hash = hasher.hash("not a password anyone has");
+        let quarter_hour = Duration::from_secs(900);
         WeaveAuth {
-            hasher,
+            hasher: HashPool::new(hasher, hash_concurrency),
             mailer,
             verified: VerifiedCache::new(Duration::from_secs(600)),
-            throttle: Throttle::new(
-                5,
-                Duration::from_secs(900),
-                Duration::from_secs(30),
-                Duration::from_secs(900),
-            ),
+            pairs: Throttle::new(5, quarter_hour, Duration::from_secs(30), quarter_hour),
+            addresses: Throttle::new(ADDRESS_CEILING, quarter_hour, Duration::from_secs(60), quarter_hour),
+            mails: Throttle::new(5, quarter_hour, Duration::from_secs(30), quarter_hour),
             dummy_hash,
         }
     }
 }
 
-/// HTTP Basic for `username` (U10-012, S11-010…S11-013), throttled per username and
-/// per client address.
+/// HTTP Basic for `username` (U10-012, S11-010…S11-013), throttled per (address,
+/// account) pair with a per-address ceiling above it (docs/operations.md, "Password
+/// guessing"). Every refusal a client can cause by guessing is a 401, which Weave clients
+/// read as "wrong credentials"; only an address past the ceiling, or a server out of
+/// hashing slots, gets 503 + Retry-After. Both throttles are consulted before any hash.
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
@@ -133,48 +143,52 @@ pub async fn authenticate(
     addr: Option<IpAddr>,
 ) -> Result<Account, ApiError> {
     let auth = &state.weave;
-    let keys = throttle_keys(username, addr);
-    if let Some(wait) = keys.iter().filter_map(|k| auth.throttle.locked(k)).max() {
-        return Err(ApiError::Unavailable { retry_after: wait });
-    }
-    let fail = |why: &'static str| {
-        for k in &keys {
-            auth.throttle.failure(k);
-        }
-        tracing::info!(why, "basic authentication failed");
-        ApiError::BasicUnauthorized
-    };
     let Some((user, password)) = basic_credentials(headers) else {
         return Err(ApiError::BasicUnauthorized);
     };
+    let pair = pair_key(username, addr);
+    let refuse = |why: &'static str| {
+        tracing::info!(why, "basic authentication failed");
+        ApiError::BasicUnauthorized
+    };
+    if auth.pairs.locked(&pair).is_some() {
+        return Err(refuse("this address is locked out of this account for a while"));
+    }
     // The Basic user is the URL username, or an e-mail address that derives to it (S11-011).
     if user != username && username_for_account(&user) != username {
-        return Err(fail("user does not match the path"));
+        auth.pairs.failure(&pair);
+        return Err(refuse("user does not match the path"));
     }
     let account = state.accounts.account(username).await?;
     let (hash, usable) = match &account {
         Some(a) => (a.password_hash.clone(), !a.disabled),
         None => (auth.dummy_hash.clone(), false),
     };
-    let verified = if usable && auth.verified.contains(username, &hash, &password) {
-        true
-    } else {
-        let weave = state.weave.clone();
-        let (h, p) = (hash.clone(), password.clone());
-        let ok = tokio::task::spawn_blocking(move || weave.hasher.verify(&p, &h))
-            .await
-            .map_err(ApiError::internal)?;
-        ok && usable
-    };
+    // A client that verified recently costs no hash, so even an address past the ceiling
+    // keeps its syncing clients.
+    let cached = usable && auth.verified.contains(username, &hash, &password);
+    let address = addr.map(|ip| ip.to_string());
+    if !cached {
+        if let Some(wait) = address.as_deref().and_then(|a| auth.addresses.locked(a)) {
+            return Err(ApiError::Unavailable { retry_after: wait });
+        }
+        // Counted before hashing, so simultaneous guesses see each other; a success
+        // clears it.
+        auth.pairs.failure(&pair);
+    }
+    let verified = cached || (auth.hasher.verify(password.clone(), hash.clone()).await? && usable);
     match account {
         Some(a) if verified => {
             auth.verified.insert(username, &hash, &password);
-            for k in &keys {
-                auth.throttle.success(k);
-            }
+            auth.pairs.success(&pair);
             Ok(a)
         }
-        _ => Err(fail("wrong password, unknown or disabled account")),
+        _ => {
+            if let Some(a) = &address {
+                auth.addresses.failure(a);
+            }
+            Err(refuse("wrong password, unknown or disabled account"))
+        }
     }
 }
 

@@ -8,6 +8,6 @@ pub mod basic;
 pub mod hawk;
 pub mod throttle;
 
-pub use basic::{authenticate, basic_credentials, WeaveAuth, WeaveUser};
+pub use basic::{authenticate, basic_credentials, WeaveAuth, WeaveUser, ADDRESS_CEILING};
 pub use hawk::{parse_hawk_header, HawkIdentity, HawkUser, HawkVerifier, NonceCache};
-pub use throttle::{throttle_keys, Throttle};
+pub use throttle::{pair_key, Throttle};

@@ -1,5 +1,5 @@
-//! Slows down guessing of passwords and tokens: failures per key (a username, a client
-//! address) lead to lockouts that double and end by themselves.
+//! Slows down guessing of passwords and tokens: failures per key (a client address and
+//! account pair, a client address) lead to lockouts that double and end by themselves.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -77,13 +77,13 @@ impl Throttle {
     }
 }
 
-/// The throttle keys of one attempt.
-pub fn throttle_keys(username: &str, addr: Option<IpAddr>) -> Vec<String> {
-    let mut keys = vec![format!("user:{username}")];
-    if let Some(ip) = addr {
-        keys.push(format!("addr:{ip}"));
+/// The key of one client address guessing at one account. Keying on the pair, not on
+/// the account, is what keeps a guesser elsewhere from locking the owner out.
+pub fn pair_key(username: &str, addr: Option<IpAddr>) -> String {
+    match addr {
+        Some(ip) => format!("{ip}|{username}"),
+        None => format!("-|{username}"),
     }
-    keys
 }
 
 #[cfg(test)]

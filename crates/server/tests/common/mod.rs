@@ -222,3 +222,43 @@ pub fn assert_ts(header: &str, v: &Value) {
         "two decimals: {header}"
     );
 }
+
+/// An HTTP client whose connections come from `ip` (any of 127/8 on Linux): the server
+/// sees another client address, one that is not a trusted proxy.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// `Authorization: Basic` for a Weave user.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use data_encoding::BASE64;
+    format!("Basic {}", BASE64.encode(format!("{user}:{password}").as_bytes()))
+}
+
+/// Creates a Weave 1.1 account through the User API; returns its username.
+pub async fn weave_account(s: &TestServer, email: &str, password: &str) -> String {
+    let user = syncstead_proto::username::username_for_account(email);
+    let r = send(
+        s.http
+            .put(format!("{}/user/1.0/{user}", s.base))
+            .body(serde_json::json!({"password": password, "email": email}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    user
+}
+
+/// The resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}

@@ -1,0 +1,182 @@
+//! What an outside attacker tried (issue "Hardening II"), over real HTTP from other client
+//! addresses (127.0.0.2, 127.0.0.3, …: not the trusted loopback proxy 127.0.0.1).
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn info(client: &reqwest::Client, s: &TestServer, user: &str, password: &str) -> Resp {
+    send(
+        client
+            .get(format!("{}/1.1/{user}/info/collections", s.base))
+            .header("authorization", basic_auth(user, password)),
+    )
+    .await
+}
+
+/// Guessing from one address locks that address out of that account only: the owner
+/// elsewhere, and other accounts behind the guesser's address (a household's NAT), keep
+/// working, and every refusal a guesser causes is a 401, never a 503 (U10-012, S11-010).
+#[tokio::test]
+async fn u10_012_throttle_is_per_address_and_account() {
+    let s = TestServer::start().await;
+    let victim = weave_account(&s, "victim@example.com", PASSWORD).await;
+    let neighbour = weave_account(&s, "neighbour@example.com", PASSWORD).await;
+    let (attacker, owner) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    for _ in 0..8 {
+        assert_eq!(info(&attacker, &s, &victim, "guess guess").await.status, 401);
+    }
+    // Cheap failures (a Basic user that is not the path's) count for the pair only.
+    for _ in 0..8 {
+        let r = send(
+            attacker
+                .get(format!("{}/1.1/{victim}/info/collections", s.base))
+                .header("authorization", basic_auth(&neighbour, PASSWORD)),
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(info(&owner, &s, &victim, PASSWORD).await.status, 200, "the owner elsewhere is not locked out");
+    assert_eq!(
+        info(&attacker, &s, &neighbour, PASSWORD).await.status,
+        200,
+        "another account behind the guesser's address is not refused"
+    );
+    // The locked pair itself: a 401, as for a wrong password, and no hash is computed.
+    assert_eq!(info(&attacker, &s, &victim, PASSWORD).await.status, 401);
+}
+
+/// One address past the ceiling of failures over all accounts is told to come back later,
+/// except for clients that verified recently; other addresses are not affected.
+#[tokio::test]
+async fn u10_012_address_ceiling() {
+    let s = TestServer::start().await;
+    let mine = weave_account(&s, "mine@example.com", PASSWORD).await;
+    let flood = client_from("127.0.0.4");
+    assert_eq!(info(&flood, &s, &mine, PASSWORD).await.status, 200, "verified before the flood");
+    let mut last = 0;
+    for i in 0..(syncstead_server::auth::ADDRESS_CEILING + 5) {
+        let user = syncstead_proto::username::username_for_account(&format!("nobody{i}@example.com"));
+        last = info(&flood, &s, &user, "whatever").await.status.as_u16();
+    }
+    assert_eq!(last, 503, "past the ceiling");
+    assert_eq!(info(&flood, &s, &mine, PASSWORD).await.status, 200, "a recently verified client keeps syncing");
+    let other = weave_account(&s, "other@example.com", PASSWORD).await;
+    let r = info(&flood, &s, &other, PASSWORD).await;
+    r.assert_error(503, 0);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(info(&client_from("127.0.0.5"), &s, &other, PASSWORD).await.status, 200);
+}
+
+/// Opens a connection from `ip` and sends the first bytes of a request head.
+async fn slow_connection(s: &TestServer, ip: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    let mut stream = socket
+        .connect(s.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let _ = stream.write_all(b"GET /__heartbeat__ HTTP/1.1\r\nX-Slow: ").await;
+    stream
+}
+
+/// Whether the server has closed the connection (reads end) within `within`, while the
+/// client keeps dripping a byte every 200 ms.
+async fn closed_while_dripping(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < within {
+        if stream.write_all(b"a").await.is_err() {
+            return true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // An error response (408 and the like) before the close also ends it.
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+/// A client dripping header bytes is cut off once the head deadline passes, however often
+/// it sends a byte (the inactivity timer alone never fires for it).
+#[tokio::test]
+async fn request_head_has_a_deadline() {
+    let s = TestServer::start_with(|c| c.request_head_timeout_seconds = Some(2)).await;
+    let mut stream = slow_connection(&s, "127.0.0.2").await;
+    assert!(closed_while_dripping(&mut stream, Duration::from_secs(8)).await);
+}
+
+/// The same for a body: the whole body within its deadline.
+#[tokio::test]
+async fn request_body_has_a_deadline() {
+    let s = TestServer::start_with(|c| c.request_body_timeout_seconds = Some(2)).await;
+    let w = weave_account(&s, "body@example.com", PASSWORD).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket
+        .connect(s.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /1.1/{w}/storage/tabs/a HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+        basic_auth(&w, PASSWORD)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let mut answered = false;
+    let mut buf = [0u8; 512];
+    while start.elapsed() < Duration::from_secs(8) && !answered {
+        if stream.write_all(b" ").await.is_err() {
+            answered = true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => answered = true,
+            Err(_) => {}
+        }
+    }
+    assert!(answered, "the server gave up on the trickled body");
+}
+
+/// One address holding many slow connections takes at most its share of the connection
+/// slots: other clients keep being served.
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    let s = TestServer::start_with(|c| {
+        c.max_connections = Some(60);
+        c.max_connections_per_address = Some(20);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(slow_connection(&s, "127.0.0.2").await);
+    }
+    let others = client_from("127.0.0.3");
+    for _ in 0..10 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            others.get(format!("{}/__heartbeat__", s.base)).send(),
+        )
+        .await;
+        assert!(
+            r.is_ok_and(|r| r.is_ok_and(|r| r.status() == 200)),
+            "another client is served"
+        );
+    }
+    // Most of the slow connections were closed at once.
+    let mut closed = 0;
+    for stream in &mut held {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(20), stream.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 80, "{closed} of 100 closed");
+}
