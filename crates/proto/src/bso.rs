@@ -62,6 +62,8 @@ pub fn parse_bso_fields(mut obj: Map<String, Value>) -> Result<(Option<String>, 
     };
     let payload = match obj.remove("payload") {
         None | Some(Value::Null) => None,
+        // PostgreSQL cannot store a NUL in text; refused alike on every backend.
+        Some(Value::String(s)) if s.contains('\0') => return Err("invalid bso: payload contains NUL".into()),
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err("invalid bso: payload not a string".into()),
     };
@@ -101,7 +103,7 @@ pub fn is_known_bad_crypto_payload(payload: &str) -> bool {
 
 /// Parses a PUT body: a JSON object, validated as a whole (S15-089).
 pub fn parse_put_body(body: &[u8]) -> Result<BsoInput, ProtoError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| ProtoError::Bso("invalid json".into()))?;
+    let value = crate::json::from_slice(body).map_err(|_| ProtoError::Bso("invalid json".into()))?;
     let Value::Object(obj) = value else {
         return Err(ProtoError::Bso("not an object".into()));
     };
@@ -122,25 +124,9 @@ pub enum PostItem {
 pub fn parse_post_body(body: &[u8], newlines: bool) -> Result<Vec<PostItem>, ProtoError> {
     let bad = |why: &str| ProtoError::Bso(why.to_string());
     let values: Vec<Value> = if newlines {
-        let text = std::str::from_utf8(body).map_err(|_| bad("invalid utf-8"))?;
-        if text.is_empty() {
-            Vec::new()
-        } else {
-            // A final newline ends the last line; it does not start an empty one.
-            let mut lines: Vec<&str> = text.split('\n').collect();
-            if lines.len() > 1 && lines.last() == Some(&"") {
-                lines.pop();
-            }
-            lines
-                .into_iter()
-                .map(|line| {
-                    let line = line.strip_suffix('\r').unwrap_or(line);
-                    serde_json::from_str(line).map_err(|_| bad("invalid json line"))
-                })
-                .collect::<Result<_, _>>()?
-        }
+        crate::json::from_lines(body).map_err(|_| bad("invalid json line"))?
     } else {
-        match serde_json::from_slice(body).map_err(|_| bad("invalid json"))? {
+        match crate::json::from_slice(body).map_err(|_| bad("invalid json"))? {
             Value::Array(items) => items,
             _ => return Err(bad("not a list")),
         }

@@ -3,6 +3,7 @@
 //! Requirement ids (S15-…, T10-…) refer to `shared/spec/`.
 
 pub mod bso;
+pub mod json;
 pub mod limits;
 pub mod names;
 pub mod query;

@@ -45,6 +45,15 @@ pub fn is_valid_bso_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
+/// A `%` not followed by two hex digits. Such a path names nothing: it is refused rather
+/// than decoded literally, so `a%` and `a%25` are never the same record by accident.
+pub fn has_malformed_escape(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'%' && !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
+    })
+}
+
 /// The `info/` documents a user reads with credentials (S15-061…S15-064, S11-030…S11-033);
 /// `info/configuration` (1.5) needs none.
 pub const INFO_DOCUMENTS: [&str; 4] = ["collections", "collection_counts", "collection_usage", "quota"];
@@ -64,6 +73,16 @@ pub fn is_valid_username(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_escapes() {
+        for bad in ["/a%", "/%%", "/a%2", "/a%zz", "/%2"] {
+            assert!(has_malformed_escape(bad), "{bad}");
+        }
+        for good in ["/a", "/a%20b", "/%7B%7d", "/x%2F"] {
+            assert!(!has_malformed_escape(good), "{good}");
+        }
+    }
 
     #[test]
     fn s15_010_uid_syntax() {

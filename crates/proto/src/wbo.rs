@@ -15,7 +15,7 @@ pub const MAX_ID_CHARS: usize = 64;
 /// A WBO id as a write may name it: 1–64 characters (S11-020). In a POST body it must not
 /// contain `/` either, or it could never be addressed by a URL.
 pub fn is_valid_wbo_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= MAX_ID_CHARS
+    !id.is_empty() && id.chars().count() <= MAX_ID_CHARS && !id.contains('\0')
 }
 
 /// The fields a 1.1 write supplies; `None` is "absent" (and so is a JSON null).
@@ -47,7 +47,8 @@ pub struct Wbo {
 fn short_string(v: &Value, field: &str) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
-        Value::String(s) if s.chars().count() <= MAX_ID_CHARS => Ok(Some(s.clone())),
+        // No NUL: PostgreSQL cannot store one in text, so no backend takes it.
+        Value::String(s) if s.chars().count() <= MAX_ID_CHARS && !s.contains('\0') => Ok(Some(s.clone())),
         Value::Number(n) => Ok(Some(n.to_string())),
         _ => Err(format!("invalid {field}")),
     }
@@ -85,6 +86,7 @@ pub fn parse_wbo(obj: &Map<String, Value>) -> Result<WboInput, String> {
             "payload" => {
                 w.payload = match value {
                     Value::Null => None,
+                    Value::String(s) if s.contains('\0') => return Err("invalid payload".into()),
                     Value::String(s) if s.len() <= MAX_WBO_PAYLOAD => Some(s.clone()),
                     Value::String(_) => return Err("payload too large".into()),
                     _ => return Err("payload not a string".into()),

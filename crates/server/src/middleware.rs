@@ -95,6 +95,10 @@ pub async fn strip_prefix(State(prefix): State<Arc<str>>, mut req: Request, next
         req.extensions_mut().insert(original);
     }
     let path = req.uri().path();
+    // S15-010, S11-005: a path with a broken escape names no record.
+    if syncstead_proto::names::has_malformed_escape(path) {
+        return ApiError::NotFound.into_response();
+    }
     let rest = path
         .strip_prefix(&*prefix)
         .filter(|r| r.starts_with('/'))

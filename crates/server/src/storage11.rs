@@ -267,25 +267,35 @@ async fn put_item(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WeaveError> {
-    let bucket = user.bucket();
     let since = unmodified_since(&headers)?;
-    let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
+    let value = syncstead_proto::json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let Value::Object(obj) = value else {
         return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     };
     let mut wbo = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
-    if !is_valid_wbo_id(&id) {
+    wbo.id = id;
+    put_one(&state, &user, &coll, wbo, since).await
+}
+
+/// S11-070…S11-074: one WBO written; the answer is its `modified`.
+async fn put_one(
+    state: &AppState,
+    user: &WeaveUser,
+    coll: &str,
+    wbo: WboInput,
+    since: Option<SyncTimestamp>,
+) -> Result<Response, WeaveError> {
+    if !is_valid_wbo_id(&wbo.id) {
         return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     }
-    wbo.id = id;
     let w = state
         .legacy
-        .wbo_put(bucket, &coll, vec![wbo], since, state.settings.write_limits())
+        .wbo_put(user.bucket(), coll, vec![wbo], since, state.settings.write_limits())
         .await?;
     let m = w.modified.first().copied().unwrap_or(w.time);
     Ok(with_quota(
         at(json_body(StatusCode::OK, m.to_string()), w.time),
-        &state,
+        state,
         &w,
     ))
 }
@@ -300,17 +310,26 @@ async fn post_collection(
 ) -> Result<Response, WeaveError> {
     let bucket = user.bucket();
     let since = unmodified_since(&headers)?;
-    let value: Value = serde_json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
-    let elements = match value {
-        Value::Array(items) => items,
-        Value::Object(obj) => {
-            let w = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
-            if !is_valid_wbo_id(&w.id) || w.id.contains('/') {
-                return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
+    let parse_failure = |_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE);
+    let newlines = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/newlines")));
+    let elements = if newlines {
+        syncstead_proto::json::from_lines(&body).map_err(parse_failure)?
+    } else {
+        match syncstead_proto::json::from_slice(&body).map_err(parse_failure)? {
+            Value::Array(items) => items,
+            // A single object is a PUT of that object (S11-080).
+            Value::Object(obj) => {
+                let w = parse_wbo(&obj).map_err(|_| ApiError::BadRequest(respcode::INVALID_WBO))?;
+                if w.id.contains('/') {
+                    return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
+                }
+                return put_one(&state, &user, &coll, w, since).await;
             }
-            vec![Value::Object(obj)]
+            _ => return Err(ApiError::BadRequest(respcode::INVALID_WBO).into()),
         }
-        _ => return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE).into()),
     };
     let mut accepted: Vec<WboInput> = Vec::new();
     let mut failed: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -86,7 +86,7 @@ async fn create(
     if state.accounts.account(&username).await?.is_some() {
         return Err(ApiError::BadRequest(respcode::CANNOT_OVERWRITE).into());
     }
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(Value::Object(fields)) = syncstead_proto::json::from_slice(&body) else {
         return Err(ApiError::BadRequest(respcode::JSON_PARSE_FAILURE).into());
     };
     let email = fields

@@ -291,16 +291,33 @@ async fn s15_089_invalid_bso_fields_are_400_8_and_change_nothing() {
         json!({"ttl": -1}),
         json!({"payload": "x", "unknown": 1}),
         json!({"id": "A\nB", "payload": "x"}),
+        // PostgreSQL cannot store a NUL: refused on every backend alike.
+        json!({"payload": "a\u{0}b"}),
     ] {
         u.put("/storage/col/x", body.clone()).await.assert_error(400, 8);
     }
+    // Unparsable, and a key named twice (which reader's "last one wins" would it be?).
+    for text in ["{not json", r#"{"payload":"x","payload":"y"}"#] {
+        let r = u
+            .with(Method::PUT, "/storage/col/x", |b| {
+                b.header("content-type", "application/json").body(text)
+            })
+            .await;
+        r.assert_error(400, 8);
+    }
     let r = u
-        .with(Method::PUT, "/storage/col/x", |b| {
-            b.header("content-type", "application/json").body("{not json")
+        .with(Method::POST, "/storage/col", |b| {
+            b.header("content-type", "application/json")
+                .body(r#"[{"id":"y","payload":"1","id":"z"}]"#)
         })
         .await;
     r.assert_error(400, 8);
     assert_eq!(u.get("/storage/col/x").await.json(), before);
+    // A broken percent-escape names no record (S15-010): 404 before anything else.
+    for path in ["/storage/col/a%", "/storage/col/%%", "/storage/col/a%2"] {
+        u.put(path, json!({"payload": "x"})).await.assert_error(404, 0);
+    }
+    assert_eq!(u.get("/storage/col?full=1").await.json().as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -23,11 +23,8 @@ fn wbo_from_row(mut r: Row, full: bool) -> StoreResult<Wbo> {
         predecessorid: if full { r.opt_text(2)? } else { None },
         sortindex: if full { r.opt_i32(3)? } else { None },
         modified: r.time(4)?,
-        payload: if full {
-            r.opt_text(5)?.filter(|p| !p.is_empty())
-        } else {
-            None
-        },
+        // An empty payload is a value like any other and comes back as written.
+        payload: if full { r.opt_text(5)? } else { None },
     })
 }
 

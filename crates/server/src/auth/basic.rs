@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use syncstead_proto::names::{is_info_document, is_valid_collection, is_valid_username};
 use syncstead_proto::respcode;
+use syncstead_proto::wbo::is_valid_wbo_id;
 use syncstead_proto::username::username_for_account;
 use syncstead_store::{Account, UserId};
 
@@ -197,7 +198,7 @@ pub async fn authenticate(
 /// credentials are looked at, as the Weave clients expect:
 /// - `/user/{version}/{username}/…`: the version is `1.0` or `1`, the username well formed (U10-001);
 /// - `/{api}/{username}/info/{what}`: a known info document;
-/// - `/{api}/{username}/storage/{collection}[/…]`: a valid collection name;
+/// - `/{api}/{username}/storage/{collection}[/{id}]`: a valid collection name and id (S11-005);
 /// - `/{api}/{username}/storage` (routed as `{application}/{version}`): only `storage`.
 pub struct WeaveUser {
     pub account: Account,
@@ -227,6 +228,7 @@ impl FromRequestParts<AppState> for WeaveUser {
                 "version" if user_api && !matches!(value, "1.0" | "1") => return Err(ApiError::NotFound.into()),
                 "version" if !user_api && value != "storage" => return Err(ApiError::NotFound.into()),
                 "what" if !is_info_document(value) => return Err(ApiError::NotFound.into()),
+                "id" if !is_valid_wbo_id(value) => return Err(ApiError::NotFound.into()),
                 "collection" if !is_valid_collection(value) => {
                     return Err(ApiError::BadRequest(respcode::INVALID_COLLECTION).into())
                 }
