@@ -123,7 +123,10 @@ mod tests {
         assert!(from_str(r#"[{"id":"a"},{"id":"b","id":"c"}]"#).is_err());
         assert!(from_str(r#"{"a":{"b":1,"b":2}}"#).is_err());
         let v = from_str(r#"{"id":"a","n":[1,2.5,-3,true,null,"s"],"o":{"k":"v"}}"#).unwrap();
-        assert_eq!(v, serde_json::json!({"id":"a","n":[1,2.5,-3,true,null,"s"],"o":{"k":"v"}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"id":"a","n":[1,2.5,-3,true,null,"s"],"o":{"k":"v"}})
+        );
         assert!(from_str(r#"{"a":1} trailing"#).is_err());
         assert_eq!(from_str(r#""\u00e9""#).unwrap(), Value::String("é".into()));
     }

@@ -49,9 +49,9 @@ pub fn is_valid_bso_id(s: &str) -> bool {
 /// than decoded literally, so `a%` and `a%25` are never the same record by accident.
 pub fn has_malformed_escape(path: &str) -> bool {
     let b = path.as_bytes();
-    b.iter().enumerate().any(|(i, &c)| {
-        c == b'%' && !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
-    })
+    b.iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'%' && !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()))
 }
 
 /// The `info/` documents a user reads with credentials (S15-061…S15-064, S11-030…S11-033);

@@ -114,7 +114,12 @@ pub struct ConfigLayer {
 
     /// Origins web pages may call this server from (CORS), comma-separated; `*` allows
     /// any, answering with the caller's own origin as Mozilla's server does [default: *].
-    #[arg(long, env = "SYNCSTEAD_CORS_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SYNCSTEAD_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_allowed_origins: Option<Vec<String>>,
 
     /// Largest request body in bytes [default: 2625536].
@@ -584,7 +589,10 @@ impl Settings {
             }
         };
         let trusted_proxies = match &layer.trusted_proxies {
-            None => vec![IpNet::host([127, 0, 0, 1].into()), IpNet::host(std::net::Ipv6Addr::LOCALHOST.into())],
+            None => vec![
+                IpNet::host([127, 0, 0, 1].into()),
+                IpNet::host(std::net::Ipv6Addr::LOCALHOST.into()),
+            ],
             Some(list) => list
                 .iter()
                 .map(|s| s.trim())
@@ -667,7 +675,7 @@ impl Settings {
             self.master_secret = read_secret_file(&path)?;
             return Ok(());
         }
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| ConfigError::Secret(e.to_string()))?;
+        syncstead_store::lock::create_private_dir(&self.data_dir).map_err(|e| ConfigError::Secret(e.to_string()))?;
         let mut bytes = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
         let secret = data_encoding::HEXLOWER.encode(&bytes);
@@ -745,7 +753,9 @@ mod tests {
         assert!(!net.contains("192.0.3.1".parse().unwrap()));
         assert!(!net.contains("::1".parse().unwrap()));
         assert!(IpNet::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
-        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains("198.51.100.1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("198.51.100.1".parse().unwrap()));
         let one = IpNet::parse("127.0.0.1").unwrap();
         assert!(one.contains("127.0.0.1".parse().unwrap()) && !one.contains("127.0.0.2".parse().unwrap()));
         for bad in ["192.0.2.0/33", "nope", "10.0.0.1/x"] {

@@ -188,9 +188,7 @@ impl http_body::Body for DeadlineBody {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let limit = this.limit;
-        let deadline = this
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(limit))))),
             Poll::Pending => Poll::Pending,
@@ -338,8 +336,15 @@ mod tests {
             Some("203.0.113.9".parse().unwrap()),
             "the right-most address that is not a trusted proxy; the client-written 6.6.6.6 is ignored"
         );
-        assert_eq!(client_addr(Some(remote), &trusted, &h), Some(remote.ip()), "untrusted peers are not believed");
-        assert_eq!(client_addr(Some(local), &trusted, &http::HeaderMap::new()), Some(local.ip()));
+        assert_eq!(
+            client_addr(Some(remote), &trusted, &h),
+            Some(remote.ip()),
+            "untrusted peers are not believed"
+        );
+        assert_eq!(
+            client_addr(Some(local), &trusted, &http::HeaderMap::new()),
+            Some(local.ip())
+        );
         h.insert("x-forwarded-for", "203.0.113.9, garbage".parse().unwrap());
         assert_eq!(client_addr(Some(local), &trusted, &h), Some(local.ip()));
         h.insert("x-forwarded-for", "10.0.0.1, 10.0.0.2".parse().unwrap());
@@ -364,7 +369,10 @@ mod tests {
         let one = a.take(ip, 2).unwrap();
         let two = a.take(ip, 2).unwrap();
         assert!(a.take(ip, 2).is_none());
-        assert!(a.take("192.0.2.2".parse().unwrap(), 2).is_some(), "other addresses are not affected");
+        assert!(
+            a.take("192.0.2.2".parse().unwrap(), 2).is_some(),
+            "other addresses are not affected"
+        );
         drop(one);
         assert!(a.take(ip, 2).is_some());
         drop(two);

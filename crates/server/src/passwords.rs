@@ -213,7 +213,10 @@ mod tests {
         for (i, c) in checks.into_iter().enumerate() {
             assert_eq!(c.await.unwrap().unwrap(), i % 2 == 0);
         }
-        assert!(pool.spare.lock().unwrap().len() <= 2, "one work memory per slot at most");
+        assert!(
+            pool.spare.lock().unwrap().len() <= 2,
+            "one work memory per slot at most"
+        );
     }
 
     #[test]

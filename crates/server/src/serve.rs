@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncstead_store::{Backend, SqliteOptions, SqliteStore};
+use syncstead_store::{Backend, InstanceLock, SqliteOptions, SqliteStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::Layer;
@@ -30,6 +30,27 @@ pub enum ServeError {
     OAuthKeys(String),
     #[error("mail: {0}")]
     Mail(#[from] crate::mail::MailError),
+    #[error(transparent)]
+    Lock(#[from] syncstead_store::LockError),
+    #[error(
+        "the database {} is missing, but one was in use here before (its lock file {} remains); \
+         restore a backup with `syncstead restore`, or delete the lock file to start with an empty database",
+        .0.display(), .1.display()
+    )]
+    DatabaseMissing(std::path::PathBuf, std::path::PathBuf),
+}
+
+/// Takes the data directory and (SQLite) the database for this process alone, so that
+/// neither a second server nor a restore can work on them while this one runs.
+pub fn lock_instance(settings: &Settings) -> Result<Vec<InstanceLock>, ServeError> {
+    syncstead_store::lock::create_private_dir(&settings.data_dir)?;
+    let mut locks = vec![InstanceLock::acquire(&settings.data_dir.join("syncstead.lock"))?];
+    if !settings.is_postgres() {
+        locks.push(InstanceLock::acquire(&InstanceLock::sqlite_path(
+            &settings.sqlite_path()?,
+        ))?);
+    }
+    Ok(locks)
 }
 
 /// Opens the store the settings name.
@@ -40,7 +61,13 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Backend>, ServeEr
     }
     let path = settings.sqlite_path()?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        syncstead_store::lock::create_private_dir(dir)?;
+    }
+    // A database that served before leaves its lock file behind: never answer its loss
+    // with a fresh, empty database that every client would then sync against.
+    let lock = InstanceLock::sqlite_path(&path);
+    if !path.exists() && lock.exists() {
+        return Err(ServeError::DatabaseMissing(path, lock));
     }
     let mut options = SqliteOptions::new(path);
     options.synchronous = settings.sqlite_synchronous;
@@ -56,6 +83,7 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
+    locks: Vec<InstanceLock>,
 }
 
 impl RunningServer {
@@ -88,7 +116,10 @@ impl RunningServer {
 pub async fn start(mut settings: Settings) -> Result<RunningServer, ServeError> {
     settings.load_master_secret()?;
     let store = open_store(&settings).await?;
-    start_with_store(settings, store).await
+    let locks = lock_instance(&settings)?;
+    let mut running = start_with_store(settings, store).await?;
+    running.locks = locks;
+    Ok(running)
 }
 
 pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Result<RunningServer, ServeError> {
@@ -152,5 +183,6 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
         shutdown: Some(tx),
         handle,
         background,
+        locks: Vec::new(),
     })
 }

@@ -268,7 +268,8 @@ async fn put_item(
     body: Bytes,
 ) -> Result<Response, WeaveError> {
     let since = unmodified_since(&headers)?;
-    let value = syncstead_proto::json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
+    let value =
+        syncstead_proto::json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let Value::Object(obj) = value else {
         return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     };
@@ -314,7 +315,11 @@ async fn post_collection(
     let newlines = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/newlines")));
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/newlines"))
+        });
     let elements = if newlines {
         syncstead_proto::json::from_lines(&body).map_err(parse_failure)?
     } else {

@@ -42,7 +42,11 @@ async fn u10_012_throttle_is_per_address_and_account() {
         .await;
         assert_eq!(r.status, 401);
     }
-    assert_eq!(info(&owner, &s, &victim, PASSWORD).await.status, 200, "the owner elsewhere is not locked out");
+    assert_eq!(
+        info(&owner, &s, &victim, PASSWORD).await.status,
+        200,
+        "the owner elsewhere is not locked out"
+    );
     assert_eq!(
         info(&attacker, &s, &neighbour, PASSWORD).await.status,
         200,
@@ -59,14 +63,22 @@ async fn u10_012_address_ceiling() {
     let s = TestServer::start().await;
     let mine = weave_account(&s, "mine@example.com", PASSWORD).await;
     let flood = client_from("127.0.0.4");
-    assert_eq!(info(&flood, &s, &mine, PASSWORD).await.status, 200, "verified before the flood");
+    assert_eq!(
+        info(&flood, &s, &mine, PASSWORD).await.status,
+        200,
+        "verified before the flood"
+    );
     let mut last = 0;
     for i in 0..(syncstead_server::auth::ADDRESS_CEILING + 5) {
         let user = syncstead_proto::username::username_for_account(&format!("nobody{i}@example.com"));
         last = info(&flood, &s, &user, "whatever").await.status.as_u16();
     }
     assert_eq!(last, 503, "past the ceiling");
-    assert_eq!(info(&flood, &s, &mine, PASSWORD).await.status, 200, "a recently verified client keeps syncing");
+    assert_eq!(
+        info(&flood, &s, &mine, PASSWORD).await.status,
+        200,
+        "a recently verified client keeps syncing"
+    );
     let other = weave_account(&s, "other@example.com", PASSWORD).await;
     let r = info(&flood, &s, &other, PASSWORD).await;
     r.assert_error(503, 0);
@@ -179,4 +191,106 @@ async fn one_address_cannot_hold_every_connection() {
         }
     }
     assert!(closed >= 80, "{closed} of 100 closed");
+}
+
+fn same_files(s: &TestServer) -> syncstead_server::Settings {
+    syncstead_server::Settings::resolve(syncstead_server::ConfigLayer {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(s.dir.path().to_path_buf()),
+        master_secret: Some(SECRET.into()),
+        database_url: s.postgres.as_ref().map(|p| p.url.clone()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// A second server on the same data directory is refused with a clear message (it would
+/// rename the node under the first and serve stale answers).
+#[tokio::test]
+async fn a_second_server_on_one_data_directory_is_refused() {
+    let s = TestServer::start().await;
+    let Err(e) = syncstead_server::start(same_files(&s)).await else {
+        panic!("a second server started on the same data directory");
+    };
+    assert!(e.to_string().contains("in use by another Syncstead process"), "{e}");
+    assert_eq!(
+        s.client(1).get("/info/collections").await.status,
+        200,
+        "the first serves on"
+    );
+}
+
+/// A database file deleted under the running server: writes are refused with 503 (never
+/// acknowledged into a file nobody will read), the heartbeat turns red, and a restart
+/// refuses to put a fresh empty database in its place.
+#[tokio::test]
+async fn a_deleted_database_is_noticed_and_never_replaced_silently() {
+    if on_postgres() {
+        eprintln!("SKIPPED: about SQLite's database file");
+        return;
+    }
+    let mut s = TestServer::start().await;
+    let u = s.client(1);
+    assert_eq!(
+        u.put("/storage/tabs/a", serde_json::json!({"payload": "x"}))
+            .await
+            .status,
+        200
+    );
+    for f in ["syncstead.db", "syncstead.db-wal", "syncstead.db-shm"] {
+        let _ = std::fs::remove_file(s.dir.path().join(f));
+    }
+    for i in 0..5 {
+        let r = u
+            .put(&format!("/storage/tabs/b{i}"), serde_json::json!({"payload": "y"}))
+            .await;
+        r.assert_error(503, 0);
+        assert!(r.header("retry-after").is_some());
+    }
+    let w = weave_account_status(&s).await;
+    assert_eq!(w, 503, "Weave writes too");
+    let r = send(s.http.get(format!("{}/__heartbeat__", s.base))).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    s.running.take().unwrap().shutdown().await.unwrap();
+    let Err(e) = syncstead_server::start(same_files(&s)).await else {
+        panic!("started with a fresh database over the lost one");
+    };
+    assert!(e.to_string().contains("is missing"), "{e}");
+    assert!(
+        !s.dir.path().join("syncstead.db").exists(),
+        "no empty database was made"
+    );
+}
+
+async fn weave_account_status(s: &TestServer) -> u16 {
+    send(
+        s.http
+            .put(format!(
+                "{}/user/1.0/{}",
+                s.base,
+                syncstead_proto::username::username_for_account("w@example.com")
+            ))
+            .body(serde_json::json!({"password": PASSWORD, "email": "w@example.com"}).to_string()),
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+/// The heartbeat checks the files, not only a query: a read-only log fails it.
+#[tokio::test]
+async fn s15_180_heartbeat_sees_a_read_only_log() {
+    if on_postgres() {
+        eprintln!("SKIPPED: about SQLite's files");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start().await;
+    let beat = || async { send(s.http.get(format!("{}/__heartbeat__", s.base))).await.status };
+    assert_eq!(beat().await, 200);
+    let wal = s.dir.path().join("syncstead.db-wal");
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert_eq!(beat().await, 503);
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(beat().await, 200);
 }

@@ -80,6 +80,14 @@ async fn u10_012_a_login_burst_costs_the_slots_memory_not_the_bursts() {
         after / MIB
     );
     // Two slots of 19 MiB, and room for the allocator; unbounded, 90 hashes held 1.7 GiB.
-    assert!(peak < baseline + 120 * MIB, "peak {} MiB over baseline", (peak - baseline) / MIB);
-    assert!(after < baseline + 80 * MIB, "after {} MiB over baseline", (after.saturating_sub(baseline)) / MIB);
+    assert!(
+        peak < baseline + 120 * MIB,
+        "peak {} MiB over baseline",
+        (peak - baseline) / MIB
+    );
+    assert!(
+        after < baseline + 80 * MIB,
+        "after {} MiB over baseline",
+        (after.saturating_sub(baseline)) / MIB
+    );
 }

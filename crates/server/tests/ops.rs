@@ -121,7 +121,10 @@ async fn s15_181_cors_preflight() {
     let s = TestServer::start().await;
     let r = preflight(&s, "https://example.org").await;
     assert!(r.status.is_success());
-    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://example.org"));
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://example.org")
+    );
     assert_eq!(r.header("access-control-max-age").as_deref(), Some("1728000"));
     assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
     // Mozilla's suite (test_cors_settings_are_set) sends `Origin: localhost` and expects it back.
@@ -130,9 +133,16 @@ async fn s15_181_cors_preflight() {
 
     let listed = TestServer::start_with(|c| c.cors_allowed_origins = Some(vec!["https://mine.example".into()])).await;
     let r = preflight(&listed, "https://mine.example").await;
-    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://mine.example"));
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://mine.example")
+    );
     let r = preflight(&listed, "https://example.org").await;
-    assert_eq!(r.header("access-control-allow-origin"), None, "an origin off the list gets no grant");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        None,
+        "an origin off the list gets no grant"
+    );
 }
 
 /// Behind a TLS reverse proxy under a path prefix, clients sign the public URL; the server

@@ -447,10 +447,18 @@ async fn s11_074_s11_080_post_of_one_object_is_a_put() {
     let s = TestServer::start().await;
     let w = account(&s).await;
     let r = w
-        .call(Method::POST, "/storage/tabs", Some(json!({"id": "one", "payload": "p"})), &[])
+        .call(
+            Method::POST,
+            "/storage/tabs",
+            Some(json!({"id": "one", "payload": "p"})),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let t: f64 = r.text.parse().unwrap_or_else(|_| panic!("a bare timestamp, got {}", r.text));
+    let t: f64 = r
+        .text
+        .parse()
+        .unwrap_or_else(|_| panic!("a bare timestamp, got {}", r.text));
     assert_eq!(r.ts("x-weave-timestamp"), t);
     let item = w.get("/storage/tabs/one").await.json();
     assert_eq!(item["payload"], "p");
@@ -459,9 +467,14 @@ async fn s11_074_s11_080_post_of_one_object_is_a_put() {
     w.call(Method::POST, "/storage/tabs", Some(json!({"payload": "p"})), &[])
         .await
         .assert_error(400, 8);
-    w.call(Method::POST, "/storage/tabs", Some(json!({"id": "a/b", "payload": "p"})), &[])
-        .await
-        .assert_error(400, 8);
+    w.call(
+        Method::POST,
+        "/storage/tabs",
+        Some(json!({"id": "a/b", "payload": "p"})),
+        &[],
+    )
+    .await
+    .assert_error(400, 8);
 }
 
 /// S11-070, S11-080: a body that parses but is not a list (or object) is an invalid WBO
@@ -486,10 +499,19 @@ async fn s11_080_bodies_that_are_not_lists() {
     )
     .await
     .assert_error(400, 6);
-    w.raw(Method::PUT, "/storage/tabs/a", "text/plain", r#"{"payload":"x","payload":"y"}"#)
-        .await
-        .assert_error(400, 6);
-    assert_eq!(ids(&w.get("/storage/tabs").await), Vec::<String>::new(), "nothing written");
+    w.raw(
+        Method::PUT,
+        "/storage/tabs/a",
+        "text/plain",
+        r#"{"payload":"x","payload":"y"}"#,
+    )
+    .await
+    .assert_error(400, 6);
+    assert_eq!(
+        ids(&w.get("/storage/tabs").await),
+        Vec::<String>::new(),
+        "nothing written"
+    );
 }
 
 /// A POST may send `application/newlines`: one WBO per line.
@@ -531,19 +553,34 @@ async fn s11_022_empty_payload_round_trip() {
 async fn s11_005_nul_and_broken_escapes_in_ids() {
     let s = TestServer::start().await;
     let w = account(&s).await;
-    for path in ["/storage/tabs/a%00b", "/storage/tabs/a%", "/storage/tabs/%%", "/storage/tabs/a%2"] {
+    for path in [
+        "/storage/tabs/a%00b",
+        "/storage/tabs/a%",
+        "/storage/tabs/%%",
+        "/storage/tabs/a%2",
+    ] {
         let r = w.call(Method::PUT, path, Some(json!({"payload": "x"})), &[]).await;
         assert_eq!(r.status, 404, "{path}: {}", r.text);
         assert_eq!(w.get(path).await.status, 404, "{path}");
     }
     let r = w
-        .call(Method::POST, "/storage/tabs", Some(json!([{"id": "a\u{0}b", "payload": "x"}])), &[])
+        .call(
+            Method::POST,
+            "/storage/tabs",
+            Some(json!([{"id": "a\u{0}b", "payload": "x"}])),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["success"], json!([]));
     assert!(r.json()["failed"].get("a\u{0}b").is_some(), "{}", r.text);
     let r = w
-        .call(Method::PUT, "/storage/tabs/fine", Some(json!({"payload": "a\u{0}b"})), &[])
+        .call(
+            Method::PUT,
+            "/storage/tabs/fine",
+            Some(json!({"payload": "a\u{0}b"})),
+            &[],
+        )
         .await;
     r.assert_error(400, 8);
     assert_eq!(ids(&w.get("/storage/tabs").await), Vec::<String>::new());

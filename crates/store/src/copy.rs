@@ -150,7 +150,8 @@ enum Db {
     Postgres(tokio_postgres::Client),
 }
 
-fn sqlite_path(url: &str) -> Option<&str> {
+/// The file a `sqlite://` URL names.
+pub fn sqlite_path(url: &str) -> Option<&str> {
     url.strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .map(|p| p.split('?').next().unwrap_or(p))

@@ -60,6 +60,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The bytes the database occupies.
     fn database_bytes(&self) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// What a query cannot see: the files under the database (still there, writable,
+    /// room left on the disk). The heartbeat's first check.
+    fn health(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// A store on one backend: `SqliteStore` or `PgStore`.

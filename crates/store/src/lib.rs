@@ -13,6 +13,7 @@ pub mod copy;
 mod db;
 mod error;
 mod legacy;
+pub mod lock;
 pub mod postgres;
 #[doc(hidden)]
 pub mod sql;
@@ -24,6 +25,7 @@ pub mod tokens;
 pub use accounts::{Account, AccountError};
 pub use db::{Db, Engine};
 pub use error::{AdminError, AdminResult, Cause, StoreError, StoreResult};
+pub use lock::{InstanceLock, LockError};
 pub use sqlite::{SqliteOptions, Synchronous};
 pub use tokens::{Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate};
 

@@ -218,6 +218,22 @@ fn run_now<R>(mut rule: BoxFuture<'_, StoreResult<R>>) -> StoreResult<R> {
     }
 }
 
+/// Creates an empty database file readable by its owner only, unless one exists. SQLite
+/// gives the `-wal` and `-shm` files it makes later the same permissions.
+pub(crate) fn create_private_file(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(Box::new(e))),
+    }
+}
+
 fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResult<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -284,7 +300,75 @@ struct Queued {
     job: Job,
 }
 
-fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>) {
+/// The database file as it was opened. A file deleted or replaced under a running server
+/// still takes writes (the server holds the old inode open) that nobody will ever read
+/// again; the guard notices, and from then on every commit is refused until a restart.
+#[derive(Clone)]
+struct FileGuard {
+    path: PathBuf,
+    identity: (u64, u64),
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Less free space than this on the database's file system fails the heartbeat: SQLite
+/// needs room for the log before a write can even start.
+const MIN_FREE_BYTES: u64 = 8 << 20;
+
+impl FileGuard {
+    fn new(path: &Path) -> StoreResult<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(FileGuard {
+            path: path.to_path_buf(),
+            identity: (m.dev(), m.ino()),
+            lost: Default::default(),
+        })
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering;
+        const LOST: &str = "the database file was deleted or replaced while the server ran; restart it";
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(unavailable(LOST));
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => Ok(()),
+            _ => {
+                if !self.lost.swap(true, Ordering::Relaxed) {
+                    tracing::error!(path = %self.path.display(), "{LOST}; refusing every write");
+                }
+                Err(unavailable(LOST))
+            }
+        }
+    }
+
+    /// The heartbeat's view: the file is ours, it and its log are writable, the disk
+    /// has room.
+    fn health(&self) -> StoreResult<()> {
+        self.check()?;
+        for suffix in ["", "-wal"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            if std::fs::metadata(&p).is_ok_and(|m| m.permissions().readonly()) {
+                return Err(unavailable("the database or its write-ahead log is read-only"));
+            }
+        }
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Ok(fs) = rustix::fs::statvfs(dir) {
+            if fs.f_bavail.saturating_mul(fs.f_frsize) < MIN_FREE_BYTES {
+                return Err(unavailable("the disk under the database is full"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: FileGuard) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     while let Ok(first) = jobs.recv() {
         let mut bytes = first.bytes;
@@ -314,6 +398,8 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>) {
         // A panic may have left a savepoint half done: then nothing of the group is kept.
         let failure = if panicked {
             Some("a write failed unexpectedly; the group was rolled back".to_string())
+        } else if let Err(e) = guard.check() {
+            Some(e.to_string())
         } else {
             conn.batch("COMMIT").err().map(|e| e.to_string())
         };
@@ -350,6 +436,7 @@ fn unavailable(what: &'static str) -> StoreError {
 /// The SQLite side of [`Db`]: the writer thread, the readers and a cache of storage times.
 pub struct SqliteEngine {
     path: PathBuf,
+    guard: FileGuard,
     writer: std::sync::mpsc::Sender<Queued>,
     readers: Arc<Mutex<Vec<Conn>>>,
     reader_slots: Arc<Semaphore>,
@@ -373,14 +460,17 @@ impl Db<SqliteEngine> {
 
 impl SqliteEngine {
     fn open(options: SqliteOptions) -> StoreResult<Self> {
+        create_private_file(&options.path)?;
         let mut writer = open_connection(&options.path, false, options.synchronous)?;
         migrate(&mut writer)?;
+        let guard = FileGuard::new(&options.path)?;
+        let writer_guard = guard.clone();
         let readers = options.readers.max(1);
         let (sender, jobs) = std::sync::mpsc::channel::<Queued>();
         let writer = Conn::new(writer);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_thread(writer, jobs))
+            .spawn(move || writer_thread(writer, jobs, writer_guard))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let (checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
         let checkpoint_conn = open_connection(&options.path, false, options.synchronous)?;
@@ -389,6 +479,7 @@ impl SqliteEngine {
             .spawn(move || checkpoint_thread(checkpoint_conn, checkpoint_rx))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(SqliteEngine {
+            guard,
             path: options.path,
             writer: sender,
             _checkpoint_stop: checkpoint_stop,
@@ -524,6 +615,10 @@ impl Engine for SqliteEngine {
         Ok(())
     }
 
+    fn health(&self) -> StoreResult<()> {
+        self.guard.health()
+    }
+
     async fn database_bytes(&self) -> StoreResult<u64> {
         let mut bytes = 0;
         for suffix in ["", "-wal"] {
@@ -543,6 +638,7 @@ pub fn backup(db: &Path, dest: &Path) -> AdminResult<u64> {
         return Err(AdminError::Exists(dest.to_path_buf()));
     }
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
+    create_private_file(dest)?;
     let run = || -> rusqlite::Result<(u64, String)> {
         src.busy_timeout(std::time::Duration::from_secs(10))?;
         let mut out = Connection::open(dest)?;
@@ -596,8 +692,9 @@ pub fn restore(backup_file: &Path, db: &Path, force: bool) -> AdminResult<()> {
     }
     let _ = std::fs::remove_file(db);
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| AdminError::Io(dir.to_path_buf(), e))?;
+        crate::lock::create_private_dir(dir).map_err(|e| AdminError::Io(dir.to_path_buf(), e))?;
     }
+    create_private_file(db)?;
     let copy = || -> rusqlite::Result<()> {
         let mut out = Connection::open(db)?;
         let backup = rusqlite::backup::Backup::new(&src, &mut out)?;

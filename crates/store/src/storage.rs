@@ -994,6 +994,7 @@ impl<E: Engine> Store for Db<E> {
     }
 
     async fn check(&self) -> StoreResult<()> {
+        self.engine.health()?;
         self.read("check", Read::Statement, |tx| {
             Box::pin(async move {
                 query_one(tx, "SELECT 1", &[]).await?;

@@ -78,6 +78,13 @@ fn print(report: &Report) {
 }
 
 pub async fn migrate(from: &str, to: &str, mode: Mode) -> CliResult<()> {
+    // Writing into a SQLite database a server is running on would be lost under it.
+    let _lock = match store_copy::sqlite_path(to) {
+        Some(path) => Some(syncstead_store::InstanceLock::acquire(
+            &syncstead_store::InstanceLock::sqlite_path(std::path::Path::new(path)),
+        )?),
+        None => None,
+    };
     let bars = Bars::new();
     let result = store_copy::migrate(from, to, mode, &|p| bars.update(p)).await;
     bars.done();
@@ -93,9 +100,10 @@ pub async fn import(source: &str, mode: Mode, layer: ConfigLayer) -> CliResult<(
     if !settings.is_postgres() {
         let path = settings.sqlite_path()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            syncstead_store::lock::create_private_dir(dir)?;
         }
     }
+    let _locks = syncstead_server::serve::lock_instance(&settings)?;
     let bars = Bars::new();
     let result = store_copy::import_syncserver(source, &settings.database_url, mode, &|p| bars.update(p)).await;
     bars.done();

@@ -308,6 +308,9 @@ fn backup(file: &std::path::Path, layer: ConfigLayer) -> CliResult<()> {
 fn restore(file: &std::path::Path, force: bool, layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer)?;
     let db = settings.sqlite_path()?;
+    // Refused while a server runs on this database: it would go on writing to the
+    // replaced file, and what it acknowledged would be lost.
+    let _locks = syncstead_server::serve::lock_instance(&settings)?;
     syncstead_store::sqlite::restore(file, &db, force)?;
     println!("restored {} into {}", file.display(), db.display());
     Ok(())

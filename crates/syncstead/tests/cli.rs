@@ -151,6 +151,27 @@ fn backup_while_serving_then_restore_into_a_fresh_directory() {
     assert_eq!(put("after"), 200);
     let (ok, _) = run_in(old.path(), &["backup", snap.to_str().unwrap()]);
     assert!(!ok, "an existing backup file is never overwritten");
+    // Restoring under the running server would leave it writing to a deleted file.
+    let (ok, text) = run_in(old.path(), &["restore", snap.to_str().unwrap(), "--force"]);
+    assert!(!ok && text.contains("in use by another Syncstead process"), "{text}");
+    assert_eq!(put("still-served"), 200);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let data = old.path().join("syncstead-data");
+        assert_eq!(mode(&data), 0o700, "the data directory");
+        for f in [
+            "syncstead.db",
+            "syncstead.db-wal",
+            "syncstead.db-shm",
+            "syncstead.db.lock",
+            "syncstead.lock",
+        ] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(mode(&snap), 0o600, "the backup");
+    }
     stop(child);
 
     let new = tempfile::tempdir().unwrap();

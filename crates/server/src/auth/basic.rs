@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use syncstead_proto::names::{is_info_document, is_valid_collection, is_valid_username};
 use syncstead_proto::respcode;
-use syncstead_proto::wbo::is_valid_wbo_id;
 use syncstead_proto::username::username_for_account;
+use syncstead_proto::wbo::is_valid_wbo_id;
 use syncstead_store::{Account, UserId};
 
 use super::throttle::{pair_key, Throttle};
