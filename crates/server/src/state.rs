@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use syncstead_proto::token::TokenSigner;
-use syncstead_store::{AccountStore, Backend, LegacyStore, NewUserPolicy, Store, TokenStore};
+use syncstead_store::{AccountStore, Backend, LegacyStore, NewUserPolicy, NonceStore, Store, TokenStore};
 
 use crate::auth::{HawkVerifier, NonceCache, Throttle, WeaveAuth};
 use crate::config::Settings;
@@ -27,6 +27,7 @@ pub struct AppState {
     pub token_store: Arc<dyn TokenStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub legacy: Arc<dyn LegacyStore>,
+    pub nonces: Arc<dyn NonceStore>,
     /// Weave 1.1 password checking.
     pub weave: Arc<WeaveAuth>,
     pub settings: Arc<Settings>,
@@ -49,7 +50,12 @@ impl AppState {
             public_url: settings.public_url.clone(),
             skew: Duration::from_secs(settings.hawk_skew_seconds),
             expired_grace_seconds: settings.expired_token_grace_seconds,
-            nonces: NonceCache::new(200_000),
+            // 2 million requests in force at once (a token's hour plus its grace): the
+            // memory is about 40 bytes each at most.
+            nonces: NonceCache::new(2_000_000),
+            nonce_secret: syncstead_proto::token::sha256(
+                format!("syncstead hawk nonces\n{}", settings.master_secret).as_bytes(),
+            ),
             verified: Default::default(),
         };
         let runtime = Runtime::default();
@@ -78,6 +84,7 @@ impl AppState {
             store: backend.clone(),
             token_store: backend.clone(),
             accounts: backend.clone(),
+            nonces: backend.clone(),
             legacy: backend,
             weave: Arc::new(WeaveAuth::new(hasher, settings.password_hash_concurrency, mailer)),
             settings: Arc::new(settings),

@@ -294,3 +294,44 @@ async fn s15_180_heartbeat_sees_a_read_only_log() {
     std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(beat().await, 200);
 }
+
+/// T10-118: a captured request replayed is refused for as long as its token lives: after
+/// a flood of other users' requests, and (PostgreSQL) at another server process sharing
+/// the database.
+#[tokio::test]
+async fn t10_118_replays_are_refused_whatever_happens_meanwhile() {
+    const PUBLIC: &str = "http://sync.example.test";
+    let s = TestServer::start_with(|c| c.public_url = Some(PUBLIC.into())).await;
+    let creds = s.creds(1);
+    let url = url::Url::parse(&format!("{PUBLIC}/1.5/1/storage/tabs/a")).unwrap();
+    let auth = syncstead_client::hawk_authorization(&creds, "PUT", &url).unwrap();
+    let put = |base: &str| {
+        s.http
+            .put(format!("{base}/1.5/1/storage/tabs/a"))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(r#"{"payload":"captured"}"#)
+    };
+    assert_eq!(send(put(&s.base)).await.status, 200);
+    for uid in 100..400 {
+        let url = url::Url::parse(&format!("{PUBLIC}/1.5/{uid}/info/collections")).unwrap();
+        let other = syncstead_client::hawk_authorization(&s.creds(uid), "GET", &url).unwrap();
+        let r = send(
+            s.http
+                .get(format!("{}/1.5/{uid}/info/collections", s.base))
+                .header("authorization", other),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(send(put(&s.base)).await.status, 401, "replayed after a flood");
+    if on_postgres() {
+        let url = s.postgres.as_ref().unwrap().url.clone();
+        let second = TestServer::start_with(|c| {
+            c.public_url = Some(PUBLIC.into());
+            c.database_url = Some(url);
+        })
+        .await;
+        assert_eq!(send(put(&second.base)).await.status, 401, "replayed at another process");
+    }
+}

@@ -33,6 +33,11 @@ pub trait Engine: Send + Sync + 'static {
     #[doc(hidden)]
     type Tx: Tx;
 
+    /// Whether several server processes may serve the same users from this database
+    /// (PostgreSQL), so that what guards against replays must live in it. SQLite is served
+    /// by one process, which the instance lock ensures.
+    const SHARED_BY_PROCESSES: bool;
+
     /// Runs `f` in a read-only transaction.
     #[doc(hidden)]
     fn read<R, F>(&self, mode: Read, f: F) -> impl Future<Output = StoreResult<R>> + Send

@@ -14,6 +14,7 @@ mod db;
 mod error;
 mod legacy;
 pub mod lock;
+mod nonces;
 pub mod postgres;
 #[doc(hidden)]
 pub mod sql;
@@ -26,6 +27,7 @@ pub use accounts::{Account, AccountError};
 pub use db::{Db, Engine};
 pub use error::{AdminError, AdminResult, Cause, StoreError, StoreResult};
 pub use lock::{InstanceLock, LockError};
+pub use nonces::NonceStore;
 pub use sqlite::{SqliteOptions, Synchronous};
 pub use tokens::{Assignment, Login, LoginError, NewUserPolicy, Node, NodeUpdate};
 
@@ -300,5 +302,5 @@ pub trait LegacyStore: Send + Sync + 'static {
 }
 
 /// Everything a backend provides.
-pub trait Backend: Store + TokenStore + AccountStore + LegacyStore {}
-impl<T: Store + TokenStore + AccountStore + LegacyStore> Backend for T {}
+pub trait Backend: Store + TokenStore + AccountStore + LegacyStore + NonceStore {}
+impl<T: Store + TokenStore + AccountStore + LegacyStore + NonceStore> Backend for T {}

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_storage.sql")),
     (2, include_str!("../migrations/postgres/0002_tokenserver.sql")),
     (3, include_str!("../migrations/postgres/0003_accounts.sql")),
+    (4, include_str!("../migrations/postgres/0004_nonces.sql")),
 ];
 
 /// Advisory-lock namespaces (the two-key form, which never meets the bucket locks that
@@ -374,6 +375,7 @@ impl PgEngine {
 
 impl Engine for PgEngine {
     type Tx = PgTx;
+    const SHARED_BY_PROCESSES: bool = true;
 
     async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>
     where
@@ -381,6 +383,8 @@ impl Engine for PgEngine {
         F: for<'t> FnOnce(&'t PgTx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
         let client = self.pool.get().await?;
+        // One statement in autocommit: also how a shared nonce is recorded in a single
+        // round trip (nonces.rs).
         if mode == Read::Statement {
             let tx = PgTx {
                 client: Some(client),

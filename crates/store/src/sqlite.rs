@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_storage.sql")),
     (2, include_str!("../migrations/sqlite/0002_tokenserver.sql")),
     (3, include_str!("../migrations/sqlite/0003_accounts.sql")),
+    (4, include_str!("../migrations/sqlite/0004_nonces.sql")),
 ];
 
 /// How hard SQLite pushes each commit to disk.
@@ -540,6 +541,7 @@ impl SqliteEngine {
 
 impl Engine for SqliteEngine {
     type Tx = Conn;
+    const SHARED_BY_PROCESSES: bool = false;
 
     async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>
     where

@@ -513,7 +513,7 @@ async fn staged<T: Tx>(tx: &T, batch: i64) -> StoreResult<Vec<BsoInput>> {
 
 /// One purge step: at most 1,000 expired records and 100 expired batches, so each
 /// transaction stays short.
-async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64)> {
+async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64, u64)> {
     const EXPIRED: &str = "SELECT {row} FROM bsos WHERE expiry < 9223372036854775800 AND expiry <= $1 LIMIT 1000";
     let sql = match tx.dialect() {
         Dialect::Sqlite => format!(
@@ -537,7 +537,8 @@ async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64)
     if !expired.is_empty() {
         delete_batches(tx, expired).await?;
     }
-    Ok((bsos, batches))
+    let nonces = crate::nonces::purge_nonces(tx, now).await?;
+    Ok((bsos, batches, nonces))
 }
 
 #[async_trait]
@@ -957,14 +958,14 @@ impl<E: Engine> Store for Db<E> {
     async fn purge_expired(&self) -> StoreResult<PurgeReport> {
         let mut report = PurgeReport::default();
         loop {
-            let (bsos, batches) = self
+            let (bsos, batches, nonces) = self
                 .write("purge_expired", HEAVY, |tx| {
                     Box::pin(purge_step(tx, SyncTimestamp::now()))
                 })
                 .await?;
             report.bsos += bsos;
             report.batches += batches;
-            if bsos < 1000 && batches < 100 {
+            if bsos < 1000 && batches < 100 && nonces < 10_000 {
                 break;
             }
         }

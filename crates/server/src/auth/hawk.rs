@@ -2,7 +2,6 @@
 //! and [`HawkUser`], the extractor every 1.5 handler takes.
 
 use std::collections::HashSet;
-use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,44 +25,96 @@ pub struct HawkIdentity {
     pub uid: u64,
 }
 
-/// Remembers recently seen (token, ts, nonce) triples so that a captured request cannot be
-/// replayed (spec README §5, T10-118). Two generations bound the memory: when the current
-/// one fills up it becomes the previous one, so at least `capacity / 2` of the most recent
-/// requests are always remembered.
+/// A verified request's nonce, to be remembered for as long as its token can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonceKey {
+    /// Which token (a keyed hash of its id).
+    token: u64,
+    /// Which request of that token (a keyed hash of id, ts and nonce).
+    key: u64,
+    /// Unix seconds after which the token is refused, grace included.
+    until: u64,
+}
+
+/// What remembering a nonce found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    First,
+    Replay,
+    /// Cannot remember more without forgetting nonces still in force: refused, never
+    /// forgotten.
+    Full,
+    /// This token has been used more times than any client needs; a new token starts a
+    /// new count.
+    TokenWornOut,
+}
+
+/// Every request a token made, kept until the token can no longer be used (spec README
+/// §5, T10-118), grouped by token: other users' traffic can never push a nonce out early.
+/// When full, nonces of expired tokens go first; if none can go, new requests are
+/// refused (503) rather than a live nonce forgotten.
 pub struct NonceCache {
-    shards: Vec<Mutex<Generations>>,
-    hasher: std::collections::hash_map::RandomState,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
 #[derive(Default)]
-struct Generations {
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
+struct Shard {
+    tokens: std::collections::HashMap<u64, TokenNonces>,
+    entries: usize,
+    next_sweep: u64,
+}
+
+struct TokenNonces {
+    until: u64,
+    seen: HashSet<u64>,
+}
+
+/// Requests one token may make: 100,000 in its hour is 28 a second throughout.
+const MAX_PER_TOKEN: usize = 100_000;
+
+impl Shard {
+    fn sweep(&mut self, now: u64) {
+        self.tokens.retain(|_, t| t.until > now);
+        self.entries = self.tokens.values().map(|t| t.seen.len()).sum();
+        self.next_sweep = now + 60;
+    }
 }
 
 impl NonceCache {
     pub fn new(capacity: usize) -> Self {
         let shards = 16;
         NonceCache {
-            shards: (0..shards).map(|_| Mutex::new(Generations::default())).collect(),
-            hasher: Default::default(),
-            per_shard: (capacity / shards / 2).max(16),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: (capacity / shards).max(16),
         }
     }
 
-    /// Records the triple; false if it was seen before.
-    pub fn insert(&self, id: &str, ts: u64, nonce: &str) -> bool {
-        let key = self.hasher.hash_one((id, ts, nonce));
-        let shard = &self.shards[(key as usize) % self.shards.len()];
-        let mut g = shard.lock().expect("nonce cache lock");
-        if g.previous.contains(&key) || !g.current.insert(key) {
-            return false;
+    pub fn record(&self, k: NonceKey, now: u64) -> Recorded {
+        let shard = &self.shards[(k.token as usize) % self.shards.len()];
+        let mut s = shard.lock().expect("nonce cache lock");
+        if s.tokens
+            .get(&k.token)
+            .is_some_and(|t| t.until > now && t.seen.contains(&k.key))
+        {
+            return Recorded::Replay;
         }
-        if g.current.len() >= self.per_shard {
-            g.previous = std::mem::take(&mut g.current);
+        if now >= s.next_sweep || s.entries >= self.per_shard {
+            s.sweep(now);
+            if s.entries >= self.per_shard {
+                return Recorded::Full;
+            }
         }
-        true
+        let t = s.tokens.entry(k.token).or_insert_with(|| TokenNonces {
+            until: k.until,
+            seen: HashSet::new(),
+        });
+        if t.seen.len() >= MAX_PER_TOKEN {
+            return Recorded::TokenWornOut;
+        }
+        t.seen.insert(k.key);
+        s.entries += 1;
+        Recorded::First
     }
 }
 
@@ -73,6 +124,9 @@ pub struct HawkVerifier {
     pub skew: Duration,
     pub expired_grace_seconds: u64,
     pub nonces: NonceCache,
+    /// Keys the nonce hashes, the same in every process with the same master secret, so
+    /// that processes sharing a database record the same keys.
+    pub nonce_secret: [u8; 32],
     /// Tokens whose signature was already checked, with their uid, expiry and Hawk key:
     /// clients reuse a token for an hour, so this skips the signature, JSON and HKDF work.
     pub verified: Mutex<std::collections::HashMap<String, VerifiedToken>>,
@@ -132,7 +186,7 @@ impl HawkVerifier {
         path_and_query: &str,
         headers: &HeaderMap,
         allow_expired: bool,
-    ) -> Result<HawkIdentity, ApiError> {
+    ) -> Result<(HawkIdentity, NonceKey), ApiError> {
         let auth = headers
             .get(header::AUTHORIZATION)
             .ok_or(ApiError::Unauthorized("missing authorization"))?
@@ -202,10 +256,46 @@ impl HawkVerifier {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         let nonce = hawk_header.nonce.as_deref().unwrap_or("");
-        if !self.nonces.insert(id, ts, nonce) {
-            return Err(ApiError::Unauthorized("replayed nonce"));
+        let key = NonceKey {
+            token: self.keyed(&[id.as_bytes()]),
+            key: self.keyed(&[id.as_bytes(), &ts.to_be_bytes(), nonce.as_bytes()]),
+            until: (expires + self.expired_grace_seconds as f64).max(0.0) as u64 + 1,
+        };
+        Ok((HawkIdentity { uid: token.uid }, key))
+    }
+
+    fn keyed(&self, parts: &[&[u8]]) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.nonce_secret);
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
         }
-        Ok(HawkIdentity { uid: token.uid })
+        let d = h.finalize();
+        u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Refuses a request seen before (T10-118): in the database when other processes share
+    /// it (PostgreSQL), else in this process's memory.
+    pub async fn remember(&self, store: &dyn syncstead_store::NonceStore, k: NonceKey) -> Result<(), ApiError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if store.nonces_are_shared() {
+            let until = SyncTimestamp::from_millis(k.until.saturating_mul(1000).min(i64::MAX as u64) as i64);
+            return match store.first_use(k.key as i64, until).await? {
+                true => Ok(()),
+                false => Err(ApiError::Unauthorized("replayed nonce")),
+            };
+        }
+        match self.nonces.record(k, now) {
+            Recorded::First => Ok(()),
+            Recorded::Replay => Err(ApiError::Unauthorized("replayed nonce")),
+            Recorded::TokenWornOut => Err(ApiError::Unauthorized("token used too many times")),
+            Recorded::Full => Err(ApiError::Unavailable { retry_after: 60 }),
+        }
     }
 }
 
@@ -263,9 +353,10 @@ impl FromRequestParts<AppState> for HawkUser {
                 .strip_prefix("/1.5/")
                 .and_then(|r| r.split_once('/'))
                 .is_some_and(|(_, rest)| rest == "info/collections");
-        let identity = state
+        let (identity, nonce) = state
             .hawk
             .verify(&parts.method, &original, &parts.headers, info_collections)?;
+        state.hawk.remember(state.nonces.as_ref(), nonce).await?;
         if let Some(slot) = parts.extensions.get::<RequestUid>() {
             let _ = slot.0.set(identity.uid);
         }
@@ -304,25 +395,49 @@ fn preconditions(headers: &HeaderMap) -> Result<Precondition, ApiError> {
 mod tests {
     use super::*;
 
+    fn key(token: u64, key: u64, until: u64) -> NonceKey {
+        NonceKey { token, key, until }
+    }
+
+    /// T10-118: a nonce is refused for as long as its token lives, whatever other tokens
+    /// do; past the capacity new requests are refused, never old nonces forgotten.
     #[test]
-    fn t10_118_nonce_cache_rejects_replays_and_stays_bounded() {
-        let cache = NonceCache::new(64);
-        assert!(cache.insert("id", 1, "n1"));
-        assert!(!cache.insert("id", 1, "n1"));
-        assert!(cache.insert("id", 1, "n2"));
-        assert!(cache.insert("other", 1, "n1"));
-        for i in 0..10_000 {
-            cache.insert("id", 2, &i.to_string());
+    fn t10_118_nonces_outlive_any_flood_of_other_tokens() {
+        let cache = NonceCache::new(16 * 100);
+        let now = 1_000;
+        assert_eq!(cache.record(key(1, 7, now + 3600), now), Recorded::First);
+        assert_eq!(cache.record(key(1, 7, now + 3600), now), Recorded::Replay);
+        assert_eq!(cache.record(key(1, 8, now + 3600), now), Recorded::First);
+        let mut full = 0;
+        for t in 2..300_000u64 {
+            if cache.record(key(t, t, now + 3600), now) == Recorded::Full {
+                full += 1;
+            }
         }
-        let total: usize = cache
-            .shards
-            .iter()
-            .map(|s| {
-                let g = s.lock().unwrap();
-                g.current.len() + g.previous.len()
-            })
-            .sum();
-        assert!(total <= 16 * 2 * 16, "{total}");
+        assert!(full > 290_000, "the flood was refused ({full})");
+        assert_eq!(
+            cache.record(key(1, 7, now + 3600), now),
+            Recorded::Replay,
+            "still remembered"
+        );
+        // Once every flooding token has expired, there is room again.
+        let later = now + 3601;
+        assert_eq!(cache.record(key(9_999_999, 1, later + 3600), later), Recorded::First);
+        assert_eq!(
+            cache.record(key(1, 7, now + 3600), later),
+            Recorded::First,
+            "its token is gone"
+        );
+    }
+
+    #[test]
+    fn a_token_has_a_lifetime_budget() {
+        let cache = NonceCache::new(10 * MAX_PER_TOKEN * 16);
+        for k in 0..MAX_PER_TOKEN as u64 {
+            assert_eq!(cache.record(key(1, k, 5000), 0), Recorded::First);
+        }
+        assert_eq!(cache.record(key(1, u64::MAX, 5000), 0), Recorded::TokenWornOut);
+        assert_eq!(cache.record(key(2, 0, 5000), 0), Recorded::First);
     }
 
     #[test]
