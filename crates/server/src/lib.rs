@@ -18,6 +18,7 @@ pub mod serve;
 pub mod state;
 pub mod storage11;
 pub mod storage15;
+pub mod streaming;
 pub mod tokenserver;
 pub mod user_api;
 

@@ -162,29 +162,47 @@ async fn get_collection(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut query = CollectionQuery::parse(query.as_deref().unwrap_or(""))?;
-    // An unbounded read is cut at max_total_records with a paging token, as Mozilla's
-    // MySQL-backed server does (S15-081), so one request cannot make the server hold a
-    // whole huge collection in memory.
+    // A client that pages gets at most max_total_records a page, with a token for the
+    // rest; one that does not gets every matching record (S15-081), streamed.
     let cap = state.settings.limits.max_total_records.min(u32::MAX as u64) as u32;
-    query.limit = Some(query.limit.map_or(cap, |l| l.min(cap)));
+    query.limit = query.limit.map(|l| l.min(cap));
     let format = negotiate(&headers)?;
+    let wanted = query.limit;
+    let first = CollectionQuery {
+        limit: Some(wanted.map_or(FIRST_CHUNK, |l| l.min(FIRST_CHUNK))),
+        ..query.clone()
+    };
     let page = state
         .store
-        .get_collection(ctx.bucket, &ctx.collection, &query, ctx.pre)
+        .get_collection(ctx.bucket, &ctx.collection, &first, ctx.pre)
         .await?;
-    let n = page.bsos.len();
-    let payload_bytes: usize = page.bsos.iter().map(|b| b.payload.len()).sum();
-    let (modified, next_offset, full) = (page.modified, page.next_offset, query.full);
-    let render = move || render_bsos(page.bsos, full, format);
-    // Large pages are rendered off the async workers, so small requests are not held up.
-    let body = if payload_bytes > OFFLOAD_BYTES {
-        tokio::task::spawn_blocking(render).await.map_err(ApiError::internal)?
-    } else {
-        render()
-    };
+    let modified = page.modified;
     let content_type = match format {
         Format::Json => "application/json",
         Format::Newlines => "application/newlines",
+    };
+    let (body, records, next_offset) = match (page.next_offset, wanted) {
+        // The first read held everything asked for: answer it at once.
+        (next, Some(l)) if l <= FIRST_CHUNK => {
+            let n = page.bsos.len() as u64;
+            (small_body(page.bsos, query.full, format).await?, n, next)
+        }
+        (None, _) => {
+            let n = page.bsos.len() as u64;
+            (small_body(page.bsos, query.full, format).await?, n, None)
+        }
+        (Some(cursor), _) => {
+            // Later chunks see the collection as the first did: nothing written since
+            // (`older` is strict; times move in 10 ms ticks).
+            let bound = SyncTimestamp::from_millis(modified.as_millis() + 10);
+            query.older = Some(query.older.map_or(bound, |o| o.min(bound)));
+            let (total, next) = state
+                .store
+                .collection_extent(ctx.bucket, &ctx.collection, &query)
+                .await?;
+            let body = stream_listing(state, ctx, query, page.bsos, cursor, total, format);
+            (body, total, next)
+        }
     };
     let mut r = (
         StatusCode::OK,
@@ -193,7 +211,7 @@ async fn get_collection(
     )
         .into_response();
     r.headers_mut().insert(X_LAST_MODIFIED, ts_header(modified));
-    r = with_records(r, n);
+    r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(records));
     if let Some(next) = next_offset {
         if let Ok(v) = HeaderValue::from_str(&next) {
             r.headers_mut().insert(X_WEAVE_NEXT_OFFSET, v);
@@ -202,34 +220,121 @@ async fn get_collection(
     Ok(r)
 }
 
-/// Bodies or pages with more payload than this are parsed or rendered on a blocking thread.
+/// Records the first read of a listing asks for: most reads (`newer=` the last sync) are
+/// answered by it alone. Later chunks aim at [`CHUNK_BYTES`].
+const FIRST_CHUNK: u32 = 256;
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A listing that fitted the first read.
+async fn small_body(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format) -> Result<Body, ApiError> {
+    let payload_bytes: usize = bsos.iter().map(|b| b.payload.len()).sum();
+    let render = move || {
+        let mut out = render_open(format);
+        render_chunk(&mut out, bsos, full, format, true);
+        render_close(&mut out, format);
+        out
+    };
+    // Large pages are rendered off the async workers, so small requests are not held up.
+    let body = if payload_bytes > OFFLOAD_BYTES {
+        tokio::task::spawn_blocking(render).await.map_err(ApiError::internal)?
+    } else {
+        render()
+    };
+    Ok(Body::from(body))
+}
+
+/// Streams a listing too large for one read: the first chunk, then one read after another
+/// from where the previous stopped (the paging keyset), `total` records in all.
+fn stream_listing(
+    state: AppState,
+    ctx: HawkUser,
+    query: CollectionQuery,
+    first: Vec<syncstead_proto::Bso>,
+    cursor: String,
+    total: u64,
+    format: Format,
+) -> Body {
+    crate::streaming::body(move |out| async move {
+        let full = query.full;
+        let mut sent = first.len() as u64;
+        let mut limit = chunk_limit(&first);
+        let mut chunk = render_open(format);
+        render_chunk(&mut chunk, first, full, format, true);
+        let mut cursor = Some(cursor);
+        while let Some(at) = cursor.take().filter(|_| sent < total) {
+            if !out.send(std::mem::take(&mut chunk)).await {
+                return;
+            }
+            let q = CollectionQuery {
+                offset: match syncstead_proto::query::Offset::parse(&at) {
+                    Ok(o) => Some(o),
+                    Err(e) => return out.fail(crate::streaming::Cut(e.to_string())).await,
+                },
+                limit: Some(limit.min((total - sent).min(u32::MAX as u64) as u32)),
+                ..query.clone()
+            };
+            let page = match state
+                .store
+                .get_collection(ctx.bucket, &ctx.collection, &q, syncstead_store::Precondition::None)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => return out.fail(crate::streaming::Cut(e.to_string())).await,
+            };
+            sent += page.bsos.len() as u64;
+            limit = chunk_limit(&page.bsos);
+            render_chunk(&mut chunk, page.bsos, full, format, false);
+            cursor = page.next_offset;
+        }
+        render_close(&mut chunk, format);
+        out.send(chunk).await;
+    })
+}
+
+/// How many records the next read takes: about [`CHUNK_BYTES`] of them, by the size of
+/// the last ones.
+fn chunk_limit(last: &[syncstead_proto::Bso]) -> u32 {
+    let bytes: usize = last.iter().map(|b| b.payload.len() + b.id.len() + 48).sum();
+    let each = (bytes / last.len().max(1)).max(1);
+    (CHUNK_BYTES / each).clamp(1, 1000) as u32
+}
+
+/// Bodies with more payload than this are parsed or rendered on a blocking thread.
 const OFFLOAD_BYTES: usize = 64 * 1024;
 
-/// Renders records as a JSON array or as newline-delimited JSON (S15-070, S15-085),
-/// releasing each record as soon as it is written so a page is never held twice.
-fn render_bsos(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bsos.iter().map(|b| b.payload.len() + b.id.len() + 48).sum::<usize>() + 2);
+fn render_open(format: Format) -> Vec<u8> {
     if format == Format::Json {
-        out.push(b'[');
+        b"[".to_vec()
+    } else {
+        Vec::new()
     }
+}
+
+fn render_close(out: &mut Vec<u8>, format: Format) {
+    if format == Format::Json {
+        out.push(b']');
+    }
+}
+
+/// Appends records as JSON array elements or newline-delimited JSON (S15-070, S15-085),
+/// releasing each as soon as it is written so a chunk is never held twice. `first`: no
+/// separator before the first element.
+fn render_chunk(out: &mut Vec<u8>, bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format, first: bool) {
+    out.reserve(bsos.iter().map(|b| b.payload.len() + b.id.len() + 48).sum::<usize>());
     for (i, bso) in bsos.into_iter().enumerate() {
-        if format == Format::Json && i > 0 {
+        if format == Format::Json && (i > 0 || !first) {
             out.push(b',');
         }
         // Serialising plain strings and numbers into a Vec cannot fail.
         if full {
-            let _ = serde_json::to_writer(&mut out, &bso);
+            let _ = serde_json::to_writer(&mut *out, &bso);
         } else {
-            let _ = serde_json::to_writer(&mut out, &bso.id);
+            let _ = serde_json::to_writer(&mut *out, &bso.id);
         }
         if format == Format::Newlines {
             out.push(b'\n');
         }
     }
-    if format == Format::Json {
-        out.push(b']');
-    }
-    out
 }
 
 async fn get_bso(State(state): State<AppState>, ctx: HawkUser) -> Result<Response, ApiError> {

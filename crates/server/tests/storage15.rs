@@ -1192,19 +1192,67 @@ async fn s15_013_site_root_answers() {
     assert_eq!(send(s.http.get(&s.base)).await.status, 200);
 }
 
+/// S15-081: a read without `limit` is never cut (Mozilla's Rust client, on Android and
+/// iOS, never reads X-Weave-Next-Offset); a `limit` above max_total_records is, with a
+/// token for the rest.
 #[tokio::test]
-async fn s15_081_unbounded_reads_are_paged_at_max_total_records() {
+async fn s15_081_unbounded_reads_are_whole_limited_ones_capped() {
     let s = TestServer::start_with(|c| c.max_total_records = Some(150)).await;
     let u = s.client(1);
-    for chunk in 0..2 {
-        let items: Vec<Value> = (0..100).map(|i| bso(&format!("{chunk}-{i}"), "x")).collect();
+    for chunk in 0..4 {
+        let items: Vec<Value> = (0..100).map(|i| bso(&format!("{chunk}-{i:03}"), "x")).collect();
         u.post("/storage/col", Value::Array(items)).await;
     }
-    let r = u.get("/storage/col").await;
+    for sort in ["", "?sort=oldest", "?sort=index", "?sort=newest&full=1"] {
+        let r = u.get(&format!("/storage/col{sort}")).await;
+        let got = r.json();
+        let got = got.as_array().unwrap();
+        assert_eq!(got.len(), 400, "{sort}");
+        assert_eq!(r.header("x-weave-records").as_deref(), Some("400"), "{sort}");
+        assert!(r.header("x-weave-next-offset").is_none(), "{sort}");
+        let unique: std::collections::HashSet<String> = got
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v["id"].to_string(), str::to_string))
+            .collect();
+        assert_eq!(unique.len(), 400, "no record twice ({sort})");
+    }
+    let r = u.get("/storage/col?limit=1000&sort=oldest").await;
     assert_eq!(r.json().as_array().unwrap().len(), 150);
     let offset = r.header("x-weave-next-offset").expect("a token when the read is cut");
-    let rest = u.get(&format!("/storage/col?offset={offset}")).await;
-    assert_eq!(rest.json().as_array().unwrap().len(), 50);
+    let rest = u
+        .get(&format!("/storage/col?limit=1000&sort=oldest&offset={offset}"))
+        .await;
+    assert_eq!(rest.json().as_array().unwrap().len(), 150);
+}
+
+/// A limited read that spans several internal chunks keeps its exact page and token.
+#[tokio::test]
+async fn s15_081_limited_pages_over_many_chunks_are_exact() {
+    let s = TestServer::start().await;
+    let u = s.client(1);
+    for chunk in 0..7 {
+        let items: Vec<Value> = (0..100).map(|i| bso(&format!("{chunk}-{i:03}"), "x")).collect();
+        u.post("/storage/col", Value::Array(items)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut offset = String::new();
+    let mut pages = 0;
+    loop {
+        let r = u.get(&format!("/storage/col?limit=300&sort=index{offset}")).await;
+        let ids = r.json();
+        let ids = ids.as_array().unwrap();
+        assert_eq!(r.header("x-weave-records"), Some(ids.len().to_string()));
+        seen.extend(ids.iter().map(|v| v.as_str().unwrap().to_string()));
+        pages += 1;
+        match r.header("x-weave-next-offset") {
+            Some(next) => {
+                assert_eq!(ids.len(), 300);
+                offset = format!("&offset={next}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen.len()), (3, 700));
 }
 
 /// Found by fuzzing: a Hawk `ts` beyond what `SystemTime` can hold made the `hawk` crate

@@ -129,6 +129,15 @@ pub trait Store: Send + Sync + 'static {
         query: &CollectionQuery,
         pre: Precondition,
     ) -> StoreResult<Page>;
+    /// How many records `get_collection` with `query` would return, and (when its
+    /// `limit` cuts the listing) the paging token after them, without reading payloads:
+    /// what a response streamed in chunks announces in its headers.
+    async fn collection_extent(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &CollectionQuery,
+    ) -> StoreResult<(u64, Option<String>)>;
     async fn get_bso(&self, user: UserId, collection: &str, id: &str, pre: Precondition) -> StoreResult<Bso>;
     /// Upserts one BSO (S15-093); returns the write time.
     async fn put_bso(

@@ -654,6 +654,36 @@ impl<E: Engine> Store for Db<E> {
         .await
     }
 
+    async fn collection_extent(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &CollectionQuery,
+    ) -> StoreResult<(u64, Option<String>)> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            return Ok((0, None));
+        };
+        // A limited listing is at most max_total_records keys: read them and let the paging
+        // rule make the token. An unlimited one is counted.
+        let query = CollectionQuery {
+            full: false,
+            ..query.clone()
+        };
+        self.read("collection_extent", Read::Statement, move |tx| {
+            Box::pin(async move {
+                let now = SyncTimestamp::now();
+                if query.limit.is_some() {
+                    let (keys, next) = query_page(tx, user, coll, &query, now).await?;
+                    return Ok((keys.len() as u64, next));
+                }
+                let rows = page_query(tx.dialect(), user, coll, &query, now);
+                let count = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({}) AS page", rows.text);
+                Ok((query_one(tx, &count, &rows.args).await?.count(0)?, None))
+            })
+        })
+        .await
+    }
+
     async fn get_bso(&self, user: UserId, collection: &str, id: &str, pre: Precondition) -> StoreResult<Bso> {
         let Some(coll) = self.find_collection(collection).await? else {
             pre.check(SyncTimestamp::ZERO)?;
