@@ -12,7 +12,7 @@ use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::{json, Value};
 use syncstead_proto::respcode;
-use syncstead_proto::wbo::{is_valid_wbo_id, parse_wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
+use syncstead_proto::wbo::{is_valid_wbo_id, parse_wbo, Wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
 use syncstead_proto::SyncTimestamp;
 use syncstead_store::{Precondition, WboWrite};
 
@@ -149,28 +149,44 @@ fn format(headers: &HeaderMap) -> Format {
     best.map_or(Format::Json, |(_, _, f)| f)
 }
 
-fn render(items: &[Value], format: Format) -> (Vec<u8>, &'static str) {
+/// One item of a listing in the chosen format (S11-051, S11-054, S11-055): a full WBO or
+/// its id, after `first` or not.
+fn render_item(out: &mut Vec<u8>, wbo: &Wbo, full: bool, format: Format, first: bool) {
+    // SyncTimestamp writes its two decimals; serde_json::Value would drop trailing zeros.
+    let text = if full {
+        serde_json::to_string(wbo)
+    } else {
+        serde_json::to_string(&wbo.id)
+    }
+    .unwrap_or_default();
     match format {
-        Format::Json => (serde_json::to_vec(items).unwrap_or_default(), "application/json"),
-        Format::Newlines => {
-            let mut out = Vec::new();
-            for item in items {
-                out.extend_from_slice(item.to_string().as_bytes());
-                out.push(b'\n');
+        Format::Json => {
+            if !first {
+                out.push(b',');
             }
-            (out, "application/newlines")
+            out.extend_from_slice(text.as_bytes());
+        }
+        // S11-054: the JSON text of a record holds no raw newline.
+        Format::Newlines => {
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
         }
         Format::Whoisi => {
-            let mut out = Vec::new();
-            for item in items {
-                let text = item.to_string();
-                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-                out.extend_from_slice(text.as_bytes());
-            }
-            (out, "application/whoisi")
+            out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
         }
     }
 }
+
+fn render_items(out: &mut Vec<u8>, wbos: &[Wbo], full: bool, format: Format, mut first: bool) {
+    for w in wbos {
+        render_item(out, w, full, format, first);
+        first = false;
+    }
+}
+
+/// Items one read of a listing takes; a listing with more is streamed a read at a time.
+const CHUNK: u64 = 500;
 
 async fn get_collection(
     State(state): State<AppState>,
@@ -180,45 +196,52 @@ async fn get_collection(
     headers: HeaderMap,
 ) -> Result<Response, WeaveError> {
     let bucket = user.bucket();
-    let q = selectors(query.as_deref())?;
-    let wbos = state.legacy.wbo_get(bucket, &coll, &q).await?;
-    let n = wbos.len();
+    let mut q = selectors(query.as_deref())?;
+    // Reads after the first see nothing written after the listing began.
+    let bound = SyncTimestamp::from_millis(SyncTimestamp::now().as_millis() + 10);
+    q.older = Some(q.older.map_or(bound, |o| o.min(bound)));
     let fmt = format(&headers);
-    let (body, content_type) = if q.full {
-        // serde_json::Value would drop the trailing zeros of timestamps: write each WBO as text.
-        match fmt {
-            Format::Json => {
-                let parts: Vec<String> = wbos
-                    .iter()
-                    .map(|w| serde_json::to_string(w).unwrap_or_default())
-                    .collect();
-                (format!("[{}]", parts.join(",")).into_bytes(), "application/json")
-            }
-            _ => {
-                let mut out = Vec::new();
-                for w in &wbos {
-                    let text = serde_json::to_string(w).unwrap_or_default();
-                    if fmt == Format::Whoisi {
-                        out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-                        out.extend_from_slice(text.as_bytes());
-                    } else {
-                        out.extend_from_slice(text.as_bytes());
-                        out.push(b'\n');
-                    }
-                }
-                (
-                    out,
-                    if fmt == Format::Whoisi {
-                        "application/whoisi"
-                    } else {
-                        "application/newlines"
-                    },
-                )
-            }
-        }
+    let content_type = match fmt {
+        Format::Json => "application/json",
+        Format::Newlines => "application/newlines",
+        Format::Whoisi => "application/whoisi",
+    };
+    let total = state.legacy.wbo_count(bucket, &coll, &q).await?;
+    let (open, close): (&[u8], &[u8]) = if fmt == Format::Json { (b"[", b"]") } else { (b"", b"") };
+    let body = if total <= CHUNK {
+        let wbos = state.legacy.wbo_get(bucket, &coll, &q).await?;
+        let mut out = open.to_vec();
+        render_items(&mut out, &wbos, q.full, fmt, true);
+        out.extend_from_slice(close);
+        axum::body::Body::from(out)
     } else {
-        let ids: Vec<Value> = wbos.iter().map(|w| Value::String(w.id.clone())).collect();
-        render(&ids, fmt)
+        let legacy = state.legacy.clone();
+        crate::streaming::body(move |tx| async move {
+            let skip = q.offset.filter(|_| q.limit.is_some()).unwrap_or(0);
+            let mut sent = 0u64;
+            let mut out = open.to_vec();
+            while sent < total {
+                let chunk = WboQuery {
+                    limit: Some(CHUNK.min(total - sent)),
+                    offset: Some(skip + sent),
+                    ..q.clone()
+                };
+                let wbos = match legacy.wbo_get(bucket, &coll, &chunk).await {
+                    Ok(w) => w,
+                    Err(e) => return tx.fail(crate::streaming::Cut(e.to_string())).await,
+                };
+                if wbos.is_empty() {
+                    break;
+                }
+                render_items(&mut out, &wbos, q.full, fmt, sent == 0);
+                sent += wbos.len() as u64;
+                if !tx.send(std::mem::take(&mut out)).await {
+                    return;
+                }
+            }
+            out.extend_from_slice(close);
+            tx.send(out).await;
+        })
     };
     let mut r = (
         StatusCode::OK,
@@ -226,7 +249,7 @@ async fn get_collection(
         body,
     )
         .into_response();
-    r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(n));
+    r.headers_mut().insert(X_WEAVE_RECORDS, HeaderValue::from(total));
     Ok(r)
 }
 

@@ -585,3 +585,54 @@ async fn s11_005_nul_and_broken_escapes_in_ids() {
     r.assert_error(400, 8);
     assert_eq!(ids(&w.get("/storage/tabs").await), Vec::<String>::new());
 }
+
+/// S11-051: a listing larger than one read is streamed a read at a time: every item once,
+/// in order, in every output format, with `limit`/`offset` still exact.
+#[tokio::test]
+async fn s11_051_large_listings_stream_whole() {
+    let s = TestServer::start().await;
+    let w = account(&s).await;
+    for chunk in 0..12 {
+        let items: Vec<Value> = (0..100)
+            .map(|i| json!({"id": format!("{chunk:02}-{i:02}"), "payload": "x", "sortindex": chunk * 100 + i}))
+            .collect();
+        assert_eq!(
+            w.call(Method::POST, "/storage/history", Some(Value::Array(items)), &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let r = w.get("/storage/history?sort=index").await;
+    assert_eq!(r.header("x-weave-records").as_deref(), Some("1200"));
+    let got = ids(&r);
+    assert_eq!(got.len(), 1200);
+    assert_eq!(
+        got.first().map(String::as_str),
+        Some("11-99"),
+        "highest sortindex first"
+    );
+    assert_eq!(got.last().map(String::as_str), Some("00-00"));
+    let full = w.get("/storage/history?full=1&sort=oldest").await.json();
+    assert_eq!(full.as_array().unwrap().len(), 1200);
+    let r = w
+        .call(
+            Method::GET,
+            "/storage/history?sort=index",
+            None,
+            &[("accept", "application/whoisi")],
+        )
+        .await;
+    let bytes = r.text.as_bytes();
+    let (mut at, mut n) = (0, 0);
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + len;
+        n += 1;
+    }
+    assert_eq!((at, n), (bytes.len(), 1200));
+    let page = ids(&w.get("/storage/history?sort=index&limit=700&offset=400").await);
+    assert_eq!(page.len(), 700);
+    assert_eq!(page[0], got[400]);
+    assert_eq!(page[699], got[1099]);
+}

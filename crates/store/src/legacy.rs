@@ -66,6 +66,21 @@ fn selectors<'q>(sql: &mut Sql<'q>, q: &'q WboQuery, now: SyncTimestamp, dialect
     sql.push(&format!(" AND expiry > {p}"));
 }
 
+/// The items a GET or count selects (§5.1), in order, `limit`/`offset` applied.
+fn listing<'q>(dialect: crate::sql::Dialect, user: UserId, coll: i64, q: &'q WboQuery, columns: &str) -> Sql<'q> {
+    let mut sql = Sql::new(
+        &format!("SELECT {columns} FROM bsos WHERE user_id = $1 AND collection_id = $2"),
+        vec![user.into(), coll.into()],
+    );
+    selectors(&mut sql, q, SyncTimestamp::now(), dialect);
+    sql.push(order_by(sort(q.sort)));
+    if let Some(limit) = q.limit {
+        let skip = q.offset.unwrap_or(0);
+        limit_offset(&mut sql, dialect, Some(limit.min(i64::MAX as u64) as i64), skip);
+    }
+    sql
+}
+
 /// S11-072: the collection's time is its newest item (expired ones included); returns it,
 /// or refuses when it is later than `since`.
 async fn check_unmodified<T: Tx>(
@@ -190,21 +205,27 @@ impl<E: Engine> LegacyStore for Db<E> {
         let q = query.clone();
         self.read("wbo_get", Read::Statement, move |tx| {
             Box::pin(async move {
-                let mut sql = Sql::new(
-                    &format!("SELECT {COLUMNS} FROM bsos WHERE user_id = $1 AND collection_id = $2"),
-                    vec![user.into(), coll.into()],
-                );
-                selectors(&mut sql, &q, SyncTimestamp::now(), tx.dialect());
-                sql.push(order_by(sort(q.sort)));
-                if let Some(limit) = q.limit {
-                    let skip = q.offset.unwrap_or(0);
-                    limit_offset(&mut sql, tx.dialect(), Some(limit.min(i64::MAX as u64) as i64), skip);
-                }
+                let sql = listing(tx.dialect(), user, coll, &q, COLUMNS);
                 tx.query(&sql.text, &sql.args)
                     .await?
                     .into_iter()
                     .map(|r| wbo_from_row(r, q.full))
                     .collect()
+            })
+        })
+        .await
+    }
+
+    async fn wbo_count(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<u64> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            return Ok(0);
+        };
+        let q = query.clone();
+        self.read("wbo_count", Read::Statement, move |tx| {
+            Box::pin(async move {
+                let rows = listing(tx.dialect(), user, coll, &q, "1");
+                let count = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({}) AS listing", rows.text);
+                query_one(tx, &count, &rows.args).await?.count(0)
             })
         })
         .await

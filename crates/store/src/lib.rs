@@ -289,6 +289,8 @@ pub struct WboWrite {
 pub trait LegacyStore: Send + Sync + 'static {
     async fn wbo_collections(&self, user: UserId) -> StoreResult<Vec<WboCollection>>;
     async fn wbo_get(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<Vec<Wbo>>;
+    /// How many items `wbo_get` with `query` would return.
+    async fn wbo_count(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<u64>;
     async fn wbo_get_one(&self, user: UserId, collection: &str, id: &str) -> StoreResult<Option<Wbo>>;
     /// Writes the WBOs at one time T, unless the collection changed after
     /// `if_unmodified_since` (S11-072) or the quota is used up (S11-071).
