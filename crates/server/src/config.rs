@@ -503,6 +503,8 @@ impl Settings {
     pub fn write_limits(&self) -> syncstead_store::WriteLimits {
         syncstead_store::WriteLimits {
             quota_bytes: self.quota_bytes,
+            batch_records: Some(self.limits.max_total_records),
+            batch_bytes: Some(self.limits.max_total_bytes),
         }
     }
 

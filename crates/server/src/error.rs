@@ -66,6 +66,7 @@ impl From<StoreError> for ApiError {
             StoreError::OverQuota => ApiError::OverQuota,
             StoreError::NotFound => ApiError::NotFound,
             StoreError::BatchNotFound => ApiError::BadRequest(respcode::NONE),
+            StoreError::BatchTooLarge => ApiError::BadRequest(respcode::SIZE_LIMIT_EXCEEDED),
             // Only record fields reach the database unchecked by the protocol layer.
             StoreError::BadInput(cause) => {
                 tracing::info!(error = %cause, "the database refused a value");

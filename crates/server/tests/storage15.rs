@@ -1297,3 +1297,43 @@ async fn s15_150_unavailable_database_is_503_with_retry_after() {
     assert_eq!(r.status, 503, "{}", r.text);
     assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap() > 0));
 }
+
+/// S15-130: the batch limits hold for what is actually staged, whether or not the client
+/// announces X-Weave-Total-* (Mozilla's clients may omit them); the refused append leaves
+/// the batch as it was, and it still commits.
+#[tokio::test]
+async fn s15_130_staged_totals_are_enforced_without_headers() {
+    let s = TestServer::start_with(|c| {
+        c.max_total_records = Some(150);
+        c.max_total_bytes = Some(30_000);
+    })
+    .await;
+    let u = s.client(1);
+    let items = |prefix: &str, n: usize, size: usize| -> Value {
+        Value::Array(
+            (0..n)
+                .map(|i| bso(&format!("{prefix}{i}"), &"x".repeat(size)))
+                .collect(),
+        )
+    };
+    let r = u.post("/storage/col?batch=true", items("a", 100, 10)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let batch = r.json()["batch"].as_str().unwrap().to_string();
+    u.post(&format!("/storage/col?batch={batch}"), items("b", 51, 10))
+        .await
+        .assert_error(400, 17);
+    u.post(&format!("/storage/col?batch={batch}"), items("c", 10, 3_000))
+        .await
+        .assert_error(400, 17);
+    let r = u
+        .post(&format!("/storage/col?batch={batch}&commit=true"), items("d", 50, 10))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(u.get("/storage/col").await.json().as_array().unwrap().len(), 150);
+    // A new batch whose first POST is already too large.
+    let big = TestServer::start_with(|c| c.max_total_bytes = Some(500)).await;
+    big.client(1)
+        .post("/storage/col?batch=true", items("e", 2, 300))
+        .await
+        .assert_error(400, 17);
+}

@@ -26,6 +26,9 @@ pub enum StoreError {
     NotFound,
     #[error("no such batch")]
     BatchNotFound,
+    /// What a batch has staged would pass `max_total_records` or `max_total_bytes` (S15-130).
+    #[error("the batch would exceed its size limits")]
+    BatchTooLarge,
     /// The database cannot serve now (busy, pool exhausted, connection lost, disk full);
     /// the same request may succeed later.
     #[error("database unavailable: {0}")]

@@ -98,10 +98,13 @@ pub struct StoreStats {
     pub database_bytes: u64,
 }
 
-/// Per-write policy the HTTP layer passes down: the quota, if enforced (S15-170).
+/// Per-write policy the HTTP layer passes down: the quota, if enforced (S15-170), and what
+/// one batch may stage in all (S15-130).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteLimits {
     pub quota_bytes: Option<u64>,
+    pub batch_records: Option<u64>,
+    pub batch_bytes: Option<u64>,
 }
 
 /// The storage operations of the Sync protocols. Every write is atomic: it happens whole or

@@ -316,14 +316,27 @@ async fn live_batch<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &str, now: Sy
     .int(0)
 }
 
-async fn staged_bytes<T: Tx>(tx: &T, batch: i64) -> StoreResult<u64> {
-    query_one(
+/// Records and payload bytes a batch holds.
+async fn staged_totals<T: Tx>(tx: &T, batch: i64) -> StoreResult<(u64, u64)> {
+    let row = query_one(
         tx,
-        "SELECT CAST(COALESCE(SUM(payload_size), 0) AS BIGINT) FROM batch_items WHERE batch_id = $1",
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(payload_size), 0) AS BIGINT) FROM batch_items WHERE batch_id = $1",
         &[batch.into()],
     )
-    .await?
-    .count(0)
+    .await?;
+    Ok((row.count(0)?, row.count(1)?))
+}
+
+/// S15-130: what is actually staged counts, whether or not the client announced its
+/// totals in X-Weave-Total-* headers. (Records are counted as sent; one id sent twice
+/// counts twice, which only errs on the safe side.)
+fn check_batch_size(limits: WriteLimits, staged: (u64, u64), incoming: &[BsoInput]) -> StoreResult<()> {
+    let records = staged.0 + incoming.len() as u64;
+    let bytes = staged.1 + total_payload(incoming);
+    if limits.batch_records.is_some_and(|max| records > max) || limits.batch_bytes.is_some_and(|max| bytes > max) {
+        return Err(StoreError::BatchTooLarge);
+    }
+    Ok(())
 }
 
 async fn delete_batches<T: Tx>(tx: &T, ids: Vec<i64>) -> StoreResult<()> {
@@ -492,23 +505,68 @@ fn empty_page(modified: SyncTimestamp) -> Page {
     }
 }
 
-/// The staged records of a batch, in the order they arrived.
-async fn staged<T: Tx>(tx: &T, batch: i64) -> StoreResult<Vec<BsoInput>> {
-    tx.query(
-        "SELECT id, sortindex, payload, ttl FROM batch_items WHERE batch_id = $1 ORDER BY seq",
+/// A commit whose staged records all carry a payload (what clients send): one statement
+/// inside the database, no record passing through the server's memory. The rules are
+/// UPSERT_MANY_PG's.
+const COMMIT_STAGED: &str =
+    "INSERT INTO bsos AS b (user_id, collection_id, id, sortindex, payload, payload_size, modified, expiry)
+     SELECT CAST($1 AS BIGINT), CAST($2 AS INTEGER), i.id, i.sortindex, i.payload, i.payload_size, CAST($3 AS BIGINT),
+            CASE WHEN i.ttl IS NULL THEN CAST($4 AS BIGINT) ELSE CAST($3 AS BIGINT) + CAST(i.ttl AS BIGINT) * 1000 END
+     FROM batch_items AS i WHERE i.batch_id = $5
+     ON CONFLICT (user_id, collection_id, id) DO UPDATE SET
+       sortindex = CASE WHEN b.expiry <= $3 THEN excluded.sortindex ELSE COALESCE(excluded.sortindex, b.sortindex) END,
+       payload = excluded.payload,
+       payload_size = excluded.payload_size,
+       modified = $3,
+       expiry = CASE WHEN excluded.expiry < $4 THEN excluded.expiry WHEN b.expiry <= $3 THEN $4 ELSE b.expiry END";
+
+/// Staged records read back per chunk when some lack a payload (their fields merge one by
+/// one): memory stays a chunk's whatever the batch's size.
+const COMMIT_CHUNK: i64 = 500;
+
+/// Moves a batch's staged records into the collection at `now`.
+async fn commit_staged<T: Tx>(tx: &T, user: UserId, coll: i64, batch: i64, now: SyncTimestamp) -> StoreResult<()> {
+    let partial = query_one(
+        tx,
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM batch_items WHERE batch_id = $1 AND payload IS NULL",
         &[batch.into()],
     )
     .await?
-    .into_iter()
-    .map(|mut r| {
-        Ok(BsoInput {
-            id: r.text(0)?,
-            sortindex: r.opt_i32(1)?,
-            payload: r.opt_text(2)?,
-            ttl: r.opt_int(3)?.map(|t| t.clamp(0, u32::MAX as i64) as u32),
-        })
-    })
-    .collect()
+    .count(0)?;
+    if partial == 0 {
+        let never = SyncTimestamp::NEVER.as_millis();
+        tx.execute(
+            COMMIT_STAGED,
+            &[user.into(), coll.into(), now.into(), never.into(), batch.into()],
+        )
+        .await?;
+        return Ok(());
+    }
+    let mut after = 0i64;
+    loop {
+        let rows = tx
+            .query(
+                "SELECT seq, id, sortindex, payload, ttl FROM batch_items WHERE batch_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[batch.into(), after.into(), COMMIT_CHUNK.into()],
+            )
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.int(0)?;
+        let records = rows
+            .into_iter()
+            .map(|mut r| {
+                Ok(BsoInput {
+                    id: r.text(1)?,
+                    sortindex: r.opt_i32(2)?,
+                    payload: r.opt_text(3)?,
+                    ttl: r.opt_int(4)?.map(|t| t.clamp(0, u32::MAX as i64) as u32),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        upsert(tx, user, coll, &records, now, true).await?;
+    }
 }
 
 /// One purge step: at most 1,000 expired records and 100 expired batches, so each
@@ -895,6 +953,7 @@ impl<E: Engine> Store for Db<E> {
                 let now = tx.lock_bucket(user).await?;
                 let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
                 pre.check(modified)?;
+                check_batch_size(limits, (0, 0), &bsos)?;
                 check_quota(tx, user, now, limits, total_payload(&bsos)).await?;
                 let batch = query_one(
                     tx,
@@ -931,14 +990,9 @@ impl<E: Engine> Store for Db<E> {
                 let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
                 pre.check(modified)?;
                 let id = live_batch(tx, user, coll, &batch, now).await?;
-                check_quota(
-                    tx,
-                    user,
-                    now,
-                    limits,
-                    staged_bytes(tx, id).await? + total_payload(&bsos),
-                )
-                .await?;
+                let staged = staged_totals(tx, id).await?;
+                check_batch_size(limits, staged, &bsos)?;
+                check_quota(tx, user, now, limits, staged.1 + total_payload(&bsos)).await?;
                 stage(tx, id, &bsos).await?;
                 Ok(modified)
             })
@@ -965,18 +1019,12 @@ impl<E: Engine> Store for Db<E> {
                 let now = tx.lock_bucket(user).await?;
                 pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
                 let id = live_batch(tx, user, coll, &batch, now).await?;
-                check_quota(
-                    tx,
-                    user,
-                    now,
-                    limits,
-                    staged_bytes(tx, id).await? + total_payload(&bsos),
-                )
-                .await?;
+                let staged = staged_totals(tx, id).await?;
+                check_batch_size(limits, staged, &bsos)?;
+                check_quota(tx, user, now, limits, staged.1 + total_payload(&bsos)).await?;
                 // The commit body overrides staged fields of the same id (S15-125).
                 stage(tx, id, &bsos).await?;
-                let records = staged(tx, id).await?;
-                upsert(tx, user, coll, &records, now, true).await?;
+                commit_staged(tx, user, coll, id, now).await?;
                 delete_batches(tx, vec![id]).await?;
                 touch(tx, user, coll, now).await?;
                 Ok(now)
