@@ -14,7 +14,11 @@ use syncstead_proto::{BsoInput, SyncTimestamp};
 use syncstead_store::{Precondition, StoreError, WriteLimits};
 
 const NONE: Precondition = Precondition::None;
-const NO_LIMITS: WriteLimits = WriteLimits { quota_bytes: None };
+const NO_LIMITS: WriteLimits = WriteLimits {
+    quota_bytes: None,
+    batch_records: None,
+    batch_bytes: None,
+};
 
 fn bso(id: &str, payload: &str) -> BsoInput {
     BsoInput {
@@ -210,7 +214,10 @@ async fn s15_055_preconditions_and_quota() {
         Err(StoreError::NotModified(_))
     ));
     assert_eq!(s.get_bso(5, "tabs", "x", NONE).await.unwrap().payload, "12345");
-    let quota = WriteLimits { quota_bytes: Some(5) };
+    let quota = WriteLimits {
+        quota_bytes: Some(5),
+        ..NO_LIMITS
+    };
     assert!(matches!(
         s.put_bso(5, "tabs", bso("z", "1"), NONE, quota).await,
         Err(StoreError::OverQuota)
@@ -352,7 +359,10 @@ async fn s11_072_weave_records() {
 async fn s11_071_weave_quota_in_the_write() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir).await;
-    let limits = WriteLimits { quota_bytes: Some(10) };
+    let limits = WriteLimits {
+        quota_bytes: Some(10),
+        ..NO_LIMITS
+    };
     let w = |id: &str| WboInput {
         id: id.into(),
         payload: Some("x".repeat(12)),
