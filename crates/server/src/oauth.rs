@@ -41,6 +41,17 @@ struct AccessClaims {
 pub struct Fetched {
     keys: Vec<(Option<String>, DecodingKey)>,
     at: Option<Instant>,
+    /// The last failed fetch: none is tried again for [`FAILED_FETCH_PAUSE`].
+    failed: Option<Instant>,
+}
+
+impl Fetched {
+    fn wants_fetch(&self, kid: &Option<String>) -> bool {
+        let expired = self.at.is_none_or(|at| at.elapsed() > JWKS_TTL);
+        let known = self.keys.iter().any(|(k, _)| k.is_some() && k == kid);
+        let may_refetch = self.at.is_none_or(|at| at.elapsed() > REFETCH_INTERVAL);
+        (expired || (!known && may_refetch)) && self.failed.is_none_or(|t| t.elapsed() > FAILED_FETCH_PAUSE)
+    }
 }
 
 pub enum Verifier {
@@ -49,6 +60,8 @@ pub enum Verifier {
         configured: Vec<(Option<String>, DecodingKey)>,
         jwks_url: Option<String>,
         fetched: RwLock<Fetched>,
+        /// One fetch at a time: the others wait for it and use what it brought.
+        fetching: tokio::sync::Mutex<()>,
         issuer: Option<String>,
         http: reqwest::Client,
     },
@@ -60,6 +73,9 @@ pub enum Verifier {
 
 /// Refetch a JWKS for an unknown key id at most this often.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// After a failed JWKS fetch, tokens that need it are answered 503 for this long without
+/// asking again: a failing endpoint is not hit once per request.
+const FAILED_FETCH_PAUSE: Duration = Duration::from_secs(10);
 /// Keys fetched from a JWKS URL are used for this long.
 const JWKS_TTL: Duration = Duration::from_secs(3600);
 
@@ -105,7 +121,9 @@ impl Verifier {
             fetched: RwLock::new(Fetched {
                 keys: Vec::new(),
                 at: None,
+                failed: None,
             }),
+            fetching: tokio::sync::Mutex::new(()),
             issuer,
             http: http_client(timeout),
         }
@@ -124,6 +142,7 @@ impl Verifier {
                 configured,
                 jwks_url,
                 fetched,
+                fetching,
                 issuer,
                 http,
             } => {
@@ -165,21 +184,31 @@ impl Verifier {
                 let mut result = try_keys(configured);
                 if !matches!(result, Some(Ok(_))) {
                     if let Some(url) = jwks_url {
-                        let refetch = {
-                            let f = fetched.read().expect("jwks lock");
-                            let expired = f.at.is_none_or(|at| at.elapsed() > JWKS_TTL);
-                            let known = f.keys.iter().any(|(k, _)| k.is_some() && *k == kid);
-                            let may_refetch = f.at.is_none_or(|at| at.elapsed() > REFETCH_INTERVAL);
-                            expired || (!known && may_refetch)
-                        };
-                        if refetch {
-                            let keys = fetch_jwks(http, url).await?;
-                            let mut f = fetched.write().expect("jwks lock");
-                            f.keys = keys;
-                            f.at = Some(Instant::now());
+                        if fetched.read().expect("jwks lock").wants_fetch(&kid) {
+                            let _one = fetching.lock().await;
+                            // Whoever fetched while this request waited may have brought the key.
+                            if fetched.read().expect("jwks lock").wants_fetch(&kid) {
+                                let got = fetch_jwks(http, url).await;
+                                let mut f = fetched.write().expect("jwks lock");
+                                match got {
+                                    Ok(keys) => {
+                                        f.keys = keys;
+                                        f.at = Some(Instant::now());
+                                        f.failed = None;
+                                    }
+                                    Err(e) => {
+                                        f.failed = Some(Instant::now());
+                                        return Err(e);
+                                    }
+                                }
+                            }
                         }
                         let f = fetched.read().expect("jwks lock");
+                        let failing = f.failed.is_some_and(|t| t.elapsed() <= FAILED_FETCH_PAUSE);
                         result = try_keys(&f.keys).or(result);
+                        if failing && !matches!(result, Some(Ok(_))) {
+                            return Err(OAuthError::Unavailable("the JWKS endpoint failed a moment ago".into()));
+                        }
                     }
                 }
                 let claims = result.unwrap_or(Err(OAuthError::Invalid("no key")))?;

@@ -587,3 +587,39 @@ async fn refused_tokens_are_throttled_per_client_address() {
     assert_eq!(r.status, 200, "{}", r.text);
     s.stop().await;
 }
+
+/// A failing JWKS endpoint is asked once, not once per token: one fetch at a time, and
+/// after a failure a short pause in which tokens that need it get 503 (T10-024).
+#[tokio::test]
+async fn t10_024_a_failing_jwks_endpoint_is_fetched_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().route(
+        "/v1/jwks",
+        axum::routing::get(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                http::StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = std::sync::Arc::new(TestServer::start_with(|c| c.oauth_jwks_url = Some(format!("{base}/v1/jwks"))).await);
+    let kid = key_id(1, &[1u8; 16]);
+    let tries: Vec<_> = (0..50)
+        .map(|_| {
+            let (s, kid) = (s.clone(), kid.clone());
+            tokio::spawn(async move { sign_in(&s, "abababababababababababababababab", None, &kid).await.status })
+        })
+        .collect();
+    for t in tries {
+        assert_eq!(t.await.unwrap(), 503);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "one fetch for fifty tokens");
+}
