@@ -98,6 +98,7 @@ fn verify_with(password: &str, phc: &str, memory: &mut Vec<Block>) -> bool {
 pub struct HashPool {
     hasher: Hasher,
     slots: Arc<Semaphore>,
+    capacity: usize,
     spare: Mutex<Vec<Vec<Block>>>,
 }
 
@@ -113,6 +114,7 @@ impl HashPool {
         Arc::new(HashPool {
             hasher,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            capacity: concurrency.max(1),
             spare: Mutex::new(Vec::new()),
         })
     }
@@ -144,7 +146,13 @@ impl HashPool {
             let _permit = permit;
             let mut memory = pool.spare.lock().expect("hash memory lock").pop().unwrap_or_default();
             let out = work(&pool.hasher, &mut memory);
-            pool.spare.lock().expect("hash memory lock").push(memory);
+            let mut spare = pool.spare.lock().expect("hash memory lock");
+            // The last hash of a burst gives the memory back: an idle server holds none.
+            if pool.slots.available_permits() + 1 < pool.capacity {
+                spare.push(memory);
+            } else {
+                spare.clear();
+            }
             out
         })
         .await

@@ -12,7 +12,9 @@ use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::{json, Value};
 use syncstead_proto::respcode;
-use syncstead_proto::wbo::{is_valid_wbo_id, parse_wbo, Wbo, WboInput, WboQuery, MAX_POST_BYTES, MAX_POST_ITEMS};
+use syncstead_proto::wbo::{
+    is_valid_wbo_id, parse_wbo, Wbo, WboInput, WboQuery, WboSort, MAX_POST_BYTES, MAX_POST_ITEMS,
+};
 use syncstead_proto::SyncTimestamp;
 use syncstead_store::{Precondition, WboWrite};
 
@@ -185,7 +187,7 @@ fn render_items(out: &mut Vec<u8>, wbos: &[Wbo], full: bool, format: Format, mut
     }
 }
 
-/// Items one read of a listing takes; a listing with more is streamed a read at a time.
+/// Most items one read of a listing takes; a listing with more is streamed a read at a time.
 const CHUNK: u64 = 500;
 
 async fn get_collection(
@@ -220,13 +222,25 @@ async fn get_collection(
             let skip = q.offset.filter(|_| q.limit.is_some()).unwrap_or(0);
             let mut sent = 0u64;
             let mut out = open.to_vec();
+            // Later reads take about 1 MiB of records, by the size of the last ones.
+            let mut take = 64u64;
+            // Newest- and oldest-first listings continue from the last key sent; an index
+            // listing (whose key an id-only listing does not carry) by offset.
+            let mut last: Option<(SyncTimestamp, String)> = None;
             while sent < total {
                 let chunk = WboQuery {
-                    limit: Some(CHUNK.min(total - sent)),
+                    limit: Some(take.min(total - sent)),
                     offset: Some(skip + sent),
                     ..q.clone()
                 };
-                let wbos = match legacy.wbo_get(bucket, &coll, &chunk).await {
+                let read = match (&last, q.sort) {
+                    (Some(key), WboSort::Newest | WboSort::Oldest) => {
+                        let chunk = WboQuery { offset: None, ..chunk };
+                        legacy.wbo_get_after(bucket, &coll, &chunk, key.clone()).await
+                    }
+                    _ => legacy.wbo_get(bucket, &coll, &chunk).await,
+                };
+                let wbos = match read {
                     Ok(w) => w,
                     Err(e) => return tx.fail(crate::streaming::Cut(e.to_string())).await,
                 };
@@ -235,6 +249,9 @@ async fn get_collection(
                 }
                 render_items(&mut out, &wbos, q.full, fmt, sent == 0);
                 sent += wbos.len() as u64;
+                last = wbos.last().map(|w| (w.modified, w.id.clone()));
+                let each = (out.len() / wbos.len()).max(1) as u64;
+                take = ((1 << 20) / each).clamp(1, CHUNK);
                 if !tx.send(std::mem::take(&mut out)).await {
                     return;
                 }

@@ -192,13 +192,17 @@ async fn get_collection(
             (small_body(page.bsos, query.full, format).await?, n, None)
         }
         (Some(cursor), _) => {
-            // Later chunks see the collection as the first did: nothing written since
-            // (`older` is strict; times move in 10 ms ticks).
+            // The listing is what the collection held at the first read: counted as of
+            // then (`older` is strict; times move in 10 ms ticks), and streamed until that
+            // many records have gone out.
             let bound = SyncTimestamp::from_millis(modified.as_millis() + 10);
-            query.older = Some(query.older.map_or(bound, |o| o.min(bound)));
+            let as_of_first = CollectionQuery {
+                older: Some(query.older.map_or(bound, |o| o.min(bound))),
+                ..query.clone()
+            };
             let (total, next) = state
                 .store
-                .collection_extent(ctx.bucket, &ctx.collection, &query)
+                .collection_extent(ctx.bucket, &ctx.collection, &as_of_first)
                 .await?;
             let body = stream_listing(state, ctx, query, page.bsos, cursor, total, format);
             (body, total, next)

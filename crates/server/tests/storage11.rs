@@ -614,7 +614,20 @@ async fn s11_051_large_listings_stream_whole() {
     );
     assert_eq!(got.last().map(String::as_str), Some("00-00"));
     let full = w.get("/storage/history?full=1&sort=oldest").await.json();
-    assert_eq!(full.as_array().unwrap().len(), 1200);
+    let full_ids: std::collections::HashSet<&str> = full
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(full_ids.len(), 1200, "oldest first, continued by key");
+    let newest = ids(&w.get("/storage/history?sort=newest").await);
+    let unique: std::collections::HashSet<&String> = newest.iter().collect();
+    assert_eq!(
+        (newest.len(), unique.len()),
+        (1200, 1200),
+        "newest first, continued by key"
+    );
     let r = w
         .call(
             Method::GET,

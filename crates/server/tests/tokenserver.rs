@@ -610,7 +610,7 @@ async fn t10_024_a_failing_jwks_endpoint_is_fetched_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let s = std::sync::Arc::new(TestServer::start_with(|c| c.oauth_jwks_url = Some(format!("{base}/v1/jwks"))).await);
+    let s = Arc::new(TestServer::start_with(|c| c.oauth_jwks_url = Some(format!("{base}/v1/jwks"))).await);
     let kid = key_id(1, &[1u8; 16]);
     let tries: Vec<_> = (0..50)
         .map(|_| {

@@ -66,13 +66,55 @@ fn selectors<'q>(sql: &mut Sql<'q>, q: &'q WboQuery, now: SyncTimestamp, dialect
     sql.push(&format!(" AND expiry > {p}"));
 }
 
-/// The items a GET or count selects (§5.1), in order, `limit`/`offset` applied.
-fn listing<'q>(dialect: crate::sql::Dialect, user: UserId, coll: i64, q: &'q WboQuery, columns: &str) -> Sql<'q> {
+impl<E: Engine> Db<E> {
+    async fn wbo_listing(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &WboQuery,
+        after: Option<(SyncTimestamp, String)>,
+    ) -> StoreResult<Vec<Wbo>> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            return Ok(Vec::new());
+        };
+        let q = query.clone();
+        self.read("wbo_get", Read::Statement, move |tx| {
+            Box::pin(async move {
+                let sql = listing(tx.dialect(), user, coll, &q, COLUMNS, after.as_ref());
+                tx.query(&sql.text, &sql.args)
+                    .await?
+                    .into_iter()
+                    .map(|r| wbo_from_row(r, q.full))
+                    .collect()
+            })
+        })
+        .await
+    }
+}
+
+/// The items a GET or count selects (§5.1), in order, `limit`/`offset` applied; with
+/// `after` (newest or oldest first only), the items past that (modified, id) key.
+fn listing<'q>(
+    dialect: crate::sql::Dialect,
+    user: UserId,
+    coll: i64,
+    q: &'q WboQuery,
+    columns: &str,
+    after: Option<&'q (SyncTimestamp, String)>,
+) -> Sql<'q> {
     let mut sql = Sql::new(
         &format!("SELECT {columns} FROM bsos WHERE user_id = $1 AND collection_id = $2"),
         vec![user.into(), coll.into()],
     );
     selectors(&mut sql, q, SyncTimestamp::now(), dialect);
+    if let Some((modified, id)) = after {
+        let op = if q.sort == WboSort::Oldest { ">" } else { "<" };
+        let (m, i) = (sql.arg(*modified), sql.arg(id.as_str()));
+        // The first term bounds the index range (see storage.rs's paging).
+        sql.push(&format!(
+            " AND modified {op}= {m} AND (modified {op} {m} OR id {op} {i})"
+        ));
+    }
     sql.push(order_by(sort(q.sort)));
     if let Some(limit) = q.limit {
         let skip = q.offset.unwrap_or(0);
@@ -199,21 +241,17 @@ impl<E: Engine> LegacyStore for Db<E> {
     }
 
     async fn wbo_get(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<Vec<Wbo>> {
-        let Some(coll) = self.find_collection(collection).await? else {
-            return Ok(Vec::new());
-        };
-        let q = query.clone();
-        self.read("wbo_get", Read::Statement, move |tx| {
-            Box::pin(async move {
-                let sql = listing(tx.dialect(), user, coll, &q, COLUMNS);
-                tx.query(&sql.text, &sql.args)
-                    .await?
-                    .into_iter()
-                    .map(|r| wbo_from_row(r, q.full))
-                    .collect()
-            })
-        })
-        .await
+        self.wbo_listing(user, collection, query, None).await
+    }
+
+    async fn wbo_get_after(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &WboQuery,
+        after: (SyncTimestamp, String),
+    ) -> StoreResult<Vec<Wbo>> {
+        self.wbo_listing(user, collection, query, Some(after)).await
     }
 
     async fn wbo_count(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<u64> {
@@ -223,7 +261,7 @@ impl<E: Engine> LegacyStore for Db<E> {
         let q = query.clone();
         self.read("wbo_count", Read::Statement, move |tx| {
             Box::pin(async move {
-                let rows = listing(tx.dialect(), user, coll, &q, "1");
+                let rows = listing(tx.dialect(), user, coll, &q, "1", None);
                 let count = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({}) AS listing", rows.text);
                 query_one(tx, &count, &rows.args).await?.count(0)
             })

@@ -292,6 +292,15 @@ pub struct WboWrite {
 pub trait LegacyStore: Send + Sync + 'static {
     async fn wbo_collections(&self, user: UserId) -> StoreResult<Vec<WboCollection>>;
     async fn wbo_get(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<Vec<Wbo>>;
+    /// `wbo_get` continued past the (modified, id) key of the last item of a previous
+    /// read, for listings sorted newest or oldest first: how a long listing is streamed.
+    async fn wbo_get_after(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &WboQuery,
+        after: (SyncTimestamp, String),
+    ) -> StoreResult<Vec<Wbo>>;
     /// How many items `wbo_get` with `query` would return.
     async fn wbo_count(&self, user: UserId, collection: &str, query: &WboQuery) -> StoreResult<u64>;
     async fn wbo_get_one(&self, user: UserId, collection: &str, id: &str) -> StoreResult<Option<Wbo>>;

@@ -431,7 +431,11 @@ fn page_query<'q>(dialect: Dialect, user: UserId, coll: i64, q: &'q CollectionQu
             let m = sql.arg(*ms);
             let i = sql.arg(id.as_str());
             let op = if q.sort == Sort::Oldest { ">" } else { "<" };
-            sql.push(&format!(" AND (modified {op} {m} OR (modified = {m} AND id {op} {i}))"));
+            // The first term bounds the index range, so a page deep in a listing starts
+            // where the last one stopped instead of walking past everything before it.
+            sql.push(&format!(
+                " AND modified {op}= {m} AND (modified {op} {m} OR id {op} {i})"
+            ));
         }
         Some(Offset::After(SortKey::Index { sortindex: Some(s), id })) => {
             let s = sql.arg(*s);

@@ -152,12 +152,13 @@ pub async fn authenticate(
         tracing::info!(why, "basic authentication failed");
         ApiError::BasicUnauthorized
     };
-    if auth.pairs.locked(&pair).is_some() {
+    // Counted now, before anything awaits, so simultaneous guesses see each other; a
+    // success clears it.
+    if auth.pairs.attempt(&pair).is_err() {
         return Err(refuse("this address is locked out of this account for a while"));
     }
     // The Basic user is the URL username, or an e-mail address that derives to it (S11-011).
     if user != username && username_for_account(&user) != username {
-        auth.pairs.failure(&pair);
         return Err(refuse("user does not match the path"));
     }
     let account = state.accounts.account(username).await?;
@@ -170,26 +171,23 @@ pub async fn authenticate(
     let cached = usable && auth.verified.contains(username, &hash, &password);
     let address = addr.map(|ip| ip.to_string());
     if !cached {
-        if let Some(wait) = address.as_deref().and_then(|a| auth.addresses.locked(a)) {
-            return Err(ApiError::Unavailable { retry_after: wait });
+        if let Some(a) = &address {
+            if let Err(wait) = auth.addresses.attempt(a) {
+                return Err(ApiError::Unavailable { retry_after: wait });
+            }
         }
-        // Counted before hashing, so simultaneous guesses see each other; a success
-        // clears it.
-        auth.pairs.failure(&pair);
     }
     let verified = cached || (auth.hasher.verify(password.clone(), hash.clone()).await? && usable);
     match account {
         Some(a) if verified => {
             auth.verified.insert(username, &hash, &password);
             auth.pairs.success(&pair);
+            if let (false, Some(a)) = (cached, &address) {
+                auth.addresses.forgive(a);
+            }
             Ok(a)
         }
-        _ => {
-            if let Some(a) = &address {
-                auth.addresses.failure(a);
-            }
-            Err(refuse("wrong password, unknown or disabled account"))
-        }
+        _ => Err(refuse("wrong password, unknown or disabled account")),
     }
 }
 

@@ -46,6 +46,17 @@ impl Throttle {
         (until > now).then(|| (until - now).as_millis().div_ceil(1000).max(1) as u64)
     }
 
+    /// Checks and counts in one step: refused (with the wait) while locked out, else
+    /// counted as a failure until [`Throttle::success`] or [`Throttle::forgive`] says
+    /// otherwise. Simultaneous attempts thus see each other before any of them is checked.
+    pub fn attempt(&self, key: &str) -> Result<(), u64> {
+        if let Some(wait) = self.locked(key) {
+            return Err(wait);
+        }
+        self.failure(key);
+        Ok(())
+    }
+
     pub fn failure(&self, key: &str) {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("throttle lock");
@@ -69,6 +80,18 @@ impl Throttle {
             let doublings = (f.count - self.free).min(16);
             let lockout = self.base_lockout.saturating_mul(1 << doublings).min(self.max_lockout);
             f.locked_until = Some(now + lockout);
+        }
+    }
+
+    /// Takes back one failure counted ahead of time (before a check whose outcome was
+    /// not yet known) that turned out a success.
+    pub fn forgive(&self, key: &str) {
+        let mut entries = self.entries.lock().expect("throttle lock");
+        if let Some(f) = entries.get_mut(key) {
+            f.count = f.count.saturating_sub(1);
+            if f.count < self.free {
+                f.locked_until = None;
+            }
         }
     }
 
