@@ -5,10 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
 use common::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -25,17 +21,7 @@ async fn u10_012_a_login_burst_costs_the_slots_memory_not_the_bursts() {
     .await;
     let user = weave_account(&s, "burst@example.com", "correct horse battery").await;
     let baseline = rss_bytes();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = PeakRss::start();
     // 90 different accounts (below the address ceiling, so every one is really hashed).
     let attacker = client_from("127.0.0.2");
     let burst: Vec<_> = (0..90)
@@ -69,9 +55,7 @@ async fn u10_012_a_login_burst_costs_the_slots_memory_not_the_bursts() {
         let status = b.await.unwrap();
         assert!(matches!(status, 401 | 503), "{status}");
     }
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.stop();
     let after = rss_bytes();
     eprintln!(
         "RSS baseline {} MiB, peak {} MiB, after {} MiB",

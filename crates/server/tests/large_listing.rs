@@ -7,9 +7,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -29,17 +26,7 @@ async fn s15_081_a_full_download_of_25000_records_is_whole_and_streamed() {
         assert_eq!(u.post("/storage/history", Value::Array(items)).await.status, 200);
     }
     let baseline = rss_bytes();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
+    let sampler = PeakRss::start();
     // Read as the body arrives, keeping only the ids, so the client side holds little.
     let mut r = u
         .req(reqwest::Method::GET, "/storage/history?full=1&newer=0")
@@ -64,10 +51,8 @@ async fn s15_081_a_full_download_of_25000_records_is_whole_and_streamed() {
             }
         }
     }
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let peak = sampler.stop();
     assert_eq!(ids.len(), RECORDS, "every record, once");
-    let peak = peak.load(Ordering::Relaxed);
     eprintln!(
         "RSS baseline {} MiB, peak {} MiB during a {} MiB download",
         baseline / MIB,
