@@ -335,3 +335,47 @@ async fn t10_118_replays_are_refused_whatever_happens_meanwhile() {
         assert_eq!(send(put(&second.base)).await.status, 401, "replayed at another process");
     }
 }
+
+/// An immutable `-shm` file (SQLite would die of SIGBUS at its first use of the shared
+/// memory): a server does not start on it, and says why.
+#[tokio::test]
+async fn an_immutable_shm_file_is_refused_at_start() {
+    if on_postgres() {
+        eprintln!("SKIPPED: about SQLite's files");
+        return;
+    }
+    // A data directory no connection of this process maps (a live one would get SIGBUS).
+    let dir = tempfile::tempdir().unwrap();
+    let shm = dir.path().join("syncstead.db-shm");
+    std::fs::write(&shm, vec![0u8; 32768]).unwrap();
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&shm)
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    if !chattr("+i") {
+        eprintln!("SKIPPED: chattr +i is not available here (needs root and a file system that has it)");
+        return;
+    }
+    let settings = || {
+        syncstead_server::Settings::resolve(syncstead_server::ConfigLayer {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(dir.path().to_path_buf()),
+            master_secret: Some(SECRET.into()),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let started = syncstead_server::start(settings()).await;
+    assert!(chattr("-i"), "the flag must come off again");
+    let Err(e) = started else {
+        panic!("started on an immutable -shm file");
+    };
+    assert!(e.to_string().contains("cannot be opened for writing"), "{e}");
+    assert!(
+        syncstead_server::start(settings()).await.is_ok(),
+        "and starts once it is writable"
+    );
+}

@@ -348,6 +348,7 @@ impl FileGuard {
     /// has room.
     fn health(&self) -> StoreResult<()> {
         self.check()?;
+        sidecars_writable(&self.path)?;
         for suffix in ["", "-wal"] {
             let mut p = self.path.clone().into_os_string();
             p.push(suffix);
@@ -367,6 +368,28 @@ impl FileGuard {
         }
         Ok(())
     }
+}
+
+/// Whether the log and shared-memory files beside the database can be opened for
+/// writing. While they cannot (an immutable `-shm`), SQLite's next use of the shared
+/// memory kills the process with SIGBUS: the server refuses to start then, and the
+/// heartbeat reports it (the binary also names the cause if the signal comes).
+fn sidecars_writable(db: &Path) -> StoreResult<()> {
+    for suffix in ["-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::OpenOptions::new().write(true).open(&p) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = ?p, error = %e, "cannot open a database file for writing");
+                return Err(unavailable(
+                    "a file beside the database (-wal or -shm) cannot be opened for writing: read-only or immutable",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: FileGuard) {
@@ -462,6 +485,7 @@ impl Db<SqliteEngine> {
 impl SqliteEngine {
     fn open(options: SqliteOptions) -> StoreResult<Self> {
         create_private_file(&options.path)?;
+        sidecars_writable(&options.path)?;
         let mut writer = open_connection(&options.path, false, options.synchronous)?;
         migrate(&mut writer)?;
         let guard = FileGuard::new(&options.path)?;

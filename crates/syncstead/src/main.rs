@@ -294,6 +294,30 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// A fault on a memory-mapped file (SQLite's shared-memory file, made immutable or
+/// truncated under the server) ends the process with SIGBUS: write a line that names the
+/// cause before it goes, so the log does not just stop.
+#[allow(unsafe_code)]
+fn explain_sigbus() {
+    #[cfg(target_os = "linux")]
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        const MSG: &[u8] = b"syncstead: SIGBUS: a memory-mapped database file (SQLite's -shm) could not be \
+            accessed; check the permissions and attributes (lsattr) of the files beside the database\n";
+        // SAFETY: write(2), signal(2) and raise(3) are async-signal-safe; the default
+        // action then ends the process as it would have.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+            libc::raise(libc::SIGBUS);
+        }
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: installs a handler that only makes async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGBUS, on_sigbus as libc::sighandler_t);
+    }
+}
+
 fn backup(file: &std::path::Path, layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer)?;
     if settings.is_postgres() {
@@ -502,6 +526,7 @@ async fn user(action: UserAction, layer: ConfigLayer) -> CliResult<()> {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    explain_sigbus();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

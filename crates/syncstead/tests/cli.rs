@@ -279,3 +279,55 @@ fn weave_account_admin_commands() {
     assert!(!run(&["user", "delete", "john@example.com"], "").0);
     stop(child);
 }
+
+/// SQLite's shared-memory file made immutable under the running server: SQLite's next use
+/// of it ends the process with SIGBUS, and the process says so on stderr first, naming the
+/// files to look at (there is no way to carry on: the mapping is gone).
+#[test]
+fn a_sigbus_names_its_cause() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["serve", "--log-level", "warn", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("SYNCSTEAD_MASTER_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().contains("listening on") {}
+    std::thread::spawn(move || lines.for_each(drop));
+    let shm = dir.path().join("syncstead-data/syncstead.db-shm");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&shm)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("SKIPPED: chattr +i is not available here (needs root and a file system that has it)");
+        stop(child);
+        return;
+    }
+    // The checkpoint thread touches the shared memory twice a second.
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(chattr("-i"));
+    let Some(status) = status else {
+        stop(child);
+        panic!("the server kept running on an immutable -shm (then nothing to explain)");
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(7), "{status:?}");
+    assert!(err.contains("SIGBUS") && err.contains("-shm"), "{err}");
+}
