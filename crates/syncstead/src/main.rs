@@ -314,7 +314,10 @@ fn explain_sigbus() {
     #[cfg(target_os = "linux")]
     // SAFETY: installs a handler that only makes async-signal-safe calls.
     unsafe {
-        libc::signal(libc::SIGBUS, on_sigbus as libc::sighandler_t);
+        libc::signal(
+            libc::SIGBUS,
+            on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }
 
