@@ -379,3 +379,72 @@ async fn an_immutable_shm_file_is_refused_at_start() {
         "and starts once it is writable"
     );
 }
+
+/// A full disk: the heartbeat says so, and writes are answered 200 (when SQLite still has
+/// room in its log) or 503 + Retry-After, never 500; all is well again once there is room.
+#[tokio::test]
+async fn s15_180_a_full_disk_turns_the_heartbeat_red() {
+    if on_postgres() {
+        eprintln!("SKIPPED: about SQLite's disk");
+        return;
+    }
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a small file system here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path().to_path_buf());
+    let data = mount.path().join("data");
+    let s = TestServer::start_with(|c| c.data_dir = Some(data.clone())).await;
+    let u = s.client(1);
+    let beat = || async { send(s.http.get(format!("{}/__heartbeat__", s.base))).await.status };
+    assert_eq!(
+        u.put("/storage/tabs/a", serde_json::json!({"payload": "x"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(beat().await, 200);
+    // Fill the disk.
+    let filler = mount.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+    }
+    assert_eq!(beat().await, 503, "the heartbeat sees the full disk");
+    for i in 0..20 {
+        let r = u
+            .put(
+                &format!("/storage/tabs/f{i}"),
+                serde_json::json!({"payload": "y".repeat(100_000)}),
+            )
+            .await;
+        match r.status.as_u16() {
+            200 => {}
+            503 => assert!(r.header("retry-after").is_some()),
+            other => panic!("a write on a full disk answered {other}: {}", r.text),
+        }
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(beat().await, 200);
+    assert_eq!(
+        u.put("/storage/tabs/b", serde_json::json!({"payload": "z"}))
+            .await
+            .status,
+        200
+    );
+}
