@@ -30,7 +30,7 @@ pub struct ConfigLayer {
     pub config: Option<PathBuf>,
 
     /// Address and port to listen on [default: 127.0.0.1:8000].
-    #[arg(long, env = "SYNCSTEAD_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "SYNCSTEAD_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
 
     /// The origin and path prefix clients use to reach this server, e.g. `https://sync.example.com/sync`.
@@ -58,7 +58,7 @@ pub struct ConfigLayer {
     pub master_secret_file: Option<PathBuf>,
 
     /// Address for the Prometheus `/metrics` listener; off unless set.
-    #[arg(long, env = "SYNCSTEAD_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "SYNCSTEAD_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Log format: `text` or `json` [default: text].
@@ -280,6 +280,20 @@ pub struct ConfigLayer {
     pub smtp_from: Option<String>,
 }
 
+/// An address and port to listen on. `localhost:PORT` is taken as 127.0.0.1:PORT; anything
+/// else that is not an IP address and port is refused with an example.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Err(format!(
+        "{s:?} is not an IP address and port: e.g. 127.0.0.1:8000 (this machine only) or 0.0.0.0:8000 (every interface)"
+    ))
+}
+
 /// Who may create Weave 1.1 accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -346,6 +360,12 @@ pub struct PublicUrl {
 
 impl PublicUrl {
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        if !s.contains("://") {
+            return Err(ConfigError::Invalid(
+                "public_url",
+                format!("{s:?} needs its scheme: e.g. https://{}", s.trim_start_matches('/')),
+            ));
+        }
         let url = url::Url::parse(s).map_err(|e| ConfigError::Invalid("public_url", e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
             return Err(ConfigError::Invalid(
@@ -515,6 +535,16 @@ impl Settings {
         let database_url = layer
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("syncstead.db").display()));
+        let known = ["sqlite:", "postgres://", "postgresql://"];
+        if !known.iter().any(|k| database_url.starts_with(k)) {
+            return Err(ConfigError::Invalid(
+                "database_url",
+                format!(
+                    "{}: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB (only SQLite and PostgreSQL are supported)",
+                    redact_url(&database_url)
+                ),
+            ));
+        }
         let log_format = match layer.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -607,6 +637,13 @@ impl Settings {
             Some(list) if list.iter().any(|o| o.trim() == "*") => None,
             Some(list) => Some(list.into_iter().map(|o| o.trim().to_string()).collect()),
         };
+        let log_level = layer.log_level.unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(ConfigError::Invalid(
+                "log_level",
+                format!("{log_level:?} is not a log filter ({e}); e.g. info, warn or syncstead=debug"),
+            ));
+        }
         let master_secret = match (layer.master_secret, layer.master_secret_file) {
             (Some(s), _) => s,
             (None, Some(file)) => read_secret_file(&file)?,
@@ -620,7 +657,7 @@ impl Settings {
             master_secret,
             metrics_listen: layer.metrics_listen,
             log_format,
-            log_level: layer.log_level.unwrap_or_else(|| "info".into()),
+            log_level,
             sqlite_synchronous,
             sqlite_readers: layer.sqlite_readers.unwrap_or(4).max(1),
             postgres_pool_size: layer.postgres_pool_size.unwrap_or(16).max(1),
@@ -746,6 +783,30 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_name_the_fix() {
+        assert_eq!(parse_listen("localhost:8010"), Ok("127.0.0.1:8010".parse().unwrap()));
+        assert!(parse_listen("8010").unwrap_err().contains("e.g. 127.0.0.1:8000"));
+        let e = PublicUrl::parse("sync.example.com").unwrap_err().to_string();
+        assert!(e.contains("e.g. https://sync.example.com"), "{e}");
+        let layer = ConfigLayer {
+            database_url: Some("mysql://root:pw@db/sync".into()),
+            ..Default::default()
+        };
+        let e = Settings::resolve(layer).expect_err("refused").to_string();
+        assert!(e.contains("only SQLite and PostgreSQL") && !e.contains("pw@"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused_with_an_example() {
+        let layer = ConfigLayer {
+            log_level: Some("syncstead=loud".into()),
+            ..Default::default()
+        };
+        let e = Settings::resolve(layer).expect_err("refused").to_string();
+        assert!(e.contains("log_level") && e.contains("e.g. info"), "{e}");
+    }
 
     #[test]
     fn trusted_proxy_ranges() {

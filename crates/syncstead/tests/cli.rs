@@ -331,3 +331,49 @@ fn a_sigbus_names_its_cause() {
     assert_eq!(status.signal(), Some(7), "{status:?}");
     assert!(err.contains("SIGBUS") && err.contains("-shm"), "{err}");
 }
+
+/// docs/configuration.md has a row for every setting `serve --help` offers, so the two
+/// cannot drift apart.
+#[test]
+fn configuration_md_lists_every_setting() {
+    let out = bin().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md")).unwrap();
+    let flags: Vec<String> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '=', '<']).next())
+        .filter(|f| !["help", "config"].contains(f))
+        .map(|f| f.replace('-', "_"))
+        .collect();
+    assert!(flags.len() > 40, "{flags:?}");
+    let missing: Vec<&String> = flags.iter().filter(|f| !doc.contains(&format!("| `{f}` |"))).collect();
+    assert!(
+        missing.is_empty(),
+        "settings without a row in docs/configuration.md: {missing:?}"
+    );
+}
+
+/// Logs written to a pipe (journald, a file) carry no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["serve", "--log-level", "info", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("SYNCSTEAD_MASTER_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().contains("listening on") {}
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut err = child.stderr.take().unwrap();
+    stop(child);
+    let mut text = String::new();
+    err.read_to_string(&mut text).unwrap();
+    assert!(text.contains("migration"), "some log lines: {text}");
+    assert!(!text.contains('\u{1b}'), "no ANSI escapes: {text:?}");
+}
