@@ -706,22 +706,55 @@ impl Settings {
     /// Ensures a master secret: the configured one, or the one kept in the data directory,
     /// generated (mode 0600) on first start.
     pub fn load_master_secret(&mut self) -> Result<(), ConfigError> {
+        let path = self.data_dir.join("master-secret");
         if !self.master_secret.is_empty() {
+            // A configured secret beside a different kept one: tokens the other one signed
+            // (and clients holding them) are about to be refused.
+            if let Ok(kept) = read_secret_file(&path) {
+                if kept != self.master_secret {
+                    tracing::warn!(
+                        kept = %path.display(),
+                        "the configured master secret differs from the one kept in the data directory; \
+                         tokens signed with the kept one will be refused"
+                    );
+                }
+            }
             return Ok(());
         }
-        let path = self.data_dir.join("master-secret");
         if path.exists() {
             self.master_secret = read_secret_file(&path)?;
             return Ok(());
         }
-        syncstead_store::lock::create_private_dir(&self.data_dir).map_err(|e| ConfigError::Secret(e.to_string()))?;
+        syncstead_store::lock::create_private_dir(&self.data_dir).map_err(|e| {
+            ConfigError::Secret(format!(
+                "cannot create the data directory {}: {e}",
+                self.data_dir.display()
+            ))
+        })?;
         let mut bytes = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
         let secret = data_encoding::HEXLOWER.encode(&bytes);
-        write_private(&path, &format!("{secret}\n")).map_err(|e| ConfigError::Secret(e.to_string()))?;
+        write_private(&path, &format!("{secret}\n"))
+            .map_err(|e| ConfigError::Secret(format!("cannot write {}: {e}", path.display())))?;
         tracing::info!(path = %path.display(), "generated a new master secret");
         self.master_secret = secret;
         Ok(())
+    }
+
+    /// The master secret a server running with these settings uses, never a new one: for
+    /// commands that must sign what that server accepts (`syncstead token`).
+    pub fn existing_master_secret(&mut self) -> Result<(), ConfigError> {
+        if self.master_secret.is_empty() {
+            let path = self.data_dir.join("master-secret");
+            if !path.exists() {
+                return Err(ConfigError::Secret(format!(
+                    "no master secret at {} (is this the server's data directory?): run this where the \
+                     server runs, or pass --data-dir, --master-secret-file or --config as the server has them",
+                    path.display()
+                )));
+            }
+        }
+        self.load_master_secret()
     }
 
     /// The SQLite file named by `database_url`, if it is a SQLite URL.

@@ -114,6 +114,8 @@ impl RunningServer {
 
 /// Opens the store, binds the listeners and starts serving.
 pub async fn start(mut settings: Settings) -> Result<RunningServer, ServeError> {
+    // A port in use is found before anything is made on disk.
+    drop(std::net::TcpListener::bind(settings.listen).map_err(|e| ServeError::Bind(settings.listen, e))?);
     settings.load_master_secret()?;
     let store = open_store(&settings).await?;
     let locks = lock_instance(&settings)?;

@@ -80,9 +80,16 @@ fn print(report: &Report) {
 pub async fn migrate(from: &str, to: &str, mode: Mode) -> CliResult<()> {
     // Writing into a SQLite database a server is running on would be lost under it.
     let _lock = match store_copy::sqlite_path(to) {
-        Some(path) => Some(syncstead_store::InstanceLock::acquire(
-            &syncstead_store::InstanceLock::sqlite_path(std::path::Path::new(path)),
-        )?),
+        Some(path) => {
+            // As `serve` does: the target's directory is made if it is missing.
+            let path = std::path::Path::new(path);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                syncstead_store::lock::create_private_dir(dir)?;
+            }
+            Some(syncstead_store::InstanceLock::acquire(
+                &syncstead_store::InstanceLock::sqlite_path(path),
+            )?)
+        }
         None => None,
     };
     let bars = Bars::new();

@@ -248,7 +248,7 @@ async fn serve(layer: ConfigLayer) -> CliResult<()> {
 
 fn token(uid: u64, ttl: u64, layer: ConfigLayer) -> CliResult<()> {
     let mut settings = load_settings(layer)?;
-    settings.load_master_secret()?;
+    settings.existing_master_secret()?;
     let node = settings
         .public_url
         .as_ref()
@@ -358,6 +358,12 @@ async fn node(action: NodeAction, layer: ConfigLayer) -> CliResult<()> {
     let store = open_backend(layer).await?;
     match action {
         NodeAction::Add { url, capacity } => {
+            // What Firefox will be sent to: an http(s) URL with a host.
+            syncstead_server::config::PublicUrl::parse(&url).map_err(|e| {
+                CliError::Refused(format!(
+                    "{e} (a node is an http(s) URL, e.g. https://sync-1.example.com)"
+                ))
+            })?;
             if !store.add_node(&url, capacity).await? {
                 return Err(CliError::Refused(format!("node {url} exists already")));
             }

@@ -377,3 +377,88 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(text.contains("migration"), "some log lines: {text}");
     assert!(!text.contains('\u{1b}'), "no ANSI escapes: {text:?}");
 }
+
+/// Messages that name the cause and the fix, and commands that do not make things up.
+#[test]
+fn mistakes_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // `token` where no server ever ran: no new secret, a pointer instead.
+    let out = bin()
+        .args(["token", "--uid", "1"])
+        .current_dir(d)
+        .env_remove("SYNCSTEAD_MASTER_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no master secret") && err.contains("--data-dir"),
+        "{err}"
+    );
+    assert!(
+        !d.join("syncstead-data/master-secret").exists(),
+        "no secret was made up"
+    );
+    // A node that is not a URL.
+    let (ok, text) = run_in(d, &["node", "add", "not-a-url"]);
+    assert!(!ok && text.contains("e.g. https://"), "{text}");
+    // --listen without an IP address.
+    let out = bin()
+        .args(["serve", "--listen", "8010"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("e.g. 127.0.0.1:8000"), "{err}");
+    // A port in use: refused before anything is made on disk.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let fresh = d.join("fresh");
+    let out = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&fresh)
+        .env_remove("SYNCSTEAD_MASTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!fresh.exists(), "nothing is created before a failed bind");
+    // migrate into a directory that does not exist yet.
+    run_in(d, &["node", "list"]);
+    let from = format!("sqlite://{}", d.join("syncstead-data/syncstead.db").display());
+    let to = format!("sqlite://{}", d.join("new/dir/copy.db").display());
+    let (ok, text) = run_in(d, &["migrate", "--from", &from, "--to", &to]);
+    assert!(ok, "{text}");
+}
+
+/// A configured master secret that differs from the one kept in the data directory is
+/// warned about: tokens signed with the kept one are about to be refused.
+#[test]
+fn a_master_secret_beside_another_is_warned_about() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("syncstead-data")).unwrap();
+    std::fs::write(dir.path().join("syncstead-data/master-secret"), "kept-secret-value\n").unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--log-level",
+            "warn",
+            "--listen",
+            "127.0.0.1:0",
+            "--master-secret",
+            "another-secret-value",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().contains("listening on") {}
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut err = child.stderr.take().unwrap();
+    stop(child);
+    let mut text = String::new();
+    err.read_to_string(&mut text).unwrap();
+    assert!(text.contains("differs from the one kept"), "{text}");
+}
