@@ -36,14 +36,57 @@ const LOCK_ACCOUNTS: i32 = 3;
 #[error("{0} does not fit a parameter of type {1}")]
 struct ArgError(String, Type);
 
+/// The driver's message and every cause beneath it: tokio-postgres shows only "db error"
+/// or "error connecting to server" and keeps what happened (a missing database or role,
+/// a refused connection and to where) in its sources.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PgCause(String);
+
+fn explained(e: &tokio_postgres::Error) -> Box<PgCause> {
+    use std::error::Error as _;
+    let mut text = e.to_string();
+    if let Some(db) = e.as_db_error() {
+        text.push_str(&format!(": {}", db.message()));
+    } else {
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+    }
+    Box::new(PgCause(text))
+}
+
+/// `postgres at HOST:PORT/DB`, for messages.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config.get_hosts().first().map_or_else(
+        || "localhost".to_string(),
+        |h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        },
+    );
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("PostgreSQL at {host}:{port}/{}", config.get_dbname().unwrap_or(""))
+}
+
+fn at(target: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(c) => StoreError::Unavailable(Box::new(PgCause(format!("{target}: {c}")))),
+        StoreError::Internal(c) => StoreError::Internal(Box::new(PgCause(format!("{target}: {c}")))),
+        other => other,
+    }
+}
+
 /// Connection and server trouble is worth a retry; a refused value is the input's fault.
 fn classify(e: tokio_postgres::Error) -> StoreError {
     use std::error::Error as _;
     if e.source().is_some_and(|s| s.is::<ArgError>()) {
-        return StoreError::BadInput(Box::new(e));
+        return StoreError::BadInput(explained(&e));
     }
     if e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) {
-        return StoreError::Unavailable(Box::new(e));
+        return StoreError::Unavailable(explained(&e));
     }
     let unavailable = e.code().is_some_and(|c| {
         let c = c.code();
@@ -52,12 +95,12 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
         c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c.starts_with("40")
     });
     if unavailable {
-        return StoreError::Unavailable(Box::new(e));
+        return StoreError::Unavailable(explained(&e));
     }
     if e.code().is_some_and(|c| c.code().starts_with("22")) {
-        return StoreError::BadInput(Box::new(e));
+        return StoreError::BadInput(explained(&e));
     }
-    StoreError::Internal(Box::new(e))
+    StoreError::Internal(explained(&e))
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -71,7 +114,16 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         match e {
             deadpool_postgres::PoolError::Backend(e) => classify(e),
             // Timeouts, a closed pool, a failed connect: all pass.
-            other => StoreError::Unavailable(Box::new(other)),
+            other => {
+                use std::error::Error as _;
+                let mut text = other.to_string();
+                let mut source = other.source();
+                while let Some(s) = source {
+                    text.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                StoreError::Unavailable(Box::new(PgCause(text)))
+            }
         }
     }
 }
@@ -316,6 +368,7 @@ impl Db<PgEngine> {
     /// pool of up to `pool_size` connections.
     pub async fn open(url: &str, pool_size: usize) -> StoreResult<Self> {
         let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadUrl(Box::new(e)))?;
+        let target = describe(&config);
         let manager = deadpool_postgres::Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -331,7 +384,8 @@ impl Db<PgEngine> {
             .build()
             .map_err(|e| StoreError::Internal(Box::new(e)))?;
         let engine = PgEngine { pool };
-        engine.migrate().await?;
+        // The first connection: its failure names where it tried.
+        engine.migrate().await.map_err(|e| at(&target, e))?;
         Db::new(engine).await
     }
 }

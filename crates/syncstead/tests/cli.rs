@@ -462,3 +462,29 @@ fn a_master_secret_beside_another_is_warned_about() {
     err.read_to_string(&mut text).unwrap();
     assert!(text.contains("differs from the one kept"), "{text}");
 }
+
+/// PostgreSQL trouble is reported with where and what: a closed port names the host and
+/// port, a missing database names the database (when a PostgreSQL server is configured).
+#[test]
+fn postgres_errors_name_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("postgres://nobody@127.0.0.1:{port}/sync");
+    let (ok, text) = run_in(dir.path(), &["node", "--database-url", &url, "list"]);
+    assert!(
+        !ok && text.contains(&format!("127.0.0.1:{port}")) && text.contains("refused"),
+        "{text}"
+    );
+    let Ok(base) = std::env::var("SYNCSTEAD_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: the missing-database case needs SYNCSTEAD_TEST_POSTGRES_URL");
+        return;
+    };
+    let missing = format!("{}/syncstead_no_such_database", base.rsplit_once('/').unwrap().0);
+    let (ok, text) = run_in(dir.path(), &["node", "--database-url", &missing, "list"]);
+    assert!(
+        !ok && text.contains("\"syncstead_no_such_database\" does not exist"),
+        "{text}"
+    );
+}
