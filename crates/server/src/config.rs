@@ -321,7 +321,8 @@ impl ConfigLayer {
             return Ok(self);
         };
         let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
-        let file: ConfigLayer = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        let file: ConfigLayer =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), with_suggestion(e.to_string())))?;
         let to_map = |layer: &ConfigLayer| match serde_json::to_value(layer) {
             Ok(serde_json::Value::Object(map)) => Ok(map),
             _ => Err(ConfigError::Parse(path.clone(), "cannot merge settings".into())),
@@ -337,6 +338,44 @@ impl ConfigLayer {
         layer.config = Some(path);
         Ok(layer)
     }
+}
+
+/// Adds "did you mean …" to an unknown-key error: the setting whose name is closest.
+fn with_suggestion(message: String) -> String {
+    let Some(unknown) = message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return message;
+    };
+    let Ok(serde_json::Value::Object(known)) = serde_json::to_value(ConfigLayer::default()) else {
+        return message;
+    };
+    let best = known
+        .keys()
+        .map(|k| (edit_distance(unknown, k), k))
+        .min()
+        .filter(|(d, _)| *d <= unknown.len().max(3) / 2 + 2);
+    match best {
+        Some((_, k)) => format!("{message}\ndid you mean `{k}`?"),
+        None => message,
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The limits advertised in `info/configuration` and enforced (S15-160).
@@ -816,6 +855,17 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_keys_get_a_suggestion() {
+        let m = with_suggestion("unknown field `lisen`, expected one of …".into());
+        assert!(m.ends_with("did you mean `listen`?"), "{m}");
+        let m = with_suggestion("unknown field `databse_url`, expected …".into());
+        assert!(m.ends_with("did you mean `database_url`?"), "{m}");
+        let m = with_suggestion("unknown field `zzzzzzzzzzzzzzzzzzzzzz`".into());
+        assert!(!m.contains("did you mean"), "{m}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
 
     #[test]
     fn messages_name_the_fix() {

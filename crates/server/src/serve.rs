@@ -33,6 +33,12 @@ pub enum ServeError {
     #[error(transparent)]
     Lock(#[from] syncstead_store::LockError),
     #[error(
+        "listening on every interface ({0}) needs public_url, the URL Firefox reaches this server at, \
+         e.g. --public-url http://192.168.1.20:{port} (or https://sync.example.com behind a proxy)",
+        port = .0.port()
+    )]
+    NeedsPublicUrl(SocketAddr),
+    #[error(
         "the database {} is missing, but one was in use here before (its lock file {} remains); \
          restore a backup with `syncstead restore`, or delete the lock file to start with an empty database",
         .0.display(), .1.display()
@@ -131,6 +137,10 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
     let addr = listener.local_addr()?;
     // Zero-touch node assignment: a server that is both token server and storage node
     // registers itself as a node the first time it starts.
+    if settings.public_url.is_none() && addr.ip().is_unspecified() && settings.token_server && settings.storage_node {
+        // The token server would send Firefox to http://0.0.0.0:…, which reaches nothing.
+        return Err(ServeError::NeedsPublicUrl(addr));
+    }
     let own = settings
         .public_url
         .as_ref()

@@ -448,3 +448,26 @@ async fn s15_180_a_full_disk_turns_the_heartbeat_red() {
         200
     );
 }
+
+/// Listening on every interface without public_url would register http://0.0.0.0:… as
+/// this server's node, which the token server then sends Firefox to: refused, with what
+/// to set.
+#[tokio::test]
+async fn every_interface_needs_a_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = |public_url: Option<&str>| syncstead_server::ConfigLayer {
+        listen: Some("0.0.0.0:0".parse().unwrap()),
+        data_dir: Some(dir.path().to_path_buf()),
+        master_secret: Some(SECRET.into()),
+        public_url: public_url.map(str::to_string),
+        ..Default::default()
+    };
+    let Err(e) = syncstead_server::start(syncstead_server::Settings::resolve(layer(None)).unwrap()).await else {
+        panic!("started on 0.0.0.0 without public_url");
+    };
+    assert!(e.to_string().contains("needs public_url"), "{e}");
+    let ok =
+        syncstead_server::start(syncstead_server::Settings::resolve(layer(Some("http://192.0.2.1:8000"))).unwrap())
+            .await;
+    assert!(ok.is_ok());
+}
