@@ -189,19 +189,38 @@ fn load_settings(layer: ConfigLayer) -> CliResult<Settings> {
     Ok(Settings::resolve(layer)?)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT, listened for from before the server starts: a service manager that
+/// stops the server right after it came up gets a clean shutdown, not the default death.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Prints a startup line; a closed standard output must not stop the server.
@@ -220,6 +239,7 @@ async fn serve(layer: ConfigLayer) -> CliResult<()> {
         .as_ref()
         .map_or_else(|| format!("http://{}", settings.listen), |p| p.base());
     let database = settings.database_display();
+    let mut signals = ShutdownSignals::listen()?;
     let mut server = syncstead_server::start(settings).await?;
     say!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
     say!("  listening on       http://{}", server.addr);
@@ -236,7 +256,7 @@ async fn serve(layer: ConfigLayer) -> CliResult<()> {
     }
     say!("  database           {database}");
     tokio::select! {
-        _ = shutdown_signal() => {
+        _ = signals.recv() => {
             tracing::info!("shutting down: finishing in-flight requests");
             server.shutdown().await?;
             tracing::info!("stopped");
