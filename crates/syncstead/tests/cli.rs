@@ -280,16 +280,13 @@ fn weave_account_admin_commands() {
     stop(child);
 }
 
-/// SQLite's shared-memory file made immutable under the running server: SQLite's next use
-/// of it ends the process with SIGBUS, and the process says so on stderr first, naming the
-/// files to look at (there is no way to carry on: the mapping is gone).
-#[test]
-fn a_sigbus_names_its_cause() {
-    use std::io::{BufRead, BufReader, Read};
-    let dir = tempfile::tempdir().unwrap();
+/// `syncstead serve ARGS` in `dir` with its stderr (the log) kept for the test, once it
+/// is listening.
+fn spawn_logging(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
     let mut child = bin()
-        .args(["serve", "--log-level", "warn", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
+        .args(args)
+        .current_dir(dir)
         .env_remove("SYNCSTEAD_MASTER_SECRET")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -298,6 +295,17 @@ fn a_sigbus_names_its_cause() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while !lines.next().unwrap().unwrap().contains("listening on") {}
     std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+/// SQLite's shared-memory file made immutable under the running server: SQLite's next use
+/// of it ends the process with SIGBUS, and the process says so on stderr first, naming the
+/// files to look at (there is no way to carry on: the mapping is gone).
+#[test]
+fn a_sigbus_names_its_cause() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_logging(dir.path(), &["serve", "--log-level", "warn", "--listen", "127.0.0.1:0"]);
     let shm = dir.path().join("syncstead-data/syncstead.db-shm");
     let chattr = |flag: &str| {
         std::process::Command::new("chattr")
@@ -357,19 +365,9 @@ fn configuration_md_lists_every_setting() {
 /// Logs written to a pipe (journald, a file) carry no terminal colour codes.
 #[test]
 fn logs_to_a_pipe_have_no_colour_codes() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args(["serve", "--log-level", "info", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env_remove("SYNCSTEAD_MASTER_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while !lines.next().unwrap().unwrap().contains("listening on") {}
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut child = spawn_logging(dir.path(), &["serve", "--log-level", "info", "--listen", "127.0.0.1:0"]);
     let mut err = child.stderr.take().unwrap();
     stop(child);
     let mut text = String::new();
@@ -434,12 +432,13 @@ fn mistakes_are_refused_with_what_to_do() {
 /// warned about: tokens signed with the kept one are about to be refused.
 #[test]
 fn a_master_secret_beside_another_is_warned_about() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("syncstead-data")).unwrap();
     std::fs::write(dir.path().join("syncstead-data/master-secret"), "kept-secret-value\n").unwrap();
-    let mut child = bin()
-        .args([
+    let mut child = spawn_logging(
+        dir.path(),
+        &[
             "serve",
             "--log-level",
             "warn",
@@ -447,15 +446,8 @@ fn a_master_secret_beside_another_is_warned_about() {
             "127.0.0.1:0",
             "--master-secret",
             "another-secret-value",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while !lines.next().unwrap().unwrap().contains("listening on") {}
-    std::thread::spawn(move || lines.for_each(drop));
+        ],
+    );
     let mut err = child.stderr.take().unwrap();
     stop(child);
     let mut text = String::new();
