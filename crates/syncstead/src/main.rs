@@ -44,6 +44,15 @@ enum Command {
     },
     /// Load-test a storage 1.5 server with simulated Firefox clients (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Print the settings as they would be used (file, environment and flags merged;
+    /// secrets redacted), or with --default a TOML file of every setting, commented.
+    Config {
+        /// Print a commented file of every setting and its default instead.
+        #[arg(long)]
+        default: bool,
+        #[command(flatten)]
+        config: Box<ConfigLayer>,
+    },
     /// Write a consistent snapshot of the database to FILE, while the server runs.
     Backup {
         file: std::path::PathBuf,
@@ -343,6 +352,110 @@ fn explain_sigbus() {
     }
 }
 
+/// `syncstead config`: the merged settings as TOML (secrets redacted), or with `default`
+/// every setting commented with its help and default, generated from the flags' own help
+/// so the file never falls behind `serve --help`.
+fn show_config(default: bool, layer: ConfigLayer) -> CliResult<()> {
+    use clap::Args;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if default {
+        let _ = writeln!(
+            out,
+            "# Syncstead settings: every key, with its default. Uncomment to change one."
+        );
+        let _ = writeln!(
+            out,
+            "# Precedence: built-in defaults < this file < SYNCSTEAD_* variables < flags."
+        );
+        let command = ConfigLayer::augment_args(clap::Command::new("serve"));
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long().filter(|l| *l != "config") else {
+                continue;
+            };
+            let key = long.replace('-', "_");
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let (text, default) = match help.rsplit_once("[default: ") {
+                Some((text, rest)) => (text.trim().to_string(), rest.trim_end_matches(']').trim().to_string()),
+                None => (help.trim().to_string(), String::new()),
+            };
+            let _ = writeln!(out);
+            for line in text.lines() {
+                let _ = writeln!(out, "# {}", line.trim());
+            }
+            // A default that is one word is a value; a description ("the number of CPU
+            // cores") or a template ("sqlite://<data_dir>/…") stays prose.
+            let single = !default.is_empty() && !default.contains([' ', '<']);
+            if single && arg.get_value_delimiter().is_some() {
+                let items: Vec<String> = default.split(',').map(|v| format!("{v:?}")).collect();
+                let _ = writeln!(out, "# {key} = [{}]", items.join(", "));
+                continue;
+            }
+            let literal = Some(default.as_str()).filter(|_| single);
+            match literal {
+                Some(v) if v.parse::<f64>().is_ok() || v == "true" || v == "false" => {
+                    let _ = writeln!(out, "# {key} = {v}");
+                }
+                Some(v) => {
+                    let _ = writeln!(out, "# {key} = {v:?}");
+                }
+                None if default.is_empty() => {
+                    let _ = writeln!(out, "# {key} =");
+                }
+                None => {
+                    let _ = writeln!(out, "# {key} = …   (default: {default})");
+                }
+            }
+        }
+        emit(&out);
+        return Ok(());
+    }
+    let layer = layer.with_file()?;
+    let settings = Settings::resolve(layer.clone())?;
+    let mut map = match serde_json::to_value(&layer)? {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    map.retain(|_, v| !v.is_null());
+    for secret in ["master_secret", "weave_secret"] {
+        if let Some(v) = map.get_mut(secret) {
+            *v = "<redacted>".into();
+        }
+    }
+    for url in ["database_url", "smtp_url"] {
+        if let Some(serde_json::Value::String(u)) = map.get_mut(url) {
+            *u = syncstead_server::config::redact_url(u);
+        }
+    }
+    let source = layer.config.as_ref().map_or_else(
+        || "SYNCSTEAD_* variables or flags".to_string(),
+        |p| format!("{}, SYNCSTEAD_* variables or flags", p.display()),
+    );
+    let _ = writeln!(out, "# Set by {source}:");
+    // Strings, numbers, booleans and lists of strings: their JSON form is valid TOML.
+    for (key, value) in &map {
+        let _ = writeln!(out, "{key} = {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# Everything else is at its default (`syncstead config --default`). In effect:"
+    );
+    let _ = writeln!(out, "#   listen = {:?}", settings.listen.to_string());
+    let _ = writeln!(out, "#   data_dir = {:?}", settings.data_dir.display().to_string());
+    let _ = writeln!(out, "#   database_url = {:?}", settings.database_display());
+    emit(&out);
+    Ok(())
+}
+
+/// Writes to standard output; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+}
+
 fn backup(file: &std::path::Path, layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer)?;
     if settings.is_postgres() {
@@ -570,6 +683,7 @@ fn main() -> ExitCode {
         Command::Serve(layer) => runtime.block_on(serve(*layer)),
         Command::Token { uid, ttl, config } => token(uid, ttl, *config),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Config { default, config } => show_config(default, *config),
         Command::Backup { file, config } => backup(&file, *config),
         Command::Restore { file, force, config } => restore(&file, force, *config),
         Command::Node { action, config } => runtime.block_on(node(action, *config)),

@@ -480,3 +480,52 @@ fn postgres_errors_name_the_cause() {
         "{text}"
     );
 }
+
+/// `syncstead config --default` is a file of every setting: uncommented, its values are
+/// accepted as a config file (and they are the defaults); `syncstead config` shows what is
+/// set, with secrets redacted.
+#[test]
+fn config_prints_the_defaults_and_the_effective_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = run_in(dir.path(), &["config", "--default"]);
+    assert!(ok, "{text}");
+    let keys = text
+        .lines()
+        .filter(|l| l.starts_with("# ") && l.contains(" = "))
+        .count();
+    assert!(keys > 50, "every setting: {text}");
+    let uncommented: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.contains(" = ") && !l.contains('…') && !l.ends_with(" ="))
+        .filter(|l| {
+            l.split(' ')
+                .next()
+                .is_some_and(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = dir.path().join("defaults.toml");
+    std::fs::write(&file, &uncommented).unwrap();
+    let out = bin()
+        .args(["config", "--config"])
+        .arg(&file)
+        .env("SYNCSTEAD_MASTER_SECRET", "a-secret-that-must-not-show")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{uncommented}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains("listen = \"127.0.0.1:8000\"") && shown.contains("max_total_records = 10000"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("master_secret = \"<redacted>\"") && !shown.contains("a-secret-that-must-not-show"),
+        "{shown}"
+    );
+}
