@@ -436,6 +436,9 @@ impl PublicUrl {
     }
 }
 
+/// The shortest master secret accepted.
+pub const MIN_SECRET_CHARS: usize = 16;
+
 /// An address range (`192.0.2.0/24`, `::1`), for `trusted_proxies`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpNet {
@@ -688,6 +691,14 @@ impl Settings {
             (None, Some(file)) => read_secret_file(&file)?,
             (None, None) => String::new(),
         };
+        // Tokens and Hawk keys are derived from it: a guessable secret is a master key.
+        if !master_secret.is_empty() && master_secret.chars().count() < MIN_SECRET_CHARS {
+            return Err(ConfigError::Secret(format!(
+                "it is {} characters; use at least {MIN_SECRET_CHARS} (e.g. the output of `openssl rand -hex 32`), \
+                 or set none and Syncstead generates one in the data directory",
+                master_secret.chars().count()
+            )));
+        }
         Ok(Settings {
             listen: layer.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
             public_url,
@@ -855,6 +866,17 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_master_secret_is_refused() {
+        let layer = |secret: &str| ConfigLayer {
+            master_secret: Some(secret.into()),
+            ..Default::default()
+        };
+        let e = Settings::resolve(layer("s")).expect_err("refused").to_string();
+        assert!(e.contains("at least 16") && e.contains("openssl rand"), "{e}");
+        assert!(Settings::resolve(layer("sixteen-chars-ok")).is_ok());
+    }
 
     #[test]
     fn unknown_keys_get_a_suggestion() {

@@ -59,7 +59,7 @@ fn kill_and_check(database_url: Option<&str>) {
         "--listen",
         listen.as_str(),
         "--master-secret",
-        "crash-secret",
+        "crash-test-secret-1",
         "--purge-interval-seconds",
         "1",
     ];
@@ -77,7 +77,7 @@ fn kill_and_check(database_url: Option<&str>) {
             let (ledger, stop) = (ledger.clone(), stop.clone());
             tasks.push(rt.spawn(async move {
                 let uid = 1 + writer;
-                let c = storage(&format!("127.0.0.1:{port}"), "crash-secret", uid);
+                let c = storage(&format!("127.0.0.1:{port}"), "crash-test-secret-1", uid);
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
@@ -140,7 +140,7 @@ fn kill_and_check(database_url: Option<&str>) {
         {
             let stop = stop.clone();
             tasks.push(rt.spawn(async move {
-                let c = storage(&format!("127.0.0.1:{port}"), "crash-secret", 99);
+                let c = storage(&format!("127.0.0.1:{port}"), "crash-test-secret-1", 99);
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
@@ -170,7 +170,7 @@ fn kill_and_check(database_url: Option<&str>) {
     let ledger = ledger.lock().unwrap();
     let mut stored: HashMap<(u64, String), String> = HashMap::new();
     for uid in 1..=4u64 {
-        let c = storage(&format!("127.0.0.1:{port}"), "crash-secret", uid);
+        let c = storage(&format!("127.0.0.1:{port}"), "crash-test-secret-1", uid);
         let mut offset: Option<String> = None;
         loop {
             let mut path = "/storage/history?full=1&limit=1000".to_string();

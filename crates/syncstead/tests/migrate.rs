@@ -311,7 +311,7 @@ async fn import_from_mozilla_syncserver_keeps_firefox_syncing() {
     let layer = syncstead_server::ConfigLayer {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(data.clone()),
-        master_secret: Some("import-test".into()),
+        master_secret: Some("import-test-secret".into()),
         oauth_public_key_file: Some(jwk_file),
         oauth_jwks_url: Some(String::new()),
         ..Default::default()
