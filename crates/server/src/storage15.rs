@@ -181,17 +181,9 @@ async fn get_collection(
         Format::Json => "application/json",
         Format::Newlines => "application/newlines",
     };
-    let (body, records, next_offset) = match (page.next_offset, wanted) {
-        // The first read held everything asked for: answer it at once.
-        (next, Some(l)) if l <= FIRST_CHUNK => {
-            let n = page.bsos.len() as u64;
-            (small_body(page.bsos, query.full, format).await?, n, next)
-        }
-        (None, _) => {
-            let n = page.bsos.len() as u64;
-            (small_body(page.bsos, query.full, format).await?, n, None)
-        }
-        (Some(cursor), _) => {
+    let (body, records, next_offset) = match page.next_offset {
+        // More than the first read held, and the client asked for more: stream it.
+        Some(cursor) if wanted.is_none_or(|l| l > FIRST_CHUNK) => {
             // The listing is what the collection held at the first read: counted as of
             // then (`older` is strict; times move in 10 ms ticks), and streamed until that
             // many records have gone out.
@@ -206,6 +198,11 @@ async fn get_collection(
                 .await?;
             let body = stream_listing(state, ctx, query, page.bsos, cursor, total, format);
             (body, total, next)
+        }
+        // The first read held everything asked for (and its token, if the limit cut it).
+        next => {
+            let n = page.bsos.len() as u64;
+            (small_body(page.bsos, query.full, format).await?, n, next)
         }
     };
     let mut r = (
@@ -298,9 +295,14 @@ fn stream_listing(
 /// How many records the next read takes: about [`CHUNK_BYTES`] of them, by the size of
 /// the last ones.
 fn chunk_limit(last: &[syncstead_proto::Bso]) -> u32 {
-    let bytes: usize = last.iter().map(|b| b.payload.len() + b.id.len() + 48).sum();
+    let bytes: usize = last.iter().map(rendered_size).sum();
     let each = (bytes / last.len().max(1)).max(1);
     (CHUNK_BYTES / each).clamp(1, 1000) as u32
+}
+
+/// About the bytes one record takes in a listing: payload, id and the JSON around them.
+fn rendered_size(b: &syncstead_proto::Bso) -> usize {
+    b.payload.len() + b.id.len() + 48
 }
 
 /// Bodies with more payload than this are parsed or rendered on a blocking thread.
@@ -324,7 +326,7 @@ fn render_close(out: &mut Vec<u8>, format: Format) {
 /// releasing each as soon as it is written so a chunk is never held twice. `first`: no
 /// separator before the first element.
 fn render_chunk(out: &mut Vec<u8>, bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format, first: bool) {
-    out.reserve(bsos.iter().map(|b| b.payload.len() + b.id.len() + 48).sum::<usize>());
+    out.reserve(bsos.iter().map(rendered_size).sum::<usize>());
     for (i, bso) in bsos.into_iter().enumerate() {
         if format == Format::Json && (i > 0 || !first) {
             out.push(b',');

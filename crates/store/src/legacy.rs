@@ -11,7 +11,7 @@ use syncstead_proto::SyncTimestamp;
 
 use crate::db::{Db, Engine, Read, HEAVY};
 use crate::sql::{query_one, Arg, Lock, Row, Sql, Tx};
-use crate::storage::{limit_offset, order_by, used_bytes};
+use crate::storage::{after_modified_key, limit_offset, order_by, used_bytes};
 use crate::{LegacyStore, StoreError, StoreResult, UserId, WboCollection, WboWrite, WriteLimits};
 
 const COLUMNS: &str = "id, parentid, predecessorid, sortindex, modified, payload";
@@ -108,12 +108,8 @@ fn listing<'q>(
     );
     selectors(&mut sql, q, SyncTimestamp::now(), dialect);
     if let Some((modified, id)) = after {
-        let op = if q.sort == WboSort::Oldest { ">" } else { "<" };
         let (m, i) = (sql.arg(*modified), sql.arg(id.as_str()));
-        // The first term bounds the index range (see storage.rs's paging).
-        sql.push(&format!(
-            " AND modified {op}= {m} AND (modified {op} {m} OR id {op} {i})"
-        ));
+        sql.push(&after_modified_key(q.sort == WboSort::Oldest, &m, &i));
     }
     sql.push(order_by(sort(q.sort)));
     if let Some(limit) = q.limit {

@@ -64,10 +64,15 @@ impl InstanceLock {
 
     /// The lock file of a SQLite database: beside it, named after it.
     pub fn sqlite_path(db: &Path) -> PathBuf {
-        let mut p = db.as_os_str().to_owned();
-        p.push(".lock");
-        PathBuf::from(p)
+        beside(db, ".lock")
     }
+}
+
+/// The file named like `db` with `suffix` appended (`-wal`, `-shm`, `.lock`).
+pub(crate) fn beside(db: &Path, suffix: &str) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
 }
 
 /// Creates `dir` (and its missing parents) readable by its owner only: it holds the

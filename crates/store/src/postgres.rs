@@ -44,18 +44,21 @@ struct ArgError(String, Type);
 struct PgCause(String);
 
 fn explained(e: &tokio_postgres::Error) -> Box<PgCause> {
-    use std::error::Error as _;
+    Box::new(PgCause(match e.as_db_error() {
+        Some(db) => format!("{e}: {}", db.message()),
+        None => with_sources(e),
+    }))
+}
+
+/// An error's message followed by each of its sources'.
+fn with_sources(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    if let Some(db) = e.as_db_error() {
-        text.push_str(&format!(": {}", db.message()));
-    } else {
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
     }
-    Box::new(PgCause(text))
+    text
 }
 
 /// `postgres at HOST:PORT/DB`, for messages.
@@ -114,16 +117,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         match e {
             deadpool_postgres::PoolError::Backend(e) => classify(e),
             // Timeouts, a closed pool, a failed connect: all pass.
-            other => {
-                use std::error::Error as _;
-                let mut text = other.to_string();
-                let mut source = other.source();
-                while let Some(s) = source {
-                    text.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                StoreError::Unavailable(Box::new(PgCause(text)))
-            }
+            other => StoreError::Unavailable(Box::new(PgCause(with_sources(&other)))),
         }
     }
 }

@@ -24,6 +24,7 @@ use syncstead_proto::SyncTimestamp;
 use tokio::sync::Semaphore;
 
 use crate::db::{Db, Engine, Read, HEAVY};
+use crate::lock::beside;
 use crate::sql::{sqlite_placeholders, Arg, BoxFuture, Dialect, Lock, Row, Tx, Value};
 use crate::{AdminError, AdminResult, StoreError, StoreResult, UserId};
 
@@ -350,9 +351,7 @@ impl FileGuard {
         self.check()?;
         sidecars_writable(&self.path)?;
         for suffix in ["", "-wal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            if std::fs::metadata(&p).is_ok_and(|m| m.permissions().readonly()) {
+            if std::fs::metadata(beside(&self.path, suffix)).is_ok_and(|m| m.permissions().readonly()) {
                 return Err(unavailable("the database or its write-ahead log is read-only"));
             }
         }
@@ -376,8 +375,7 @@ impl FileGuard {
 /// heartbeat reports it (the binary also names the cause if the signal comes).
 fn sidecars_writable(db: &Path) -> StoreResult<()> {
     for suffix in ["-wal", "-shm"] {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
+        let p = beside(db, suffix);
         match std::fs::OpenOptions::new().write(true).open(&p) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -648,9 +646,9 @@ impl Engine for SqliteEngine {
     async fn database_bytes(&self) -> StoreResult<u64> {
         let mut bytes = 0;
         for suffix in ["", "-wal"] {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            bytes += std::fs::metadata(beside(&self.path, suffix))
+                .map(|m| m.len())
+                .unwrap_or(0);
         }
         Ok(bytes)
     }
@@ -712,9 +710,7 @@ pub fn restore(backup_file: &Path, db: &Path, force: bool) -> AdminResult<()> {
         return Err(AdminError::ExistsWithoutForce(db.to_path_buf()));
     }
     for suffix in ["-wal", "-shm"] {
-        let mut side = db.as_os_str().to_owned();
-        side.push(suffix);
-        let _ = std::fs::remove_file(&side);
+        let _ = std::fs::remove_file(beside(db, suffix));
     }
     let _ = std::fs::remove_file(db);
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {

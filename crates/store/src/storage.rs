@@ -371,6 +371,14 @@ pub(crate) fn order_by(sort: Sort) -> &'static str {
     }
 }
 
+/// Rows past the (modified, id) key `m`, `i` (placeholders) in a newest- or oldest-first
+/// listing. The first term bounds the index range, so a page deep in a listing starts
+/// where the last one stopped instead of walking past everything before it.
+pub(crate) fn after_modified_key(oldest_first: bool, m: &str, i: &str) -> String {
+    let op = if oldest_first { ">" } else { "<" };
+    format!(" AND modified {op}= {m} AND (modified {op} {m} OR id {op} {i})")
+}
+
 /// `LIMIT`/`OFFSET` for a listing; SQLite needs a LIMIT (−1: none) before an OFFSET.
 pub(crate) fn limit_offset(sql: &mut Sql<'_>, dialect: Dialect, limit: Option<i64>, skip: u64) {
     match (limit, dialect) {
@@ -430,12 +438,7 @@ fn page_query<'q>(dialect: Dialect, user: UserId, coll: i64, q: &'q CollectionQu
         Some(Offset::After(SortKey::Modified { ms, id })) => {
             let m = sql.arg(*ms);
             let i = sql.arg(id.as_str());
-            let op = if q.sort == Sort::Oldest { ">" } else { "<" };
-            // The first term bounds the index range, so a page deep in a listing starts
-            // where the last one stopped instead of walking past everything before it.
-            sql.push(&format!(
-                " AND modified {op}= {m} AND (modified {op} {m} OR id {op} {i})"
-            ));
+            sql.push(&after_modified_key(q.sort == Sort::Oldest, &m, &i));
         }
         Some(Offset::After(SortKey::Index { sortindex: Some(s), id })) => {
             let s = sql.arg(*s);
@@ -573,8 +576,8 @@ async fn commit_staged<T: Tx>(tx: &T, user: UserId, coll: i64, batch: i64, now: 
     }
 }
 
-/// One purge step: at most 1,000 expired records and 100 expired batches, so each
-/// transaction stays short.
+/// One purge step: at most 1,000 expired records, 100 expired batches and 10,000 spent
+/// nonces, so each transaction stays short.
 async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64, u64)> {
     const EXPIRED: &str = "SELECT {row} FROM bsos WHERE expiry < 9223372036854775800 AND expiry <= $1 LIMIT 1000";
     let sql = match tx.dialect() {

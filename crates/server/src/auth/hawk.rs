@@ -137,6 +137,8 @@ pub struct VerifiedToken {
     uid: u64,
     expires: f64,
     key: String,
+    /// The token's key in the nonce cache, hashed once per token rather than per request.
+    nonce_token: u64,
 }
 
 const MAX_VERIFIED_TOKENS: usize = 50_000;
@@ -207,6 +209,7 @@ impl HawkVerifier {
                     uid: payload.uid,
                     expires: payload.expires,
                     key,
+                    nonce_token: self.keyed(&[id.as_bytes()]),
                 };
                 let mut cache = self.verified.lock().expect("token cache lock");
                 if cache.len() >= MAX_VERIFIED_TOKENS {
@@ -257,7 +260,7 @@ impl HawkVerifier {
             .map_or(0, |d| d.as_secs());
         let nonce = hawk_header.nonce.as_deref().unwrap_or("");
         let key = NonceKey {
-            token: self.keyed(&[id.as_bytes()]),
+            token: token.nonce_token,
             key: self.keyed(&[id.as_bytes(), &ts.to_be_bytes(), nonce.as_bytes()]),
             until: (expires + self.expired_grace_seconds as f64).max(0.0) as u64 + 1,
         };
