@@ -64,7 +64,12 @@ pub async fn purge_task(state: AppState) {
     loop {
         tick.tick().await;
         match state.store.purge_expired().await {
-            Ok(r) => tracing::info!(bsos = r.bsos, batches = r.batches, "purged expired data"),
+            Ok(r) => tracing::info!(
+                bsos = r.bsos,
+                batches = r.batches,
+                collection_names = r.collections,
+                "purged expired data"
+            ),
             Err(e) => tracing::error!(error = %e, "purge failed"),
         }
         if state.tokens.is_some() && state.settings.storage_node {
@@ -117,6 +122,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     if let Ok(stats) = state.store.stats().await {
         metrics::gauge!("syncstead_users").set(stats.users as f64);
         metrics::gauge!("syncstead_active_batches").set(stats.active_batches as f64);
+        metrics::gauge!("syncstead_collection_names").set(stats.collection_names as f64);
         metrics::gauge!("syncstead_database_bytes").set(stats.database_bytes as f64);
     }
     metrics::gauge!("syncstead_requests_in_flight").set(state.runtime.inflight.load(Ordering::Relaxed) as f64);

@@ -380,6 +380,77 @@ async fn an_immutable_shm_file_is_refused_at_start() {
     );
 }
 
+/// Finding 10: the `-shm` file made immutable under a running server. SQLite's next write
+/// to its mapping of that file would end the process with SIGBUS (the `sync` makes the
+/// kernel write the mapped pages back, so that the next write faults); instead every
+/// request is refused with 503 + Retry-After, the heartbeat turns red, and all is served
+/// again, data intact, once the flag is off.
+#[tokio::test]
+async fn an_immutable_shm_file_under_a_running_server_is_a_503_not_a_crash() {
+    if on_postgres() {
+        eprintln!("SKIPPED: about SQLite's files");
+        return;
+    }
+    let s = TestServer::start().await;
+    let u = s.client(1);
+    let shm = s.dir.path().join("syncstead.db-shm");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&shm)
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    let beat = || async { send(s.http.get(format!("{}/__heartbeat__", s.base))).await.status };
+    assert_eq!(
+        u.put("/storage/tabs/a", serde_json::json!({"payload": "x"}))
+            .await
+            .status,
+        200
+    );
+    if !chattr("+i") {
+        eprintln!("SKIPPED: chattr +i is not available here (needs root and a file system that has it)");
+        return;
+    }
+    struct Unflag<'a>(&'a dyn Fn(&str) -> bool);
+    impl Drop for Unflag<'_> {
+        fn drop(&mut self) {
+            (self.0)("-i");
+        }
+    }
+    let unflag = Unflag(&chattr);
+    let _ = std::process::Command::new("sync").status();
+    for i in 0..5 {
+        let w = u
+            .put(&format!("/storage/tabs/b{i}"), serde_json::json!({"payload": "y"}))
+            .await;
+        w.assert_error(503, 0);
+        assert!(w.header("retry-after").is_some());
+        assert_eq!(u.get("/storage/tabs/a").await.status, 503);
+        assert_eq!(u.get("/info/collections").await.status, 503);
+        tokio::time::sleep(Duration::from_millis(300)).await; // the checkpoint thread runs too
+    }
+    assert_eq!(beat().await, 503);
+    drop(unflag);
+    assert_eq!(beat().await, 200);
+    assert_eq!(
+        u.put("/storage/tabs/c", serde_json::json!({"payload": "z"}))
+            .await
+            .status,
+        200
+    );
+    let r = u.get("/storage/tabs?full=1").await;
+    assert_eq!(r.status, 200);
+    let ids: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+}
+
 /// A full disk: the heartbeat says so, and writes are answered 200 (when SQLite still has
 /// room in its log) or 503 + Retry-After, never 500; all is well again once there is room.
 #[tokio::test]

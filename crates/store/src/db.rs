@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use syncstead_proto::SyncTimestamp;
 
+use syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID;
+
 use crate::sql::{BoxFuture, Tx};
 use crate::{StoreError, StoreResult, UserId};
 
@@ -76,7 +78,8 @@ pub trait Engine: Send + Sync + 'static {
 /// A store on one backend: `SqliteStore` or `PgStore`.
 pub struct Db<E> {
     pub(crate) engine: E,
-    /// Collection names and ids: the table only ever grows, so a cached id stays right.
+    /// The standard collections' ids, which are never released. Custom names are looked
+    /// up each time: any process may release one when no bucket uses it any more.
     collections: RwLock<HashMap<String, i64>>,
 }
 
@@ -94,7 +97,12 @@ impl<E: Engine> Db<E> {
         let names = db
             .write("collections", 0, |tx| {
                 Box::pin(async move {
-                    let rows = tx.query("SELECT id, name FROM collections", &[]).await?;
+                    let rows = tx
+                        .query(
+                            "SELECT id, name FROM collections WHERE id < $1",
+                            &[FIRST_CUSTOM_COLLECTION_ID.into()],
+                        )
+                        .await?;
                     rows.into_iter()
                         .map(|mut r| Ok((r.text(1)?, r.int(0)?)))
                         .collect::<StoreResult<Vec<_>>>()
@@ -165,14 +173,14 @@ impl<E: Engine> Db<E> {
                 Box::pin(async move { crate::storage::collection_id(tx, &owned).await })
             })
             .await?;
-        if let Some(id) = id {
+        if let Some(id) = id.filter(|id| *id < FIRST_CUSTOM_COLLECTION_ID) {
             self.remember_collection(name, id);
         }
         Ok(id)
     }
 
-    /// The id of a collection, registering a new custom name if needed. The registry only
-    /// grows, so a name registered by a write that later fails is harmless.
+    /// The id of a collection, registering a new custom name if needed. A name registered
+    /// by a write that then fails is released again like any unused name.
     pub(crate) async fn ensure_collection(&self, name: &str) -> StoreResult<i64> {
         if let Some(id) = self.find_collection(name).await? {
             return Ok(id);
@@ -184,8 +192,48 @@ impl<E: Engine> Db<E> {
                 Box::pin(async move { crate::storage::register_collection(tx, &name).await })
             })
             .await?;
-        self.remember_collection(name, id);
+        if id < FIRST_CUSTOM_COLLECTION_ID {
+            self.remember_collection(name, id);
+        }
         Ok(id)
+    }
+
+    /// Runs a write that may create the collection on its id, registering the name if
+    /// needed; if the name was released under it, once more with the name registered anew.
+    pub(crate) async fn in_collection<R, F, Fut>(&self, name: &str, f: F) -> StoreResult<R>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: Future<Output = StoreResult<R>>,
+    {
+        let mut retried = false;
+        loop {
+            let coll = self.ensure_collection(name).await?;
+            match f(coll).await {
+                Err(StoreError::CollectionGone) if !retried => retried = true,
+                out => return out,
+            }
+        }
+    }
+
+    /// Releases custom collection names that no bucket and no batch uses, `only` one or
+    /// all of them. Best effort: a release that races a new use of the name is refused
+    /// by the database, and the name stays until the next purge.
+    pub(crate) async fn release_collections(&self, only: Option<i64>) -> u64 {
+        if only.is_some_and(|id| id < FIRST_CUSTOM_COLLECTION_ID) {
+            return 0;
+        }
+        let out = self
+            .write("release_collections", 0, move |tx| {
+                Box::pin(async move { crate::storage::release_collections(tx, only).await })
+            })
+            .await;
+        match out {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "collection names kept until the next purge");
+                0
+            }
+        }
     }
 }
 

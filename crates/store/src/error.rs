@@ -26,6 +26,10 @@ pub enum StoreError {
     NotFound,
     #[error("no such batch")]
     BatchNotFound,
+    /// A custom collection name was released (no bucket used it) while this write held its
+    /// id: the database refused the write, which is retried with the name registered anew.
+    #[error("the collection's id was released during the write")]
+    CollectionGone,
     /// What a batch has staged would pass `max_total_records` or `max_total_bytes` (S15-130).
     #[error("the batch would exceed its size limits")]
     BatchTooLarge,
@@ -50,7 +54,10 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying later may succeed (the protocol layers answer 503 + Retry-After).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict)
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Conflict | StoreError::CollectionGone
+        )
     }
 }
 

@@ -294,12 +294,14 @@ impl<E: Engine> LegacyStore for Db<E> {
         if_unmodified_since: Option<SyncTimestamp>,
         limits: WriteLimits,
     ) -> StoreResult<WboWrite> {
-        let coll = self.ensure_collection(collection).await?;
         let cost = wbos.iter().map(|w| w.payload.as_ref().map_or(0, String::len)).sum();
         let wbos = Arc::new(wbos);
-        self.write("wbo_put", cost, move |tx| {
+        self.in_collection(collection, |coll| {
             let wbos = wbos.clone();
-            Box::pin(async move { put(tx, user, coll, &wbos, if_unmodified_since, limits).await })
+            self.write("wbo_put", cost, move |tx| {
+                let wbos = wbos.clone();
+                Box::pin(async move { put(tx, user, coll, &wbos, if_unmodified_since, limits).await })
+            })
         })
         .await
     }

@@ -89,12 +89,16 @@ pub struct DeletedCollection {
 pub struct PurgeReport {
     pub bsos: u64,
     pub batches: u64,
+    /// Custom collection names released because nothing used them any more.
+    pub collections: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub users: u64,
     pub active_batches: u64,
+    /// Rows in the collection-name registry: the standard names and the custom ones in use.
+    pub collection_names: u64,
     pub database_bytes: u64,
 }
 

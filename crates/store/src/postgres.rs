@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_tokenserver.sql")),
     (3, include_str!("../migrations/postgres/0003_accounts.sql")),
     (4, include_str!("../migrations/postgres/0004_nonces.sql")),
+    (5, include_str!("../migrations/postgres/0005_collection_release.sql")),
 ];
 
 /// Advisory-lock namespaces (the two-key form, which never meets the bucket locks that
@@ -99,6 +100,10 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
     });
     if unavailable {
         return StoreError::Unavailable(explained(&e));
+    }
+    // The only foreign keys are those on collection ids (migration 5).
+    if e.code().is_some_and(|c| c.code() == "23503") {
+        return StoreError::CollectionGone;
     }
     if e.code().is_some_and(|c| c.code().starts_with("22")) {
         return StoreError::BadInput(explained(&e));

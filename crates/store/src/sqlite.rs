@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_tokenserver.sql")),
     (3, include_str!("../migrations/sqlite/0003_accounts.sql")),
     (4, include_str!("../migrations/sqlite/0004_nonces.sql")),
+    (5, include_str!("../migrations/sqlite/0005_collection_release.sql")),
 ];
 
 /// How hard SQLite pushes each commit to disk.
@@ -68,6 +69,10 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode::*;
         match &e {
+            // The only foreign keys are those on collection ids (migration 5).
+            rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                StoreError::CollectionGone
+            }
             rusqlite::Error::SqliteFailure(f, _)
                 if matches!(
                     f.code,
@@ -245,6 +250,8 @@ fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResu
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Off by default in SQLite; the collection ids' references depend on it.
+    conn.pragma_update(None, "foreign_keys", true)?;
     if !read_only {
         // auto_vacuum only takes effect on a new database, before the first table.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
@@ -310,6 +317,9 @@ struct FileGuard {
     path: PathBuf,
     identity: (u64, u64),
     lost: Arc<std::sync::atomic::AtomicBool>,
+    /// The `-shm` file, opened to read its inode flags: see [`FileGuard::shared_memory`].
+    shm: Arc<Option<std::fs::File>>,
+    shm_blocked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Less free space than this on the database's file system fails the heartbeat: SQLite
@@ -324,7 +334,39 @@ impl FileGuard {
             path: path.to_path_buf(),
             identity: (m.dev(), m.ino()),
             lost: Default::default(),
+            shm: Arc::new(std::fs::File::open(beside(path, "-shm")).ok()),
+            shm_blocked: Default::default(),
         })
+    }
+
+    /// Checked before every transaction (reads, writes, checkpoints). Once the `-shm` file
+    /// is made immutable or append-only under a running server, SQLite's next write to
+    /// its mapping of that file kills the process with SIGBUS, and every connection
+    /// writes to it (read marks, the log index). Refusing the transaction first turns
+    /// that into a 503 until the flag is taken off. An ioctl on an open file: about a
+    /// microsecond. A flag set between this check and the access can still end the
+    /// process; the binary then names the cause.
+    fn shared_memory(&self) -> StoreResult<()> {
+        use rustix::fs::IFlags;
+        use std::sync::atomic::Ordering;
+        const BLOCKED: &str =
+            "the database's -shm file is immutable or append-only; every request is refused until the flag is removed (chattr -i)";
+        let Some(shm) = self.shm.as_ref() else {
+            return Ok(());
+        };
+        // File systems without inode flags cannot have these either.
+        let blocked = rustix::fs::ioctl_getflags(shm).is_ok_and(|f| f.intersects(IFlags::IMMUTABLE | IFlags::APPEND));
+        let was = self.shm_blocked.swap(blocked, Ordering::Relaxed);
+        if !blocked {
+            if was {
+                tracing::warn!(path = %self.path.display(), "the -shm file is writable again; serving");
+            }
+            return Ok(());
+        }
+        if !was {
+            tracing::error!(path = %self.path.display(), "{BLOCKED}");
+        }
+        Err(unavailable(BLOCKED))
     }
 
     fn check(&self) -> StoreResult<()> {
@@ -349,6 +391,7 @@ impl FileGuard {
     /// has room.
     fn health(&self) -> StoreResult<()> {
         self.check()?;
+        self.shared_memory()?;
         sidecars_writable(&self.path)?;
         for suffix in ["", "-wal"] {
             if std::fs::metadata(beside(&self.path, suffix)).is_ok_and(|m| m.permissions().readonly()) {
@@ -404,6 +447,12 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: Fil
                 Err(_) => break,
             }
         }
+        if let Err(e) = guard.shared_memory() {
+            // Each dropped job answers its caller that the database is unavailable.
+            drop(group);
+            tracing::debug!(error = %e, "write group refused");
+            continue;
+        }
         if let Err(e) = conn.batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot begin a write transaction");
             // Each dropped job answers its caller that the database is unavailable.
@@ -438,9 +487,12 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: Fil
 /// Copies the write-ahead log into the database twice a second, on its own connection, so
 /// the writer never pays for checkpoints inside a request. PASSIVE never blocks the writer
 /// or readers.
-fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>, guard: FileGuard) {
     use std::sync::mpsc::RecvTimeoutError;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(500)) {
+        if guard.shared_memory().is_err() {
+            continue;
+        }
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "checkpoint failed");
         }
@@ -487,7 +539,7 @@ impl SqliteEngine {
         let mut writer = open_connection(&options.path, false, options.synchronous)?;
         migrate(&mut writer)?;
         let guard = FileGuard::new(&options.path)?;
-        let writer_guard = guard.clone();
+        let (writer_guard, checkpoint_guard) = (guard.clone(), guard.clone());
         let readers = options.readers.max(1);
         let (sender, jobs) = std::sync::mpsc::channel::<Queued>();
         let writer = Conn::new(writer);
@@ -499,7 +551,7 @@ impl SqliteEngine {
         let checkpoint_conn = open_connection(&options.path, false, options.synchronous)?;
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_thread(checkpoint_conn, checkpoint_rx))
+            .spawn(move || checkpoint_thread(checkpoint_conn, checkpoint_rx, checkpoint_guard))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(SqliteEngine {
             guard,
@@ -575,6 +627,7 @@ impl Engine for SqliteEngine {
             .acquire()
             .await
             .map_err(|_| unavailable("the store is closed"))?;
+        self.guard.shared_memory()?;
         let pool = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {

@@ -34,8 +34,9 @@ pub(crate) async fn register_collection<T: Tx>(tx: &T, name: &str) -> StoreResul
     match tx.dialect() {
         Dialect::Sqlite => {
             tx.execute(
-                "INSERT INTO collections (id, name) SELECT MAX(COALESCE(MAX(id), 0) + 1, $2), $1 FROM collections",
-                &[name.into(), syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID.into()],
+                // AUTOINCREMENT numbers past every id ever given (from 101, migration 5).
+                "INSERT INTO collections (name) VALUES ($1)",
+                &[name.into()],
             )
             .await?
         }
@@ -51,6 +52,22 @@ pub(crate) async fn register_collection<T: Tx>(tx: &T, name: &str) -> StoreResul
     collection_id(tx, name)
         .await?
         .ok_or_else(|| StoreError::Internal("a registered collection vanished".into()))
+}
+
+/// Deletes the custom collection names (`only` one, or all) that no bucket and no batch
+/// uses. The foreign keys of migration 5 refuse it if a use appears meanwhile.
+pub(crate) async fn release_collections<T: Tx>(tx: &T, only: Option<i64>) -> StoreResult<u64> {
+    const UNUSED: &str = "DELETE FROM collections WHERE id >= $1
+         AND NOT EXISTS (SELECT 1 FROM user_collections uc WHERE uc.collection_id = collections.id)
+         AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.collection_id = collections.id)";
+    let first = syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID;
+    match only {
+        Some(id) => {
+            tx.execute(&format!("{UNUSED} AND id = $2"), &[first.into(), id.into()])
+                .await
+        }
+        None => tx.execute(UNUSED, &[first.into()]).await,
+    }
 }
 
 /// The storage-level last-modified of a bucket (S15-045); 0 without data.
@@ -781,22 +798,24 @@ impl<E: Engine> Store for Db<E> {
         pre: Precondition,
         limits: WriteLimits,
     ) -> StoreResult<SyncTimestamp> {
-        let coll = self.ensure_collection(collection).await?;
         let cost = bso.payload_len();
         let bso = Arc::new(bso);
-        self.write("put_bso", cost, move |tx| {
+        self.in_collection(collection, |coll| {
             let bso = bso.clone();
-            Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
-                let current = first_time(
-                    tx.query_opt(
-                        "SELECT modified FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3",
-                        &[user.into(), coll.into(), (&bso.id).into()],
-                    )
-                    .await?,
-                )?;
-                pre.check(current.unwrap_or_default())?;
-                write_records(tx, user, coll, std::slice::from_ref(&bso), now, limits).await
+            self.write("put_bso", cost, move |tx| {
+                let bso = bso.clone();
+                Box::pin(async move {
+                    let now = tx.lock_bucket(user).await?;
+                    let current = first_time(
+                        tx.query_opt(
+                            "SELECT modified FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3",
+                            &[user.into(), coll.into(), (&bso.id).into()],
+                        )
+                        .await?,
+                    )?;
+                    pre.check(current.unwrap_or_default())?;
+                    write_records(tx, user, coll, std::slice::from_ref(&bso), now, limits).await
+                })
             })
         })
         .await
@@ -810,17 +829,19 @@ impl<E: Engine> Store for Db<E> {
         pre: Precondition,
         limits: WriteLimits,
     ) -> StoreResult<SyncTimestamp> {
-        let coll = self.ensure_collection(collection).await?;
         let cost = total_payload(&bsos) as usize;
         let bsos = Arc::new(bsos);
-        self.write("post_bsos", cost, move |tx| {
+        self.in_collection(collection, |coll| {
             let bsos = bsos.clone();
-            Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
-                if pre != Precondition::None {
-                    pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
-                }
-                write_records(tx, user, coll, &bsos, now, limits).await
+            self.write("post_bsos", cost, move |tx| {
+                let bsos = bsos.clone();
+                Box::pin(async move {
+                    let now = tx.lock_bucket(user).await?;
+                    if pre != Precondition::None {
+                        pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
+                    }
+                    write_records(tx, user, coll, &bsos, now, limits).await
+                })
             })
         })
         .await
@@ -873,21 +894,23 @@ impl<E: Engine> Store for Db<E> {
         ids: Vec<String>,
         pre: Precondition,
     ) -> StoreResult<SyncTimestamp> {
-        let coll = self.ensure_collection(collection).await?;
         let ids = Arc::new(ids);
-        self.write("delete_bsos", 0, move |tx| {
+        self.in_collection(collection, |coll| {
             let ids = ids.clone();
-            Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
-                pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
-                let sql = format!(
-                    "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2 AND {}",
-                    tx.dialect().in_list("id", "$3")
-                );
-                let list = Arg::Texts(ids.iter().map(|i| Some(i.as_str())).collect());
-                tx.execute(&sql, &[user.into(), coll.into(), list]).await?;
-                touch(tx, user, coll, now).await?;
-                Ok(now)
+            self.write("delete_bsos", 0, move |tx| {
+                let ids = ids.clone();
+                Box::pin(async move {
+                    let now = tx.lock_bucket(user).await?;
+                    pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
+                    let sql = format!(
+                        "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2 AND {}",
+                        tx.dialect().in_list("id", "$3")
+                    );
+                    let list = Arg::Texts(ids.iter().map(|i| Some(i.as_str())).collect());
+                    tx.execute(&sql, &[user.into(), coll.into(), list]).await?;
+                    touch(tx, user, coll, now).await?;
+                    Ok(now)
+                })
             })
         })
         .await
@@ -900,7 +923,7 @@ impl<E: Engine> Store for Db<E> {
         pre: Precondition,
     ) -> StoreResult<DeletedCollection> {
         let coll = self.find_collection(collection).await?;
-        self.write("delete_collection", HEAVY, move |tx| {
+        let deleted = self.write("delete_collection", HEAVY, move |tx| {
             Box::pin(async move {
                 let now = tx.lock_bucket(user).await?;
                 let previous = match coll {
@@ -928,19 +951,26 @@ impl<E: Engine> Store for Db<E> {
                 Ok(DeletedCollection { previous, storage: now })
             })
         })
-        .await
+        .await?;
+        if let Some(coll) = coll {
+            self.release_collections(Some(coll)).await;
+        }
+        Ok(deleted)
     }
 
     async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
-        self.write("delete_storage", HEAVY, move |tx| {
-            Box::pin(async move {
-                let previous = storage_time(tx, user).await?;
-                pre.check(previous)?;
-                delete_bucket(tx, user).await?;
-                Ok(previous)
+        let previous = self
+            .write("delete_storage", HEAVY, move |tx| {
+                Box::pin(async move {
+                    let previous = storage_time(tx, user).await?;
+                    pre.check(previous)?;
+                    delete_bucket(tx, user).await?;
+                    Ok(previous)
+                })
             })
-        })
-        .await
+            .await?;
+        self.release_collections(None).await;
+        Ok(previous)
     }
 
     async fn create_batch(
@@ -951,26 +981,28 @@ impl<E: Engine> Store for Db<E> {
         pre: Precondition,
         limits: WriteLimits,
     ) -> StoreResult<(String, SyncTimestamp)> {
-        let coll = self.ensure_collection(collection).await?;
         let cost = total_payload(&bsos) as usize;
         let bsos = Arc::new(bsos);
-        self.write("create_batch", cost, move |tx| {
+        self.in_collection(collection, |coll| {
             let bsos = bsos.clone();
-            Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
-                let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
-                pre.check(modified)?;
-                check_batch_size(limits, (0, 0), &bsos)?;
-                check_quota(tx, user, now, limits, total_payload(&bsos)).await?;
-                let batch = query_one(
-                    tx,
-                    "INSERT INTO batches (user_id, collection_id, expiry) VALUES ($1, $2, $3) RETURNING id",
-                    &[user.into(), coll.into(), (now.as_millis() + BATCH_LIFETIME_MS).into()],
-                )
-                .await?
-                .int(0)?;
-                stage(tx, batch, &bsos).await?;
-                Ok((batch.to_string(), modified))
+            self.write("create_batch", cost, move |tx| {
+                let bsos = bsos.clone();
+                Box::pin(async move {
+                    let now = tx.lock_bucket(user).await?;
+                    let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
+                    pre.check(modified)?;
+                    check_batch_size(limits, (0, 0), &bsos)?;
+                    check_quota(tx, user, now, limits, total_payload(&bsos)).await?;
+                    let batch = query_one(
+                        tx,
+                        "INSERT INTO batches (user_id, collection_id, expiry) VALUES ($1, $2, $3) RETURNING id",
+                        &[user.into(), coll.into(), (now.as_millis() + BATCH_LIFETIME_MS).into()],
+                    )
+                    .await?
+                    .int(0)?;
+                    stage(tx, batch, &bsos).await?;
+                    Ok((batch.to_string(), modified))
+                })
             })
         })
         .await
@@ -1054,6 +1086,8 @@ impl<E: Engine> Store for Db<E> {
                 break;
             }
         }
+        // Expired batches and deleted buckets may have been a name's last users.
+        report.collections = self.release_collections(None).await;
         self.engine.reclaim_space().await?;
         Ok(report)
     }
@@ -1065,7 +1099,8 @@ impl<E: Engine> Store for Db<E> {
                     query_one(
                         tx,
                         "SELECT (SELECT CAST(COUNT(*) AS BIGINT) FROM user_storage),
-                                (SELECT CAST(COUNT(*) AS BIGINT) FROM batches WHERE expiry > $1)",
+                                (SELECT CAST(COUNT(*) AS BIGINT) FROM batches WHERE expiry > $1),
+                                (SELECT CAST(COUNT(*) AS BIGINT) FROM collections)",
                         &[SyncTimestamp::now().into()],
                     )
                     .await
@@ -1075,6 +1110,7 @@ impl<E: Engine> Store for Db<E> {
         Ok(StoreStats {
             users: row.count(0)?,
             active_batches: row.count(1)?,
+            collection_names: row.count(2)?,
             database_bytes: self.engine.database_bytes().await?,
         })
     }
@@ -1088,5 +1124,68 @@ impl<E: Engine> Store for Db<E> {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failure here is a failed test
+
+    use super::*;
+    use crate::testing::ScratchSchema;
+    use crate::{PgStore, SqliteOptions, SqliteStore};
+
+    /// Hardening finding 13: a write that holds the id of a name released under it (by
+    /// another request, node or admin command) is refused by the database, never filed
+    /// under a dead id; the public path then registers the name afresh.
+    async fn released_id_is_refused<E: Engine>(db: &Db<E>) {
+        let stale = db.ensure_collection("released-under-me").await.unwrap();
+        assert_eq!(db.release_collections(Some(stale)).await, 1);
+        let out = db
+            .write("test", 0, move |tx| {
+                Box::pin(async move { touch(tx, 5, stale, SyncTimestamp::now()).await })
+            })
+            .await;
+        assert!(matches!(out, Err(StoreError::CollectionGone)), "{out:?}");
+        let at = db
+            .put_bso(
+                5,
+                "released-under-me",
+                BsoInput {
+                    id: "x".into(),
+                    payload: Some("y".into()),
+                    sortindex: None,
+                    ttl: None,
+                },
+                Precondition::None,
+                WriteLimits::default(),
+            )
+            .await
+            .unwrap();
+        assert!(at > SyncTimestamp::ZERO);
+        let fresh = db.find_collection("released-under-me").await.unwrap().unwrap();
+        assert!(fresh > stale, "an id is never handed out twice: {fresh} after {stale}");
+        // A standard name is never released.
+        assert_eq!(db.release_collections(Some(4)).await, 0);
+        assert_eq!(db.find_collection("history").await.unwrap(), Some(4));
+    }
+
+    #[tokio::test]
+    async fn released_id_is_refused_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteStore::open(SqliteOptions::new(dir.path().join("t.db")))
+            .await
+            .unwrap();
+        released_id_is_refused(&db).await;
+    }
+
+    #[tokio::test]
+    async fn released_id_is_refused_postgres() {
+        let Some(scratch) = ScratchSchema::create().await else {
+            eprintln!("SKIPPED: {} is not set", crate::testing::POSTGRES_URL_VAR);
+            return;
+        };
+        let db = PgStore::open(&scratch.url, 2).await.unwrap();
+        released_id_is_refused(&db).await;
     }
 }

@@ -281,6 +281,53 @@ async fn s15_142_deletes() {
     assert!(s.collection_timestamps(9, NONE).await.unwrap().1.is_empty());
 }
 
+/// Hardening finding 13: custom collection names are released once nothing uses them,
+/// so a user who makes and deletes names cannot grow the registry for ever; a name still
+/// used by another bucket or by an open batch stays, and a released name can be used again.
+#[tokio::test]
+async fn custom_collection_names_are_released_when_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let standard = s.stats().await.unwrap().collection_names;
+    assert_eq!(standard, 13);
+    for i in 0..300 {
+        s.post_bsos(21, &format!("custom{i}"), vec![bso("a", "1")], NONE, NO_LIMITS)
+            .await
+            .unwrap();
+    }
+    // Another user shares one name; a third holds another in an open batch only.
+    s.post_bsos(22, "custom7", vec![bso("b", "1")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    s.create_batch(23, "custom8", vec![bso("c", "1")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(s.stats().await.unwrap().collection_names, standard + 300);
+
+    s.delete_storage(21, NONE).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().collection_names, standard + 2);
+    let (_, colls) = s.collection_timestamps(22, NONE).await.unwrap();
+    assert!(colls.iter().any(|(name, _)| name == "custom7"), "{colls:?}");
+
+    // Deleting the last user's collection releases the name; using it again works, and
+    // the new id is not the old one (the records land under the name, not a dead id).
+    s.delete_collection(22, "custom7", NONE).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().collection_names, standard + 1);
+    s.put_bso(22, "custom7", bso("again", "2"), NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(s.get_bso(22, "custom7", "again", NONE).await.unwrap().payload, "2");
+    assert_eq!(s.stats().await.unwrap().collection_names, standard + 2);
+
+    // The purge sweeps what a bulk delete elsewhere left behind; standard names stay.
+    s.delete_storage(22, NONE).await.unwrap();
+    s.delete_storage(23, NONE).await.unwrap();
+    s.purge_expired().await.unwrap();
+    assert_eq!(s.stats().await.unwrap().collection_names, standard);
+    s.delete_collection(24, "tabs", NONE).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().collection_names, standard);
+}
+
 /// S11-072 and friends on the 1.1 store: the collection time is the newest item's, each
 /// write is strictly later, metadata-only writes keep `modified`.
 #[tokio::test]
@@ -414,6 +461,6 @@ async fn postgres_nodes_starting_together_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4], "each migration once");
+    assert_eq!(versions, [1, 2, 3, 4, 5], "each migration once");
     drop(stores);
 }

@@ -104,7 +104,75 @@ async fn s15_004_custom_collections_and_reopen() {
         .unwrap();
     assert_eq!(id, 101);
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 4, "every migration applied");
+    assert_eq!(version, 5, "every migration applied");
+}
+
+/// Migration 5 (collection names released when unused) rebuilds three tables of a
+/// database written by an earlier release: every record, collection id and batch stays,
+/// and neither a collection id nor a batch id is handed out again.
+#[tokio::test]
+async fn migration_5_keeps_an_earlier_database_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for sql in [
+            include_str!("../migrations/sqlite/0001_storage.sql"),
+            include_str!("../migrations/sqlite/0002_tokenserver.sql"),
+            include_str!("../migrations/sqlite/0003_accounts.sql"),
+            include_str!("../migrations/sqlite/0004_nonces.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO collections (id, name) VALUES (101, 'mine'), (102, 'theirs');
+             INSERT INTO user_storage VALUES (1, 1000);
+             INSERT INTO user_collections VALUES (1, 101, 1000), (1, 4, 900);
+             INSERT INTO bsos VALUES (1, 101, 'a', NULL, 'pa', 2, 1000, 9223372036854775807, NULL, NULL);
+             INSERT INTO bsos VALUES (1, 4, 'h', NULL, 'ph', 2, 900, 9223372036854775807, NULL, NULL);
+             INSERT INTO batches (id, user_id, collection_id, expiry) VALUES (57, 1, 102, 9000000000000);
+             DELETE FROM batches;
+             INSERT INTO batches (id, user_id, collection_id, expiry) VALUES (40, 1, 102, 9000000000000);",
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 4).unwrap();
+    }
+    let store = SqliteStore::open(SqliteOptions::new(path.clone())).await.unwrap();
+    let (_, colls) = store.collection_timestamps(1, NONE).await.unwrap();
+    assert_eq!(colls.len(), 2, "{colls:?}");
+    assert_eq!(store.get_bso(1, "mine", "a", NONE).await.unwrap().payload, "pa");
+    assert_eq!(store.get_bso(1, "history", "h", NONE).await.unwrap().payload, "ph");
+    store
+        .append_batch(
+            1,
+            "theirs",
+            "40",
+            vec![bso("b", "pb", None)],
+            NONE,
+            WriteLimits::default(),
+        )
+        .await
+        .unwrap();
+    let (batch, _) = store
+        .create_batch(2, "new", vec![bso("c", "pc", None)], NONE, WriteLimits::default())
+        .await
+        .unwrap();
+    assert!(batch.parse::<i64>().unwrap() > 57, "batch id {batch} reused");
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let new_id: i64 = conn
+        .query_row("SELECT id FROM collections WHERE name = 'new'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(new_id, 103);
+    let fk: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_foreign_key_list('user_collections')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(fk, 1);
 }
 
 /// A database from a newer release is refused, not damaged.
