@@ -37,6 +37,22 @@ async fn metrics_listener_counts_requests_and_is_separate() {
     assert!(text.contains("/1.5/{uid}/storage/{collection}/{id}"));
     assert!(text.contains("syncstead_store_seconds"));
     assert!(text.contains("syncstead_users 1"));
+    // Hardening finding 13: custom names ("col" and 40 more) go once the user deletes
+    // everything; the registry keeps the 13 standard ones.
+    assert!(text.contains("syncstead_collection_names 14"), "{text}");
+    for i in 0..40 {
+        assert_eq!(
+            u.put(&format!("/storage/custom{i}/a"), json!({"payload": "x"}))
+                .await
+                .status,
+            200
+        );
+    }
+    let text = send(s.http.get(format!("http://{addr}/metrics"))).await.text;
+    assert!(text.contains("syncstead_collection_names 54"), "{text}");
+    assert_eq!(u.delete("/storage").await.status, 200);
+    let text = send(s.http.get(format!("http://{addr}/metrics"))).await.text;
+    assert!(text.contains("syncstead_collection_names 13"), "{text}");
     // The public listener does not serve metrics.
     send(s.http.get(format!("{}/metrics", s.base)))
         .await
