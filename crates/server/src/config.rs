@@ -57,6 +57,39 @@ pub struct ConfigLayer {
     #[arg(long, env = "SYNCSTEAD_MASTER_SECRET_FILE", value_name = "FILE")]
     pub master_secret_file: Option<PathBuf>,
 
+    /// Serve HTTPS with this certificate chain (PEM, leaf first). Reloaded when the file
+    /// changes or on SIGHUP; needs `tls_key_file`. Off unless set (plain HTTP).
+    #[arg(long, env = "SYNCSTEAD_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SYNCSTEAD_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Serve HTTPS with a certificate for these names (comma-separated) obtained and renewed
+    /// by ACME (TLS-ALPN-01: the CA must reach this server's `listen` port as port 443 of
+    /// each name). Kept in <data_dir>/acme. Off unless set.
+    #[arg(long, env = "SYNCSTEAD_ACME_DOMAINS", value_name = "NAMES", value_delimiter = ',')]
+    pub acme_domains: Option<Vec<String>>,
+
+    /// E-mail address the ACME CA may write to about the certificates (expiry, revocation).
+    #[arg(long, env = "SYNCSTEAD_ACME_CONTACT", value_name = "EMAIL")]
+    pub acme_contact: Option<String>,
+
+    /// The ACME CA's directory [default: https://acme-v02.api.letsencrypt.org/directory].
+    #[arg(long, env = "SYNCSTEAD_ACME_DIRECTORY_URL", value_name = "URL")]
+    pub acme_directory_url: Option<String>,
+
+    /// A root certificate (PEM) to trust for the ACME CA's own HTTPS, for a private or
+    /// test CA; the public roots otherwise.
+    #[arg(long, env = "SYNCSTEAD_ACME_CA_FILE", value_name = "FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+
+    /// Renew an ACME certificate once less than this percentage of its lifetime is left
+    /// [default: 33].
+    #[arg(long, env = "SYNCSTEAD_ACME_RENEW_PERCENT", value_name = "PERCENT")]
+    pub acme_renew_percent: Option<u8>,
+
     /// Address for the Prometheus `/metrics` listener; off unless set.
     #[arg(long, env = "SYNCSTEAD_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
@@ -280,6 +313,66 @@ pub struct ConfigLayer {
     pub smtp_from: Option<String>,
 }
 
+/// HTTPS from the TLS settings: certificate files, or ACME, or neither.
+fn tls_source(layer: &ConfigLayer, data_dir: &Path) -> Result<Option<TlsSource>, ConfigError> {
+    let domains: Vec<String> = layer
+        .acme_domains
+        .iter()
+        .flatten()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    match (&layer.tls_cert_file, &layer.tls_key_file) {
+        (Some(_), None) => Err(ConfigError::Invalid(
+            "tls_key_file",
+            "tls_cert_file is set: set tls_key_file to its private key too".into(),
+        )),
+        (None, Some(_)) => Err(ConfigError::Invalid(
+            "tls_cert_file",
+            "tls_key_file is set: set tls_cert_file to its certificate chain too".into(),
+        )),
+        (Some(_), Some(_)) if !domains.is_empty() => Err(ConfigError::Invalid(
+            "acme_domains",
+            "set either tls_cert_file and tls_key_file or acme_domains, not both".into(),
+        )),
+        (Some(cert), Some(key)) => Ok(Some(TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        (None, None) if domains.is_empty() => Ok(None),
+        (None, None) => {
+            if let Some(bad) = domains.iter().find(|d| d.parse::<IpAddr>().is_ok() || !d.contains('.')) {
+                return Err(ConfigError::Invalid(
+                    "acme_domains",
+                    format!("{bad:?}: ACME certifies DNS names such as sync.example.com"),
+                ));
+            }
+            let directory_url = layer
+                .acme_directory_url
+                .clone()
+                .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.into());
+            if !directory_url.starts_with("https://") {
+                return Err(ConfigError::Invalid(
+                    "acme_directory_url",
+                    format!("{directory_url:?}: an ACME directory is an https:// URL"),
+                ));
+            }
+            let percent = layer.acme_renew_percent.unwrap_or(33);
+            if !(1..=99).contains(&percent) {
+                return Err(ConfigError::Invalid("acme_renew_percent", "must be 1 to 99".into()));
+            }
+            Ok(Some(TlsSource::Acme(crate::acme::AcmeConfig {
+                domains,
+                contact: layer.acme_contact.clone().filter(|c| !c.is_empty()),
+                directory_url,
+                ca_file: layer.acme_ca_file.clone(),
+                dir: data_dir.join("acme"),
+                renew_fraction: f64::from(percent) / 100.0,
+            })))
+        }
+    }
+}
+
 /// An address and port to listen on. `localhost:PORT` is taken as 127.0.0.1:PORT; anything
 /// else that is not an IP address and port is refused with an example.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -487,6 +580,8 @@ impl IpNet {
 pub struct Settings {
     pub listen: SocketAddr,
     pub public_url: Option<PublicUrl>,
+    /// HTTPS on the listener: from files or by ACME; plain HTTP when `None`.
+    pub tls: Option<TlsSource>,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub master_secret: String,
@@ -547,11 +642,19 @@ pub enum OAuthSettings {
     },
 }
 
+/// Where the HTTPS certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    Files { cert: PathBuf, key: PathBuf },
+    Acme(crate::acme::AcmeConfig),
+}
+
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("public_url", &self.public_url.as_ref().map(|p| p.base()))
+            .field("tls", &self.tls)
             .field("data_dir", &self.data_dir)
             .field("database_url", &self.database_display())
             .field("master_secret", &"<redacted>")
@@ -573,7 +676,11 @@ impl Settings {
     /// Resolves a merged layer into settings, applying defaults. Does not touch the disk
     /// except to read a secret file; see [`Settings::load_master_secret`].
     pub fn resolve(layer: ConfigLayer) -> Result<Settings, ConfigError> {
-        let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from("syncstead-data"));
+        let data_dir = layer
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("syncstead-data"));
+        let tls = tls_source(&layer, &data_dir)?;
         let database_url = layer
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("syncstead.db").display()));
@@ -624,7 +731,28 @@ impl Settings {
                 "must be at least 262144".into(),
             ));
         }
-        let public_url = layer.public_url.as_deref().map(PublicUrl::parse).transpose()?;
+        let mut public_url = layer.public_url.as_deref().map(PublicUrl::parse).transpose()?;
+        if let (Some(p), Some(_)) = (&public_url, &tls) {
+            if p.url.scheme() != "https" {
+                return Err(ConfigError::Invalid(
+                    "public_url",
+                    format!(
+                        "{} is http://, but this server serves HTTPS (tls_cert_file or acme_domains): use https://",
+                        p.base()
+                    ),
+                ));
+            }
+        }
+        if let (None, Some(TlsSource::Acme(acme))) = (&public_url, &tls) {
+            // Clients reach an ACME-certified server by its first name.
+            let port = layer.listen.map_or(443, |l| l.port());
+            let base = if port == 443 {
+                format!("https://{}", acme.domains[0])
+            } else {
+                format!("https://{}:{port}", acme.domains[0])
+            };
+            public_url = Some(PublicUrl::parse(&base)?);
+        }
         let registration = match layer.registration.as_deref().unwrap_or("open") {
             "open" => Registration::Open,
             "secret" => Registration::Secret,
@@ -702,6 +830,7 @@ impl Settings {
         Ok(Settings {
             listen: layer.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
             public_url,
+            tls,
             data_dir,
             database_url,
             master_secret,
@@ -988,6 +1117,54 @@ mod tests {
             (Some(3), 60, Some(5))
         );
         assert_eq!(s.smtp_from.as_deref(), Some("a@example.com"));
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let err = |layer: ConfigLayer| Settings::resolve(layer).unwrap_err().to_string();
+        let cert = || Some(PathBuf::from("c.pem"));
+        let key = || Some(PathBuf::from("k.pem"));
+        assert!(err(ConfigLayer {
+            tls_cert_file: cert(),
+            ..Default::default()
+        })
+        .contains("tls_key_file"));
+        assert!(err(ConfigLayer {
+            tls_key_file: key(),
+            ..Default::default()
+        })
+        .contains("tls_cert_file"));
+        let both = ConfigLayer {
+            tls_cert_file: cert(),
+            tls_key_file: key(),
+            acme_domains: Some(vec!["a.example.com".into()]),
+            ..Default::default()
+        };
+        assert!(err(both).contains("not both"));
+        let ip = ConfigLayer {
+            acme_domains: Some(vec!["192.0.2.1".into()]),
+            ..Default::default()
+        };
+        assert!(err(ip).contains("DNS names"));
+        let http = ConfigLayer {
+            tls_cert_file: cert(),
+            tls_key_file: key(),
+            public_url: Some("http://sync.example.com".into()),
+            ..Default::default()
+        };
+        assert!(err(http).contains("use https://"));
+        let acme = Settings::resolve(ConfigLayer {
+            acme_domains: Some(vec!["Sync.Example.com".into(), "b.example.com".into()]),
+            listen: Some("0.0.0.0:443".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(acme.public_url.unwrap().base(), "https://sync.example.com");
+        let Some(TlsSource::Acme(a)) = acme.tls else {
+            panic!("ACME expected")
+        };
+        assert_eq!(a.directory_url, crate::acme::LETS_ENCRYPT);
+        assert_eq!(a.domains, ["sync.example.com", "b.example.com"]);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Syncstead's HTTP server. One module per protocol surface — [`storage15`],
 //! [`storage11`], [`user_api`], [`tokenserver`] — over the shared parts: [`auth`] (Hawk,
 //! HTTP Basic, throttling), [`error`] (every failure's response), [`state`], [`routes`],
-//! [`middleware`], [`serve`] (start-up), [`config`], [`listener`] and operations ([`ops`]).
+//! [`middleware`], [`serve`] (start-up), [`config`], [`listener`] (with [`tls`] and [`acme`] for
+//! HTTPS) and operations ([`ops`]).
 
+pub mod acme;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod state;
 pub mod storage11;
 pub mod storage15;
 pub mod streaming;
+pub mod tls;
 pub mod tokenserver;
 pub mod user_api;
 

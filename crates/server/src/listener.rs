@@ -41,6 +41,23 @@ pub struct ConnectionLimits {
     pub head: Duration,
     pub body: Duration,
     pub trusted_proxies: Arc<[IpNet]>,
+    /// HTTPS: every connection starts with a TLS handshake (within `head`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+async fn serve_connection<I, S>(io: I, service: S, head: Duration, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tower::Service<Request<hyper::body::Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head)
+        .serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Accepts connections and serves `app` on each until `shutdown` resolves, then lets
@@ -94,15 +111,24 @@ where
             req.extensions_mut().insert(connection.clone());
             req
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.head)
-            .serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
-        let conn = graceful.watch(conn);
+        let head = limits.head;
+        let watcher = graceful.watcher();
+        let Some(tls) = limits.tls.clone() else {
+            tokio::spawn(serve_connection(io, service, head, watcher));
+            continue;
+        };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let handshake = tokio::time::timeout(head, tls.accept(io.into_inner())).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3).
+            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                return;
             }
+            serve_connection(TokioIo::new(stream), service, head, watcher).await;
         });
     }
     drop(listener);

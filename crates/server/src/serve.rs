@@ -32,6 +32,8 @@ pub enum ServeError {
     Mail(#[from] crate::mail::MailError),
     #[error(transparent)]
     Lock(#[from] syncstead_store::LockError),
+    #[error("HTTPS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error(
         "listening on every interface ({0}) needs public_url, the URL Firefox reaches this server at, \
          e.g. --public-url http://192.168.1.20:{port} (or https://sync.example.com behind a proxy)",
@@ -141,10 +143,22 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
         // The token server would send Firefox to http://0.0.0.0:…, which reaches nothing.
         return Err(ServeError::NeedsPublicUrl(addr));
     }
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let own = settings
         .public_url
         .as_ref()
-        .map_or_else(|| format!("http://{addr}"), |p| p.base());
+        .map_or_else(|| format!("{scheme}://{addr}"), |p| p.base());
+    // Certificate files are read before anything is served: a wrong path fails the start.
+    let tls = match &settings.tls {
+        None => None,
+        Some(source) => {
+            let certs = Arc::new(crate::tls::Certificates::default());
+            if let config::TlsSource::Files { cert, key } = source {
+                certs.install(crate::tls::load_files(cert, key)?);
+            }
+            Some((certs.clone(), crate::tls::server_config(certs)?))
+        }
+    };
     if settings.token_server && settings.storage_node {
         // When this server is the only node, it follows its public URL: a self-hoster who
         // later puts it behind a proxy keeps every user on it.
@@ -165,6 +179,15 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
         tokio::spawn(ops::purge_task(state.clone())),
         tokio::spawn(ops::maintenance_watch(state.clone())),
     ];
+    match (&settings.tls, &tls) {
+        (Some(config::TlsSource::Files { cert, key }), Some((certs, _))) => background.push(tokio::spawn(
+            crate::tls::watch_files(certs.clone(), cert.clone(), key.clone(), Duration::from_secs(10)),
+        )),
+        (Some(config::TlsSource::Acme(acme)), Some((certs, _))) => {
+            background.push(tokio::spawn(crate::acme::maintain(acme.clone(), certs.clone())));
+        }
+        _ => {}
+    }
     let metrics_addr = match settings.metrics_listen {
         Some(listen) => {
             let (task, addr) = ops::metrics_server(state.clone(), listen).await?;
@@ -184,6 +207,7 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
         head: Duration::from_secs(settings.request_head_timeout_seconds),
         body: Duration::from_secs(settings.request_body_timeout_seconds),
         trusted_proxies: settings.trusted_proxies.clone().into(),
+        tls: tls.map(|(_, config)| tokio_rustls::TlsAcceptor::from(config)),
     };
     let handle = tokio::spawn(listener::serve(listener, app, limits, async {
         let _ = rx.await;

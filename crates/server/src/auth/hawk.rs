@@ -121,6 +121,8 @@ impl NonceCache {
 pub struct HawkVerifier {
     pub signer: TokenSigner,
     pub public_url: Option<PublicUrl>,
+    /// The port a Host header without one means: 443 when this server speaks HTTPS.
+    pub default_port: u16,
     pub skew: Duration,
     pub expired_grace_seconds: u64,
     pub nonces: NonceCache,
@@ -144,14 +146,14 @@ pub struct VerifiedToken {
 const MAX_VERIFIED_TOKENS: usize = 50_000;
 
 /// The host and port a request was addressed to, as the client signed them (T10-115).
-fn request_authority(headers: &HeaderMap) -> Option<(String, u16)> {
+fn request_authority(headers: &HeaderMap, default_port: u16) -> Option<(String, u16)> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
     let (name, port) = match host.rsplit_once(':') {
         Some((name, port)) if !name.ends_with(']') || host.starts_with('[') => match port.parse() {
             Ok(p) => (name, p),
-            Err(_) => (host, 80),
+            Err(_) => (host, default_port),
         },
-        _ => (host, 80),
+        _ => (host, default_port),
     };
     Some((name.to_ascii_lowercase(), port))
 }
@@ -244,7 +246,8 @@ impl HawkVerifier {
                 (p.host.clone(), p.port, target)
             }
             None => {
-                let (host, port) = request_authority(headers).ok_or(ApiError::Unauthorized("no host"))?;
+                let (host, port) =
+                    request_authority(headers, self.default_port).ok_or(ApiError::Unauthorized("no host"))?;
                 (host, port, path_and_query.to_string())
             }
         };
@@ -447,10 +450,10 @@ mod tests {
     fn authority_from_host_header() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, "Example.com:8080".parse().unwrap());
-        assert_eq!(request_authority(&h), Some(("example.com".into(), 8080)));
+        assert_eq!(request_authority(&h, 80), Some(("example.com".into(), 8080)));
         h.insert(header::HOST, "example.com".parse().unwrap());
-        assert_eq!(request_authority(&h), Some(("example.com".into(), 80)));
+        assert_eq!(request_authority(&h, 80), Some(("example.com".into(), 80)));
         h.insert(header::HOST, "[::1]:9".parse().unwrap());
-        assert_eq!(request_authority(&h), Some(("[::1]".into(), 9)));
+        assert_eq!(request_authority(&h, 80), Some(("[::1]".into(), 9)));
     }
 }
