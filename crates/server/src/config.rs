@@ -900,21 +900,38 @@ impl Settings {
             }
             return Ok(());
         }
-        if path.exists() {
-            self.master_secret = read_secret_file(&path)?;
-            return Ok(());
+        // try_exists: a secret behind a directory this user cannot enter is not "missing".
+        match path.try_exists() {
+            Ok(true) => {
+                self.master_secret = read_secret_file(&path)?;
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                return Err(ConfigError::Secret(format!(
+                    "cannot look for {}: {e}{}",
+                    path.display(),
+                    syncstead_store::lock::access_hint(&path, &e)
+                )))
+            }
         }
         syncstead_store::lock::create_private_dir(&self.data_dir).map_err(|e| {
             ConfigError::Secret(format!(
-                "cannot create the data directory {}: {e}",
-                self.data_dir.display()
+                "cannot create the data directory {}: {e}{}",
+                self.data_dir.display(),
+                syncstead_store::lock::access_hint(&self.data_dir, &e)
             ))
         })?;
         let mut bytes = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
         let secret = data_encoding::HEXLOWER.encode(&bytes);
-        write_private(&path, &format!("{secret}\n"))
-            .map_err(|e| ConfigError::Secret(format!("cannot write {}: {e}", path.display())))?;
+        write_private(&path, &format!("{secret}\n")).map_err(|e| {
+            ConfigError::Secret(format!(
+                "cannot write {}: {e}{}",
+                path.display(),
+                syncstead_store::lock::access_hint(&path, &e)
+            ))
+        })?;
         tracing::info!(path = %path.display(), "generated a new master secret");
         self.master_secret = secret;
         Ok(())
@@ -961,7 +978,13 @@ impl Settings {
 }
 
 fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::Secret(format!(
+            "cannot read {}: {e}{}",
+            path.display(),
+            syncstead_store::lock::access_hint(path, &e)
+        ))
+    })?;
     let secret = text.lines().next().unwrap_or("").trim().to_string();
     if secret.is_empty() {
         return Err(ConfigError::Secret(format!("{} is empty", path.display())));

@@ -32,6 +32,8 @@ pub enum ServeError {
     Mail(#[from] crate::mail::MailError),
     #[error(transparent)]
     Lock(#[from] syncstead_store::LockError),
+    #[error("cannot open the database {} for writing: {}{}", .0.display(), .1, .2)]
+    DatabaseFile(std::path::PathBuf, std::io::Error, String),
     #[error("HTTPS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(
@@ -76,6 +78,13 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Backend>, ServeEr
     let lock = InstanceLock::sqlite_path(&path);
     if !path.exists() && lock.exists() {
         return Err(ServeError::DatabaseMissing(path, lock));
+    }
+    // SQLite only says "attempt to write a readonly database": name the file and the fix.
+    if path.exists() {
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            let hint = syncstead_store::lock::access_hint(&path, &e);
+            return Err(ServeError::DatabaseFile(path, e, hint));
+        }
     }
     let mut options = SqliteOptions::new(path);
     options.synchronous = settings.sqlite_synchronous;

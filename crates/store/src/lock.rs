@@ -12,12 +12,62 @@ use std::path::{Path, PathBuf};
 pub enum LockError {
     #[error("{} is in use by another Syncstead process ({holder}); stop it first", .path.display())]
     Held { path: PathBuf, holder: String },
-    #[error("cannot lock {}: {source}", .path.display())]
+    #[error("cannot lock {}: {source}{}", .path.display(), access_hint(.path, .source))]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to do about a file this process may not use: empty unless `e` is a permission
+/// error. Names the owner of the file (or of the nearest directory above it that can be
+/// looked at) against the user the process runs as, the usual cause after a first start
+/// as root or a restore by another user.
+pub fn access_hint(path: &Path, e: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() != std::io::ErrorKind::PermissionDenied && e.raw_os_error() != Some(30) {
+        return String::new();
+    }
+    if e.raw_os_error() == Some(30) {
+        return " (the file system is mounted read-only: remount it read-write, or point data_dir elsewhere)".into();
+    }
+    // /proc/self belongs to the user the process runs as.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let found = path
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)));
+    match (me, found) {
+        (Some(me), Some((p, m))) if m.uid() != me => format!(
+            " ({} belongs to {}, but syncstead runs as {}: run syncstead as {} (e.g. sudo -u {} syncstead …), \
+             or give the data directory to this user with chown -R)",
+            p.display(),
+            user_name(m.uid()),
+            user_name(me),
+            user_name(m.uid()),
+            user_name(m.uid()),
+        ),
+        (_, Some((p, m))) => format!(
+            " ({} has mode {:o}: its owner needs read and write access, e.g. chmod u+rw)",
+            p.display(),
+            m.mode() & 0o7777
+        ),
+        _ => String::new(),
+    }
+}
+
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// Held for as long as the value lives.

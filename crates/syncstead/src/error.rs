@@ -17,6 +17,8 @@ pub enum CliError {
     Lock(#[from] syncstead_store::LockError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("{path}: {source}", path = .0.display(), source = .1)]
+    File(std::path::PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error(transparent)]

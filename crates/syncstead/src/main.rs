@@ -18,7 +18,8 @@ use crate::error::{CliError, CliResult};
 #[command(
     name = "syncstead",
     version,
-    about = "A Firefox Sync server: storage 1.5 on an embedded SQLite database"
+    about = "A Firefox Sync server: token server and storage 1.5 for Firefox, Weave 1.1 for Pale Moon, \
+             on SQLite or PostgreSQL, with a Sync client on the command line"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -110,6 +111,15 @@ enum Command {
     /// A Sync client: sign up or in, then pull, push, back up and restore an account's
     /// data (docs/client.md).
     Client(client::ClientArgs),
+    /// Print a shell completion script: `syncstead completions bash >
+    /// /etc/bash_completion.d/syncstead` (or zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to standard output, or with --dir write one page per
+    /// command (syncstead.1, syncstead-serve.1, …) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Manage who may sign up through the token server.
     User {
         #[command(subcommand)]
@@ -243,15 +253,14 @@ macro_rules! say {
 async fn serve(layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer)?;
     init_logging(&settings);
-    let public = settings
-        .public_url
-        .as_ref()
-        .map_or_else(|| format!("http://{}", settings.listen), |p| p.base());
     let database = settings.database_display();
     let mut signals = ShutdownSignals::listen()?;
     let mut server = syncstead_server::start(settings).await?;
+    // The server's own URL: with the bound port (for --listen …:0) and its scheme.
+    let public = server.state.public_base.clone();
+    let scheme = if server.state.settings.tls.is_some() { "https" } else { "http" };
     say!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
-    say!("  listening on       http://{}", server.addr);
+    say!("  listening on       {scheme}://{}", server.addr);
     if server.state.settings.token_server {
         say!("  token server       {public}/1.0/sync/1.5  (Firefox: identity.sync.tokenserver.uri)");
     }
@@ -668,10 +677,69 @@ async fn user(action: UserAction, layer: ConfigLayer) -> CliResult<()> {
     Ok(())
 }
 
+/// clap names a flag for a bad value even when it came from a `SYNCSTEAD_*` variable;
+/// name the variable then, so the user looks in the right place.
+fn exit_with(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        e.exit();
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        e.exit();
+    };
+    let flag = arg.split_whitespace().next().unwrap_or_default().to_string();
+    let given = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let variable = env_of(&Cli::command(), flag.trim_start_matches('-'));
+    match variable {
+        Some(var) if !given && std::env::var_os(&var).is_some() => {
+            let text = e.render().to_string();
+            let text = text.replace(&format!("'{arg}'"), &format!("the environment variable {var}"));
+            let text = text
+                .split("\n\nFor more information")
+                .next()
+                .unwrap_or(&text)
+                .to_string();
+            eprintln!("{}", text.trim_end());
+            eprintln!("(set by the environment: change or unset {var}; `syncstead serve --help` describes it)");
+            std::process::exit(2);
+        }
+        _ => e.exit(),
+    }
+}
+
+/// The environment variable behind the flag `--long` of any subcommand.
+fn env_of(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .or_else(|| command.get_subcommands().find_map(|c| env_of(c, long)))
+}
+
+fn man(dir: Option<&std::path::Path>) -> CliResult<()> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let io = |path: &std::path::Path, e: std::io::Error| CliError::File(path.to_path_buf(), e);
+    match dir {
+        None => clap_mangen::Man::new(command)
+            .render(&mut std::io::stdout())
+            .map_err(|e| io(std::path::Path::new("<stdout>"), e)),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+            clap_mangen::generate_to(command, dir).map_err(|e| io(dir, e))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     explain_sigbus();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_with(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -689,6 +757,14 @@ fn main() -> ExitCode {
         Command::Node { action, config } => runtime.block_on(node(action, *config)),
         Command::User { action, config } => runtime.block_on(user(action, *config)),
         Command::Client(args) => runtime.block_on(client::run(args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into memory first: clap_complete panics when a write fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "syncstead", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(|e| CliError::File("<stdout>".into(), e))
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Migrate {
             from,
             to,

@@ -402,6 +402,29 @@ fn mistakes_are_refused_with_what_to_do() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("e.g. 127.0.0.1:8000"), "{err}");
+    // The same mistake in a SYNCSTEAD_* variable names the variable, not the flag.
+    let out = bin()
+        .args(["serve"])
+        .env("SYNCSTEAD_LISTEN", "8010")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("environment variable SYNCSTEAD_LISTEN") && !err.contains("'--listen"),
+        "{err}"
+    );
+    let out = bin()
+        .args(["node", "list"])
+        .env("SYNCSTEAD_SQLITE_READERS", "many")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SYNCSTEAD_SQLITE_READERS") && err.contains("many"),
+        "{err}"
+    );
     // A port in use: refused before anything is made on disk.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -521,5 +544,86 @@ fn config_prints_the_defaults_and_the_effective_settings() {
     assert!(
         shown.contains("master_secret = \"<redacted>\"") && !shown.contains("a-secret-that-must-not-show"),
         "{shown}"
+    );
+}
+
+/// Permission trouble names the file, the operation, whose the file is and what to do
+/// (issue 15, part 4): a data directory left to root, a database another user owns, an
+/// unreadable secret. Needs root to make files another user cannot use.
+#[test]
+fn permission_errors_name_the_file_its_owner_and_the_fix() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    let setpriv = std::process::Command::new("setpriv").arg("--version").output().is_ok();
+    if me != 0 || !setpriv {
+        eprintln!("SKIPPED: needs root and setpriv to run the server as another user");
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = top.path().join("data");
+    // A first start as root makes the files root's.
+    let (ok, _) = run_in(top.path(), &["node", "--data-dir", d.to_str().unwrap(), "list"]);
+    assert!(ok);
+    std::fs::write(d.join("master-secret"), "a master secret of some length\n").unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_syncstead"))
+            .args(args)
+            .args(["--data-dir", d.to_str().unwrap()])
+            .current_dir(top.path())
+            .env_remove("SYNCSTEAD_MASTER_SECRET")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = as_nobody(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains(&format!("{}", d.display()))
+            && err.contains("belongs to root")
+            && err.contains("runs as nobody")
+            && err.contains("chown -R"),
+        "{err}"
+    );
+    // The directory given to nobody, the database still root's: SQLite's "readonly
+    // database" becomes the file, its owner and the fix.
+    chown(&d, Some(65534), Some(65534)).unwrap();
+    chown(d.join("master-secret"), Some(65534), Some(65534)).unwrap();
+    let err = as_nobody(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("syncstead.db") && err.contains("for writing") && err.contains("belongs to root"),
+        "{err}"
+    );
+    // A secret nobody may read, in a directory it owns.
+    std::fs::set_permissions(d.join("master-secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let err = as_nobody(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("cannot read") && err.contains("master-secret") && err.contains("chmod"),
+        "{err}"
+    );
+}
+
+/// `syncstead completions` and `syncstead man` are generated from the commands themselves.
+#[test]
+fn completions_and_man_pages() {
+    let out = bin().args(["completions", "bash"]).output().unwrap();
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && script.contains("_syncstead()") && script.contains("--acme-domains"));
+    let out = bin().args(["completions", "zsh"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("#compdef syncstead"));
+    let out = bin().arg("man").output().unwrap();
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && page.contains(".TH syncstead 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin().args(["man", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success());
+    let serve = std::fs::read_to_string(dir.path().join("syncstead-serve.1")).unwrap();
+    assert!(
+        serve.contains("tls\\-cert\\-file") || serve.contains("tls-cert-file"),
+        "{serve}"
     );
 }
