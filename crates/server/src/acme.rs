@@ -270,7 +270,7 @@ pub fn validity(chain_pem: &[u8]) -> Result<Validity, AcmeError> {
 }
 
 /// Whether the first certificate names every one of `domains`.
-fn covers(chain_pem: &[u8], domains: &[String]) -> bool {
+pub fn covers(chain_pem: &[u8], domains: &[String]) -> bool {
     let Ok(der) = leaf(chain_pem) else { return false };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
         return false;

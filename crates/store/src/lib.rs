@@ -93,6 +93,16 @@ pub struct PurgeReport {
     pub collections: u64,
 }
 
+/// What `syncstead doctor` reads of a database, without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The schema version the database is at, and the one this release migrates to.
+    pub schema: i64,
+    pub latest: i64,
+    /// The storage nodes the token server knows.
+    pub nodes: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub users: u64,

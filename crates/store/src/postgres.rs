@@ -487,3 +487,52 @@ impl Engine for PgEngine {
         Ok(n.max(0) as u64)
     }
 }
+
+/// Looks at a database without changing it (`syncstead doctor`): its schema version and
+/// nodes; a connection failure names where it tried.
+pub async fn inspect(url: &str) -> StoreResult<crate::Inspection> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadUrl(Box::new(e)))?;
+    let target = describe(&config);
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| at(&target, classify(e)))?;
+    let task = tokio::spawn(conn);
+    let has = |table: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .await?;
+            Ok::<bool, StoreError>(row.get(0))
+        }
+    };
+    let schema: i64 = if has("syncstead_schema").await? {
+        let row = client
+            .query_one(
+                "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM syncstead_schema",
+                &[],
+            )
+            .await?;
+        row.get(0)
+    } else {
+        0
+    };
+    let nodes = if has("nodes").await? {
+        client
+            .query("SELECT node FROM nodes ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drop(client);
+    let _ = task.await;
+    Ok(crate::Inspection {
+        schema,
+        latest: MIGRATIONS.last().map_or(0, |m| m.0).into(),
+        nodes,
+    })
+}

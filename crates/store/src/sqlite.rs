@@ -778,3 +778,31 @@ pub fn restore(backup_file: &Path, db: &Path, force: bool) -> AdminResult<()> {
     copy().map_err(StoreError::from)?;
     Ok(())
 }
+
+/// Looks at a database without changing it (`syncstead doctor`): its schema version and
+/// nodes. `None` when the file does not exist yet.
+pub fn inspect(path: &Path) -> StoreResult<Option<crate::Inspection>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let schema: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let has_nodes: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'nodes'",
+        [],
+        |r| r.get(0),
+    )?;
+    let nodes = if has_nodes == 1 {
+        let mut stmt = conn.prepare("SELECT node FROM nodes ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(crate::Inspection {
+        schema,
+        latest: MIGRATIONS.last().map_or(0, |m| m.0),
+        nodes,
+    }))
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod copy;
+mod doctor;
 mod error;
 
 use std::process::ExitCode;
@@ -111,6 +112,10 @@ enum Command {
     /// A Sync client: sign up or in, then pull, push, back up and restore an account's
     /// data (docs/client.md).
     Client(client::ClientArgs),
+    /// Check what `serve` would use with these settings (data directory, master secret,
+    /// database, public URL, TLS, the token server's node) and print what to fix. Changes
+    /// nothing; exits non-zero when something would stop the server.
+    Doctor(Box<ConfigLayer>),
     /// Print a shell completion script: `syncstead completions bash >
     /// /etc/bash_completion.d/syncstead` (or zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -258,7 +263,11 @@ async fn serve(layer: ConfigLayer) -> CliResult<()> {
     let mut server = syncstead_server::start(settings).await?;
     // The server's own URL: with the bound port (for --listen …:0) and its scheme.
     let public = server.state.public_base.clone();
-    let scheme = if server.state.settings.tls.is_some() { "https" } else { "http" };
+    let scheme = if server.state.settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     say!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
     say!("  listening on       {scheme}://{}", server.addr);
     if server.state.settings.token_server {
@@ -765,6 +774,7 @@ fn main() -> ExitCode {
             std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(|e| CliError::File("<stdout>".into(), e))
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Doctor(layer) => runtime.block_on(doctor::run(*layer)),
         Command::Migrate {
             from,
             to,

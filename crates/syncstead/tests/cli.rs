@@ -627,3 +627,61 @@ fn completions_and_man_pages() {
         "{serve}"
     );
 }
+
+/// `syncstead doctor` (issue 15, part 3): a fresh machine passes (with the loopback
+/// warning), and each problem is a FAIL line with its fix and a non-zero exit; nothing is
+/// created on disk.
+#[test]
+fn doctor_finds_what_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let doctor = |args: &[&str]| {
+        let out = bin()
+            .arg("doctor")
+            .args(args)
+            .current_dir(d)
+            .env_remove("SYNCSTEAD_MASTER_SECRET")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, text) = doctor(&[]);
+    assert!(ok && text.contains("will be created at the first start"), "{text}");
+    assert!(!d.join("syncstead-data").exists(), "doctor changes nothing");
+    let (ok, text) = doctor(&["--listen", "0.0.0.0:8000"]);
+    assert!(
+        !ok && text.contains("FAIL  public_url") && text.contains("e.g. https://"),
+        "{text}"
+    );
+    std::fs::create_dir(d.join("syncstead-data")).unwrap();
+    std::fs::write(d.join("syncstead-data/master-secret"), "short\n").unwrap();
+    let (ok, text) = doctor(&[]);
+    assert!(
+        !ok && text.contains("FAIL  master_secret") && text.contains("openssl rand"),
+        "{text}"
+    );
+    std::fs::remove_file(d.join("syncstead-data/master-secret")).unwrap();
+    std::fs::write(d.join("c.pem"), "not a certificate").unwrap();
+    std::fs::write(d.join("k.pem"), "not a key").unwrap();
+    let (ok, text) = doctor(&["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem"]);
+    assert!(
+        !ok && text.contains("FAIL  tls") && text.contains("no PEM certificate"),
+        "{text}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (ok, text) = doctor(&["--database-url", &format!("postgres://nobody@127.0.0.1:{port}/sync")]);
+    assert!(
+        !ok && text.contains("FAIL  database") && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+    // After a start: the database and the node are seen, and a server is reported running.
+    let (child, _) = spawn_server(d, &[]);
+    let (ok, text) = doctor(&[]);
+    stop(child);
+    assert!(
+        ok && text.contains("at schema") && text.contains("running (pid"),
+        "{text}"
+    );
+}
