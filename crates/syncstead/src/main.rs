@@ -125,7 +125,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
-    /// Manage who may sign up through the token server.
+    /// Manage accounts: Weave 1.1 accounts (add, passwd, delete, disable, reset-code) and
+    /// who may sign up through the token server (allow, deny); `list` shows both and the
+    /// token server's users.
     User {
         #[command(subcommand)]
         action: UserAction,
