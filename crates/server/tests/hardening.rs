@@ -224,7 +224,7 @@ async fn a_second_server_on_one_data_directory_is_refused() {
 /// acknowledged into a file nobody will read), the heartbeat turns red, and a restart
 /// refuses to put a fresh empty database in its place.
 #[tokio::test]
-async fn a_deleted_database_is_noticed_and_never_replaced_silently() {
+async fn sqlite_deleted_database_is_noticed_and_never_replaced_silently() {
     if on_postgres() {
         eprintln!("SKIPPED: about SQLite's database file");
         return;
@@ -279,7 +279,7 @@ async fn weave_account_status(s: &TestServer) -> u16 {
 
 /// The heartbeat checks the files, not only a query: a read-only log fails it.
 #[tokio::test]
-async fn s15_180_heartbeat_sees_a_read_only_log() {
+async fn sqlite_s15_180_heartbeat_sees_a_read_only_log() {
     if on_postgres() {
         eprintln!("SKIPPED: about SQLite's files");
         return;
@@ -339,7 +339,7 @@ async fn t10_118_replays_are_refused_whatever_happens_meanwhile() {
 /// An immutable `-shm` file (SQLite would die of SIGBUS at its first use of the shared
 /// memory): a server does not start on it, and says why.
 #[tokio::test]
-async fn an_immutable_shm_file_is_refused_at_start() {
+async fn sqlite_immutable_shm_file_is_refused_at_start() {
     if on_postgres() {
         eprintln!("SKIPPED: about SQLite's files");
         return;
@@ -386,7 +386,7 @@ async fn an_immutable_shm_file_is_refused_at_start() {
 /// request is refused with 503 + Retry-After, the heartbeat turns red, and all is served
 /// again, data intact, once the flag is off.
 #[tokio::test]
-async fn an_immutable_shm_file_under_a_running_server_is_a_503_not_a_crash() {
+async fn sqlite_immutable_shm_file_under_a_running_server_is_a_503_not_a_crash() {
     if on_postgres() {
         eprintln!("SKIPPED: about SQLite's files");
         return;
@@ -454,7 +454,7 @@ async fn an_immutable_shm_file_under_a_running_server_is_a_503_not_a_crash() {
 /// A full disk: the heartbeat says so, and writes are answered 200 (when SQLite still has
 /// room in its log) or 503 + Retry-After, never 500; all is well again once there is room.
 #[tokio::test]
-async fn s15_180_a_full_disk_turns_the_heartbeat_red() {
+async fn sqlite_s15_180_a_full_disk_turns_the_heartbeat_red() {
     if on_postgres() {
         eprintln!("SKIPPED: about SQLite's disk");
         return;

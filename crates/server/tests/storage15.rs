@@ -1283,7 +1283,7 @@ async fn s15_020_huge_hawk_timestamp_is_a_401_not_a_panic() {
 /// unavailability (pool timeout, lost connection) takes the same path in the error
 /// mapping but cannot be caused here without disturbing the other tests' connections.
 #[tokio::test]
-async fn s15_150_unavailable_database_is_503_with_retry_after() {
+async fn sqlite_s15_150_unavailable_database_is_503_with_retry_after() {
     if on_postgres() {
         eprintln!("SKIPPED on PostgreSQL: needs SQLite's file to vanish");
         return;

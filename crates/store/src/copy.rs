@@ -985,7 +985,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn copy_tables_match_the_postgres_migrations() {
+    async fn postgres_copy_tables_match_the_migrations() {
         let Some(scratch) = crate::testing::ScratchSchema::create().await else {
             eprintln!("SKIPPED: no {} configured", crate::testing::POSTGRES_URL_VAR);
             return;

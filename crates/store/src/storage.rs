@@ -1180,7 +1180,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn released_id_is_refused_postgres() {
+    async fn postgres_released_id_is_refused() {
         let Some(scratch) = ScratchSchema::create().await else {
             eprintln!("SKIPPED: {} is not set", crate::testing::POSTGRES_URL_VAR);
             return;

@@ -475,7 +475,7 @@ fn a_master_secret_beside_another_is_warned_about() {
 /// PostgreSQL trouble is reported with where and what: a closed port names the host and
 /// port, a missing database names the database (when a PostgreSQL server is configured).
 #[test]
-fn postgres_errors_name_the_cause() {
+fn database_errors_name_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();

@@ -28,7 +28,7 @@ fn acknowledged_writes_survive_sigkill() {
 /// The same on PostgreSQL: the server is killed, PostgreSQL is not; a transaction the
 /// server never committed is rolled back by PostgreSQL when the connection drops.
 #[test]
-fn acknowledged_writes_survive_sigkill_on_postgres() {
+fn postgres_acknowledged_writes_survive_sigkill() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
