@@ -2,8 +2,9 @@
 //! network, as the server calls it. A target fails only by panicking (or by the
 //! sanitizer's findings); every parser must answer bad input with an error.
 //!
-//! `cargo +nightly fuzz run <target>` runs one under libFuzzer; `cargo test` here runs
-//! each on its seeds and on random and mutated inputs (the CI smoke run).
+//! `cargo +nightly fuzz run <target>` runs one under libFuzzer; the workspace's test
+//! crates/server/tests/fuzz_smoke.rs runs each on its seeds and on random and mutated
+//! inputs (the CI smoke run).
 
 use std::sync::OnceLock;
 
