@@ -93,10 +93,10 @@ pub fn load_stored(config: &AcmeConfig, certs: &Certificates) -> Option<SystemTi
     }
 }
 
-/// Keeps a certificate in place: orders one now if there is none (or it is due), then
-/// sleeps until it is due again. Failures are retried after a pause that grows to an hour.
-pub async fn maintain(config: AcmeConfig, certs: Arc<Certificates>) {
-    let mut due = load_stored(&config, &certs);
+/// Keeps a certificate in place: orders one now if there is none (`due` is `None`: see
+/// [`load_stored`], called before the listener serves) or it is due, then sleeps until it
+/// is due again. Failures are retried after a pause that grows to an hour.
+pub async fn maintain(config: AcmeConfig, certs: Arc<Certificates>, mut due: Option<SystemTime>) {
     let mut pause = Duration::from_secs(10);
     loop {
         if let Some(at) = due {
@@ -157,7 +157,7 @@ async fn obtain(config: &AcmeConfig, certs: &Certificates) -> Result<SystemTime,
     certs.install(certified);
     tracing::info!(
         domains = ?config.domains,
-        expires = %humantime(validity.not_after),
+        valid_for_days = validity.not_after.duration_since(SystemTime::now()).unwrap_or_default().as_secs() / 86_400,
         "new TLS certificate from the ACME CA"
     );
     Ok(validity.due(config.renew_fraction))
@@ -291,11 +291,6 @@ pub fn covers(chain_pem: &[u8], domains: &[String]) -> bool {
         })
         .unwrap_or_default();
     domains.iter().all(|d| names.contains(&d.to_ascii_lowercase()))
-}
-
-fn humantime(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    format!("{secs} (unix time)")
 }
 
 /// The ACME client's HTTP: reqwest, which the server already uses (one TLS stack), with

@@ -193,7 +193,9 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
             crate::tls::watch_files(certs.clone(), cert.clone(), key.clone(), Duration::from_secs(10)),
         )),
         (Some(config::TlsSource::Acme(acme)), Some((certs, _))) => {
-            background.push(tokio::spawn(crate::acme::maintain(acme.clone(), certs.clone())));
+            // The stored certificate is in place before the first connection is accepted.
+            let due = crate::acme::load_stored(acme, certs);
+            background.push(tokio::spawn(crate::acme::maintain(acme.clone(), certs.clone(), due)));
         }
         _ => {}
     }
