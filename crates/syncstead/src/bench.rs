@@ -551,6 +551,9 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(Mutex::new(Stats::default()));
     let before = args.server_pid.and_then(proc_stats);
+    // The load tool's own CPU, reported beside the server's: on a small machine the two
+    // share the cores, and a saturated tool measures itself, not the server.
+    let own_before = proc_stats(std::process::id());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.clients {
@@ -595,11 +598,19 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     stop.store(true, Ordering::Relaxed);
     let load_secs = start.elapsed().as_secs_f64();
     let after = args.server_pid.and_then(proc_stats);
+    let own_after = proc_stats(std::process::id());
     for t in tasks {
         t.await?;
     }
     let mut stats = std::mem::take(&mut *total.lock().expect("stats lock"));
     report(&args, &mut stats, load_secs, before, after);
+    if let (Some((c0, _)), Some((c1, _))) = (own_before, own_after) {
+        println!(
+            "load tool CPU: {:.1} s over the run ({:.0} % of one core)",
+            c1 - c0,
+            (c1 - c0) * 100.0 / load_secs
+        );
+    }
     if stats.verify_errors > 0 || !stats.errors.is_empty() {
         return Err(CliError::Refused("errors during the run (see above)".into()));
     }
