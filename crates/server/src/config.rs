@@ -959,6 +959,15 @@ impl Settings {
         redact_url(&self.database_url)
     }
 
+    /// The scheme clients use on the listener: https when this server serves TLS itself.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn is_postgres(&self) -> bool {
         self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")
     }

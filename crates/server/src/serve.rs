@@ -79,12 +79,8 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Backend>, ServeEr
     if !path.exists() && lock.exists() {
         return Err(ServeError::DatabaseMissing(path, lock));
     }
-    // SQLite only says "attempt to write a readonly database": name the file and the fix.
-    if path.exists() {
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
-            let hint = syncstead_store::lock::access_hint(&path, &e);
-            return Err(ServeError::DatabaseFile(path, e, hint));
-        }
+    if let Some((e, hint)) = syncstead_store::sqlite::unwritable(&path) {
+        return Err(ServeError::DatabaseFile(path, e, hint));
     }
     let mut options = SqliteOptions::new(path);
     options.synchronous = settings.sqlite_synchronous;
@@ -152,7 +148,7 @@ pub async fn start_with_store(settings: Settings, store: Arc<dyn Backend>) -> Re
         // The token server would send Firefox to http://0.0.0.0:…, which reaches nothing.
         return Err(ServeError::NeedsPublicUrl(addr));
     }
-    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let scheme = settings.scheme();
     let own = settings
         .public_url
         .as_ref()

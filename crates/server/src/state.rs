@@ -48,7 +48,7 @@ impl AppState {
         let hawk = HawkVerifier {
             signer: TokenSigner::new(&settings.master_secret),
             public_url: settings.public_url.clone(),
-            default_port: if settings.tls.is_some() { 443 } else { 80 },
+            default_port: if settings.scheme() == "https" { 443 } else { 80 },
             skew: Duration::from_secs(settings.hawk_skew_seconds),
             expired_grace_seconds: settings.expired_token_grace_seconds,
             // 2 million requests in force at once (a token's hour plus its grace): the

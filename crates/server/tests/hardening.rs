@@ -336,6 +336,16 @@ async fn t10_118_replays_are_refused_whatever_happens_meanwhile() {
     }
 }
 
+/// Sets or clears a file's inode flag (`+i`, `-i`); false where chattr cannot (not root,
+/// or a file system without the flags).
+fn chattr(flag: &str, path: &std::path::Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .is_ok_and(|st| st.success())
+}
+
 /// An immutable `-shm` file (SQLite would die of SIGBUS at its first use of the shared
 /// memory): a server does not start on it, and says why.
 #[tokio::test]
@@ -348,13 +358,7 @@ async fn sqlite_immutable_shm_file_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let shm = dir.path().join("syncstead.db-shm");
     std::fs::write(&shm, vec![0u8; 32768]).unwrap();
-    let chattr = |flag: &str| {
-        std::process::Command::new("chattr")
-            .arg(flag)
-            .arg(&shm)
-            .status()
-            .is_ok_and(|st| st.success())
-    };
+    let chattr = |flag: &str| chattr(flag, &shm);
     if !chattr("+i") {
         eprintln!("SKIPPED: chattr +i is not available here (needs root and a file system that has it)");
         return;
@@ -394,13 +398,7 @@ async fn sqlite_immutable_shm_file_under_a_running_server_is_a_503_not_a_crash()
     let s = TestServer::start().await;
     let u = s.client(1);
     let shm = s.dir.path().join("syncstead.db-shm");
-    let chattr = |flag: &str| {
-        std::process::Command::new("chattr")
-            .arg(flag)
-            .arg(&shm)
-            .status()
-            .is_ok_and(|st| st.success())
-    };
+    let chattr = |flag: &str| chattr(flag, &shm);
     let beat = || async { send(s.http.get(format!("{}/__heartbeat__", s.base))).await.status };
     assert_eq!(
         u.put("/storage/tabs/a", serde_json::json!({"payload": "x"}))

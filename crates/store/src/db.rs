@@ -11,9 +11,8 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use syncstead_proto::SyncTimestamp;
-
 use syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID;
+use syncstead_proto::SyncTimestamp;
 
 use crate::sql::{BoxFuture, Tx};
 use crate::{StoreError, StoreResult, UserId};
@@ -215,16 +214,20 @@ impl<E: Engine> Db<E> {
         }
     }
 
-    /// Releases custom collection names that no bucket and no batch uses, `only` one or
-    /// all of them. Best effort: a release that races a new use of the name is refused
-    /// by the database, and the name stays until the next purge.
-    pub(crate) async fn release_collections(&self, only: Option<i64>) -> u64 {
-        if only.is_some_and(|id| id < FIRST_CUSTOM_COLLECTION_ID) {
+    /// Releases custom collection names that no bucket and no batch uses: those of `ids`
+    /// (the standard ones are never released), or all of them. Best effort: a release that
+    /// races a new use of the name is refused by the database, and the name stays until
+    /// the next purge.
+    pub(crate) async fn release_collections(&self, ids: Option<Vec<i64>>) -> u64 {
+        let ids: Option<Arc<[i64]>> =
+            ids.map(|v| v.into_iter().filter(|id| *id >= FIRST_CUSTOM_COLLECTION_ID).collect());
+        if ids.as_ref().is_some_and(|v| v.is_empty()) {
             return 0;
         }
         let out = self
             .write("release_collections", 0, move |tx| {
-                Box::pin(async move { crate::storage::release_collections(tx, only).await })
+                let ids = ids.clone();
+                Box::pin(async move { crate::storage::release_collections(tx, ids.as_deref()).await })
             })
             .await;
         match out {

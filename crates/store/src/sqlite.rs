@@ -356,6 +356,10 @@ impl FileGuard {
         };
         // File systems without inode flags cannot have these either.
         let blocked = rustix::fs::ioctl_getflags(shm).is_ok_and(|f| f.intersects(IFlags::IMMUTABLE | IFlags::APPEND));
+        // Read first: every request passes here, and only a change needs a write.
+        if blocked == self.shm_blocked.load(Ordering::Relaxed) {
+            return if blocked { Err(unavailable(BLOCKED)) } else { Ok(()) };
+        }
         let was = self.shm_blocked.swap(blocked, Ordering::Relaxed);
         if !blocked {
             if was {
@@ -777,6 +781,17 @@ pub fn restore(backup_file: &Path, db: &Path, force: bool) -> AdminResult<()> {
     };
     copy().map_err(StoreError::from)?;
     Ok(())
+}
+
+/// An existing database file this user cannot open for writing, with what to do about
+/// it: SQLite itself would only say "attempt to write a readonly database".
+pub fn unwritable(path: &Path) -> Option<(std::io::Error, String)> {
+    if !path.exists() {
+        return None;
+    }
+    let e = std::fs::OpenOptions::new().read(true).write(true).open(path).err()?;
+    let hint = crate::lock::access_hint(path, &e);
+    Some((e, hint))
 }
 
 /// Looks at a database without changing it (`syncstead doctor`): its schema version and

@@ -54,20 +54,35 @@ pub(crate) async fn register_collection<T: Tx>(tx: &T, name: &str) -> StoreResul
         .ok_or_else(|| StoreError::Internal("a registered collection vanished".into()))
 }
 
-/// Deletes the custom collection names (`only` one, or all) that no bucket and no batch
-/// uses. The foreign keys of migration 5 refuse it if a use appears meanwhile.
-pub(crate) async fn release_collections<T: Tx>(tx: &T, only: Option<i64>) -> StoreResult<u64> {
+/// Deletes the custom collection names (those of `ids`, or all) that no bucket and no
+/// batch uses. The foreign keys of migration 5 refuse it if a use appears meanwhile.
+pub(crate) async fn release_collections<T: Tx>(tx: &T, ids: Option<&[i64]>) -> StoreResult<u64> {
     const UNUSED: &str = "DELETE FROM collections WHERE id >= $1
          AND NOT EXISTS (SELECT 1 FROM user_collections uc WHERE uc.collection_id = collections.id)
          AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.collection_id = collections.id)";
     let first = syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID;
-    match only {
-        Some(id) => {
-            tx.execute(&format!("{UNUSED} AND id = $2"), &[first.into(), id.into()])
-                .await
+    match ids {
+        Some(ids) => {
+            let sql = format!("{UNUSED} AND {}", tx.dialect().in_list("id", "$2"));
+            let list = Arg::Ints(ids.iter().copied().map(Some).collect());
+            tx.execute(&sql, &[first.into(), list]).await
         }
         None => tx.execute(UNUSED, &[first.into()]).await,
     }
+}
+
+/// The custom collections a bucket uses (its collections and its open batches'): the
+/// names deleting the bucket may leave unused.
+async fn custom_collections<T: Tx>(tx: &T, user: UserId) -> StoreResult<Vec<i64>> {
+    tx.query(
+        "SELECT collection_id FROM user_collections WHERE user_id = $1 AND collection_id >= $2
+         UNION SELECT collection_id FROM batches WHERE user_id = $1 AND collection_id >= $2",
+        &[user.into(), syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| r.int(0))
+    .collect()
 }
 
 /// The storage-level last-modified of a bucket (S15-045); 0 without data.
@@ -953,23 +968,24 @@ impl<E: Engine> Store for Db<E> {
         })
         .await?;
         if let Some(coll) = coll {
-            self.release_collections(Some(coll)).await;
+            self.release_collections(Some(vec![coll])).await;
         }
         Ok(deleted)
     }
 
     async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
-        let previous = self
+        let (previous, custom) = self
             .write("delete_storage", HEAVY, move |tx| {
                 Box::pin(async move {
                     let previous = storage_time(tx, user).await?;
                     pre.check(previous)?;
+                    let custom = custom_collections(tx, user).await?;
                     delete_bucket(tx, user).await?;
-                    Ok(previous)
+                    Ok((previous, custom))
                 })
             })
             .await?;
-        self.release_collections(None).await;
+        self.release_collections(Some(custom)).await;
         Ok(previous)
     }
 
@@ -1140,7 +1156,7 @@ mod tests {
     /// under a dead id; the public path then registers the name afresh.
     async fn released_id_is_refused<E: Engine>(db: &Db<E>) {
         let stale = db.ensure_collection("released-under-me").await.unwrap();
-        assert_eq!(db.release_collections(Some(stale)).await, 1);
+        assert_eq!(db.release_collections(Some(vec![stale])).await, 1);
         let out = db
             .write("test", 0, move |tx| {
                 Box::pin(async move { touch(tx, 5, stale, SyncTimestamp::now()).await })
@@ -1166,7 +1182,7 @@ mod tests {
         let fresh = db.find_collection("released-under-me").await.unwrap().unwrap();
         assert!(fresh > stale, "an id is never handed out twice: {fresh} after {stale}");
         // A standard name is never released.
-        assert_eq!(db.release_collections(Some(4)).await, 0);
+        assert_eq!(db.release_collections(Some(vec![4])).await, 0);
         assert_eq!(db.find_collection("history").await.unwrap(), Some(4));
     }
 

@@ -203,16 +203,13 @@ async fn database(r: &mut Report, s: &Settings) -> Option<Vec<String>> {
                 return None;
             }
         };
-        if path.exists() {
-            if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
-                let hint = syncstead_store::lock::access_hint(&path, &e);
-                r.fail(
-                    "database",
-                    format!("{} cannot be written: {e}{hint}", path.display()),
-                    "see the note in brackets",
-                );
-                return None;
-            }
+        if let Some((e, hint)) = syncstead_store::sqlite::unwritable(&path) {
+            r.fail(
+                "database",
+                format!("{} cannot be written: {e}{hint}", path.display()),
+                "see the note in brackets",
+            );
+            return None;
         }
         syncstead_store::sqlite::inspect(&path)
     };

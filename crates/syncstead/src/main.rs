@@ -265,11 +265,7 @@ async fn serve(layer: ConfigLayer) -> CliResult<()> {
     let mut server = syncstead_server::start(settings).await?;
     // The server's own URL: with the bound port (for --listen …:0) and its scheme.
     let public = server.state.public_base.clone();
-    let scheme = if server.state.settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = server.state.settings.scheme();
     say!("Syncstead {} is serving", env!("CARGO_PKG_VERSION"));
     say!("  listening on       {scheme}://{}", server.addr);
     if server.state.settings.token_server {
