@@ -107,15 +107,29 @@ async fn collection_time<T: Tx>(tx: &T, user: UserId, coll: i64) -> StoreResult<
 /// A write moves the collection's and the storage's last-modified to its time (S15-044).
 async fn touch<T: Tx>(tx: &T, user: UserId, coll: i64, now: SyncTimestamp) -> StoreResult<()> {
     let args = [user.into(), coll.into(), now.into()];
-    tokio::try_join!(
+    pipelined(
         tx.execute(
             "INSERT INTO user_collections (user_id, collection_id, modified) VALUES ($1, $2, $3)
              ON CONFLICT (user_id, collection_id) DO UPDATE SET modified = excluded.modified",
             &args,
         ),
         touch_storage(tx, user, now),
-    )?;
+    )
+    .await?;
     Ok(())
+}
+
+/// Runs two statements together (PostgreSQL pipelines them) and reports the first one's
+/// error before the second's: once a statement fails, PostgreSQL refuses every later one
+/// with "current transaction is aborted", and which of the two errors a `try_join!`
+/// sees first depends on polling order — a released collection id then showed as a 500
+/// instead of the retried `CollectionGone`.
+async fn pipelined<A, B>(
+    first: impl std::future::Future<Output = StoreResult<A>>,
+    second: impl std::future::Future<Output = StoreResult<B>>,
+) -> StoreResult<(A, B)> {
+    let (a, b) = tokio::join!(first, second);
+    Ok((a?, b?))
 }
 
 async fn touch_storage<T: Tx>(tx: &T, user: UserId, now: SyncTimestamp) -> StoreResult<u64> {
@@ -732,10 +746,11 @@ impl<E: Engine> Store for Db<E> {
         self.read("get_collection", Read::Snapshot, move |tx| {
             Box::pin(async move {
                 // Both statements go out together (PostgreSQL pipelines them) in one snapshot.
-                let (modified, (bsos, next_offset)) = tokio::try_join!(
+                let (modified, (bsos, next_offset)) = pipelined(
                     collection_time(tx, user, coll),
-                    query_page(tx, user, coll, &query, SyncTimestamp::now())
-                )?;
+                    query_page(tx, user, coll, &query, SyncTimestamp::now()),
+                )
+                .await?;
                 let modified = modified.unwrap_or_default();
                 pre.check(modified)?;
                 if modified == SyncTimestamp::ZERO {
