@@ -311,6 +311,34 @@ pub struct ConfigLayer {
     /// Sender of password-reset e-mails [default: Syncstead <noreply@HOST of public_url>].
     #[arg(long, env = "SYNCSTEAD_SMTP_FROM", value_name = "ADDRESS")]
     pub smtp_from: Option<String>,
+
+    /// Syncstead's own accounts: Firefox signs in here (docs/accounts.md); needs the
+    /// token server [default: true].
+    #[arg(long, env = "SYNCSTEAD_ACCOUNTS", value_name = "BOOL")]
+    pub accounts: Option<bool>,
+
+    /// Who may create a Syncstead account on the sign-in page: `closed` (only `syncstead
+    /// account add`), `invite` (with account_invite_code) or `open` [default: closed].
+    #[arg(long, env = "SYNCSTEAD_ACCOUNT_REGISTRATION", value_name = "POLICY")]
+    pub account_registration: Option<String>,
+
+    /// The code a new account must give when account_registration = "invite".
+    #[arg(
+        long,
+        env = "SYNCSTEAD_ACCOUNT_INVITE_CODE",
+        value_name = "CODE",
+        hide_env_values = true
+    )]
+    pub account_invite_code: Option<String>,
+
+    /// Most Syncstead accounts; 0 for no limit [default: 0].
+    #[arg(long, env = "SYNCSTEAD_MAX_IDENTITIES", value_name = "N")]
+    pub max_identities: Option<u64>,
+
+    /// Accept access tokens of Mozilla accounts at the token server (the `oauth_*`
+    /// settings); with false only Syncstead's own accounts sync here [default: true].
+    #[arg(long, env = "SYNCSTEAD_MOZILLA_ACCOUNTS", value_name = "BOOL")]
+    pub mozilla_accounts: Option<bool>,
 }
 
 /// HTTPS from the TLS settings: certificate files, or ACME, or neither.
@@ -626,6 +654,28 @@ pub struct Settings {
     pub password_hash_concurrency: usize,
     pub smtp_url: Option<String>,
     pub smtp_from: Option<String>,
+    pub accounts: bool,
+    pub account_registration: AccountRegistration,
+    pub max_identities: Option<u64>,
+    pub mozilla_accounts: bool,
+}
+
+/// Who may create a Syncstead account from the sign-in page.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AccountRegistration {
+    Closed,
+    Open,
+    Invite(String),
+}
+
+impl std::fmt::Debug for AccountRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AccountRegistration::Closed => "Closed",
+            AccountRegistration::Open => "Open",
+            AccountRegistration::Invite(_) => "Invite(<redacted>)",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -765,6 +815,25 @@ impl Settings {
                 ))
             }
         };
+        let account_registration = match layer.account_registration.as_deref().unwrap_or("closed") {
+            "closed" => AccountRegistration::Closed,
+            "open" => AccountRegistration::Open,
+            "invite" => match layer.account_invite_code.clone().filter(|c| !c.is_empty()) {
+                Some(code) => AccountRegistration::Invite(code),
+                None => {
+                    return Err(ConfigError::Invalid(
+                        "account_invite_code",
+                        "account_registration is invite: set account_invite_code to the code to give".into(),
+                    ))
+                }
+            },
+            other => {
+                return Err(ConfigError::Invalid(
+                    "account_registration",
+                    format!("{other:?} is not closed, invite or open"),
+                ))
+            }
+        };
         let timeout_seconds = layer.oauth_timeout_seconds.unwrap_or(10).max(1);
         let oauth = match layer.oauth_verification.as_deref().unwrap_or("local") {
             "local" => OAuthSettings::Local {
@@ -879,6 +948,10 @@ impl Settings {
                 .max(1),
             smtp_url: layer.smtp_url.filter(|u| !u.is_empty()),
             smtp_from: layer.smtp_from.filter(|f| !f.is_empty()),
+            accounts: layer.accounts.unwrap_or(true),
+            account_registration,
+            max_identities: layer.max_identities.filter(|n| *n > 0),
+            mozilla_accounts: layer.mozilla_accounts.unwrap_or(true),
         })
     }
 

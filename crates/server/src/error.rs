@@ -200,3 +200,92 @@ impl From<crate::passwords::Busy> for ApiError {
         ApiError::Unavailable { retry_after: 10 }
     }
 }
+
+/// Failures of Syncstead's account server, answered in Mozilla accounts' envelope
+/// `{code, errno, error, message}`: Firefox acts on the `errno` (110 makes it check the
+/// account). Only a throttled request carries a retry time: on anything permanent one
+/// would put the browser's whole account client into backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("account already exists")]
+    AccountExists,
+    #[error("unknown account")]
+    UnknownAccount,
+    #[error("incorrect password")]
+    IncorrectPassword,
+    #[error("invalid JSON in request body")]
+    BadJson,
+    #[error("invalid parameter in request body: {0}")]
+    BadParameter(&'static str),
+    #[error("invalid authentication token in request signature")]
+    InvalidToken,
+    #[error("invalid request signature")]
+    BadSignature,
+    #[error("client has sent too many requests")]
+    Throttled { retry_after: u64 },
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("this account has been disabled")]
+    Disabled,
+    #[error("unknown OAuth client")]
+    UnknownClient,
+    #[error("invalid or expired authorization code")]
+    BadCode,
+    #[error("service unavailable")]
+    Unavailable { retry_after: u64 },
+    #[error("resource not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for AccountsError {
+    fn into_response(self) -> Response {
+        use AccountsError as E;
+        let (status, errno) = match &self {
+            E::AccountExists => (StatusCode::BAD_REQUEST, 101),
+            E::UnknownAccount => (StatusCode::BAD_REQUEST, 102),
+            E::IncorrectPassword => (StatusCode::BAD_REQUEST, 103),
+            E::BadJson => (StatusCode::BAD_REQUEST, 106),
+            E::BadParameter(_) => (StatusCode::BAD_REQUEST, 107),
+            E::BadSignature => (StatusCode::UNAUTHORIZED, 109),
+            E::InvalidToken => (StatusCode::UNAUTHORIZED, 110),
+            E::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 114),
+            E::Disabled => (StatusCode::BAD_REQUEST, 127),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, 125),
+            E::UnknownClient => (StatusCode::BAD_REQUEST, 162),
+            E::BadCode => (StatusCode::BAD_REQUEST, 163),
+            E::NotFound => (StatusCode::NOT_FOUND, 116),
+            E::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, 201),
+            E::Store(e) if e.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, 201),
+            E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, 999),
+        };
+        if let E::Store(e) = &self {
+            tracing::error!(error = %e, "account server: database failure");
+        }
+        let retry_after = match &self {
+            E::Throttled { retry_after } | E::Unavailable { retry_after } => Some(*retry_after),
+            E::Store(e) if e.is_unavailable() => Some(BACKEND_RETRY_AFTER),
+            _ => None,
+        };
+        let message = match &self {
+            E::Store(_) => "unexpected error".to_string(),
+            other => other.to_string(),
+        };
+        let mut body = serde_json::json!({
+            "code": status.as_u16(),
+            "errno": errno,
+            "error": status.canonical_reason().unwrap_or(""),
+            "message": message,
+        });
+        let mut response = (status, axum::Json(&body)).into_response();
+        if let Some(secs) = retry_after {
+            body["retryAfter"] = secs.into();
+            response = (status, axum::Json(&body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

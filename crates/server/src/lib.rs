@@ -4,6 +4,7 @@
 //! [`middleware`], [`serve`] (start-up), [`config`], [`listener`] (with [`tls`] and [`acme`] for
 //! HTTPS) and operations ([`ops`]).
 
+pub mod accounts;
 pub mod acme;
 pub mod auth;
 pub mod config;

@@ -16,13 +16,18 @@ use tokio::task::JoinHandle;
 
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
+/// `with_root`: answer `/` here (with Syncstead accounts on, the sign-in page is there).
+pub fn router(with_root: bool) -> Router<AppState> {
+    let r = Router::new();
+    let r = if with_root {
+        r.route(
             "/",
             get(|| async { "Syncstead: a Firefox Sync server. See /__version__.\n" }),
         )
-        .route("/__heartbeat__", get(heartbeat))
+    } else {
+        r
+    };
+    r.route("/__heartbeat__", get(heartbeat))
         .route("/__lbheartbeat__", get(|| async { Json(json!({})) }))
         .route("/__version__", get(version))
 }

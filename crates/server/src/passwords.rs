@@ -131,6 +131,14 @@ impl HashPool {
         self.run(move |_, memory| verify_with(&password, &phc, memory)).await
     }
 
+    /// Other heavy password work (the accounts' scrypt) under the same bound.
+    pub async fn run_blocking<R: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, Busy> {
+        self.run(move |_, _| work()).await
+    }
+
     async fn run<R: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Hasher, &mut Vec<Block>) -> R + Send + 'static,

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::headers::*;
 use crate::middleware::weave_middleware;
 use crate::state::AppState;
-use crate::{ops, storage11, storage15, tokenserver, user_api};
+use crate::{accounts, ops, storage11, storage15, tokenserver, user_api};
 
 /// Any origin by default, answered with the caller's own origin as Mozilla's server does
 /// (records are encrypted and requests carry their credentials explicitly, never cookies);
@@ -45,7 +45,12 @@ fn cors(allowed: Option<&[String]>) -> tower_http::cors::CorsLayer {
 
 /// The whole HTTP application, before path-prefix handling.
 pub fn router(state: AppState) -> Router {
-    let mut app = Router::new().merge(ops::router()).merge(user_api::router());
+    let mut app = Router::new()
+        .merge(ops::router(state.account_server.is_none()))
+        .merge(user_api::router());
+    if state.account_server.is_some() {
+        app = app.merge(accounts::router());
+    }
     if state.settings.storage_node {
         app = app.merge(storage15::router());
     }

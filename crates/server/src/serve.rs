@@ -28,6 +28,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("OAuth keys: {0}")]
     OAuthKeys(String),
+    #[error("accounts' signing key: {0}")]
+    AccountsKey(#[from] crate::accounts::jwt::KeyError),
     #[error("mail: {0}")]
     Mail(#[from] crate::mail::MailError),
     #[error(transparent)]

@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use syncstead_proto::token::TokenSigner;
-use syncstead_store::{AccountStore, Backend, LegacyStore, NewUserPolicy, NonceStore, Store, TokenStore};
+use syncstead_store::{
+    AccountStore, Backend, IdentityStore, LegacyStore, NewUserPolicy, NonceStore, Store, TokenStore,
+};
 
 use crate::auth::{HawkVerifier, NonceCache, Throttle, WeaveAuth};
 use crate::config::Settings;
@@ -26,6 +28,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub token_store: Arc<dyn TokenStore>,
     pub accounts: Arc<dyn AccountStore>,
+    /// Syncstead's own accounts (the account server's records).
+    pub identities: Arc<dyn IdentityStore>,
     pub legacy: Arc<dyn LegacyStore>,
     pub nonces: Arc<dyn NonceStore>,
     /// Weave 1.1 password checking.
@@ -35,6 +39,8 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     /// Present when this server is a token server.
     pub tokens: Option<Arc<tokenserver::TokenService>>,
+    /// Present when Syncstead's own accounts are on.
+    pub account_server: Option<Arc<crate::accounts::AccountServer>>,
     /// The URL clients reach this server at, without a trailing slash.
     pub public_base: String,
 }
@@ -61,8 +67,18 @@ impl AppState {
         };
         let runtime = Runtime::default();
         runtime.maintenance.store(settings.maintenance, Ordering::Relaxed);
+        let account_server = if settings.accounts && settings.token_server {
+            Some(Arc::new(crate::accounts::AccountServer::new(
+                settings.data_dir.join("accounts-signing-key.pem"),
+                settings.account_registration.clone(),
+                settings.max_identities,
+                public_base.clone(),
+            )?))
+        } else {
+            None
+        };
         let tokens = if settings.token_server {
-            Some(Arc::new(token_service(&settings)?))
+            Some(Arc::new(token_service(&settings, account_server.clone())?))
         } else {
             None
         };
@@ -85,6 +101,7 @@ impl AppState {
             store: backend.clone(),
             token_store: backend.clone(),
             accounts: backend.clone(),
+            identities: backend.clone(),
             nonces: backend.clone(),
             legacy: backend,
             weave: Arc::new(WeaveAuth::new(hasher, settings.password_hash_concurrency, mailer)),
@@ -92,12 +109,16 @@ impl AppState {
             hawk: Arc::new(hawk),
             runtime: Arc::new(runtime),
             tokens,
+            account_server,
             public_base,
         })
     }
 }
 
-fn token_service(settings: &Settings) -> Result<tokenserver::TokenService, ServeError> {
+fn token_service(
+    settings: &Settings,
+    own: Option<Arc<crate::accounts::AccountServer>>,
+) -> Result<tokenserver::TokenService, ServeError> {
     use crate::config::OAuthSettings;
     let verifier = match &settings.oauth {
         OAuthSettings::Local {
@@ -131,7 +152,8 @@ fn token_service(settings: &Settings) -> Result<tokenserver::TokenService, Serve
         format!("syncstead metrics hash\n{}", settings.master_secret).as_bytes(),
     ));
     Ok(tokenserver::TokenService {
-        verifier,
+        verifier: settings.mozilla_accounts.then_some(verifier),
+        own,
         // Twenty refused tokens in 15 minutes from one address, then 30 s doubling to
         // 15 minutes: nobody's Firefox gets there, a guesser gets nowhere.
         throttle: Throttle::new(

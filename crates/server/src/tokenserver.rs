@@ -1,6 +1,7 @@
 //! Token Server 1.0 (`GET /1.0/sync/1.5`), as specified in `shared/spec/tokenserver.md`:
 //! a Mozilla-accounts OAuth token in, a storage node and a short-lived Hawk credential out.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, RawQuery, State};
@@ -185,7 +186,20 @@ async fn token(
     // Authenticate first, then check the application, as Mozilla's server does (T10-002).
     let oauth_token = bearer(&headers)?;
     let key_id = key_id(&headers)?;
-    let account = ts.verifier.verify(oauth_token).await.map_err(|e| match e {
+    let own = ts.own.as_ref().and_then(|a| a.verify_own(oauth_token));
+    let verified = match (&own, &ts.verifier) {
+        (Some(claims), _) => claims
+            .as_ref()
+            .filter(|c| syncstead_proto::tokenserver::grants_oldsync(&c.scope))
+            .map(|c| crate::oauth::Account {
+                fxa_uid: c.sub.clone(),
+                generation: Some(c.generation).filter(|g| *g > 0),
+            })
+            .ok_or(OAuthError::Invalid("not a valid Syncstead access token for Sync")),
+        (None, Some(mozilla)) => mozilla.verify(oauth_token).await,
+        (None, None) => Err(OAuthError::Invalid("Mozilla accounts are not accepted here")),
+    };
+    let account = verified.map_err(|e| match e {
         OAuthError::Invalid(why) => {
             tracing::debug!(why, "OAuth token refused");
             if let Some(k) = &throttle_key {
@@ -226,8 +240,20 @@ async fn token(
         ));
     }
 
+    // Accounts made here were let in by the registration policy: the allow list is for
+    // Mozilla accounts.
+    let (domain, policy) = match own {
+        Some(_) => (
+            crate::accounts::EMAIL_DOMAIN,
+            NewUserPolicy {
+                allow_list_only: false,
+                ..ts.policy
+            },
+        ),
+        None => (ts.email_domain.as_str(), ts.policy),
+    };
     let login = Login {
-        email: format!("{}@{}", account.fxa_uid, ts.email_domain),
+        email: format!("{}@{}", account.fxa_uid, domain),
         fxa_uid: account.fxa_uid.clone(),
         claims: Claims {
             generation: account.generation,
@@ -235,7 +261,7 @@ async fn token(
             client_state: key_id.client_state.clone(),
         },
     };
-    let assignment = state.token_store.login(login, ts.policy).await.map_err(|e| match e {
+    let assignment = state.token_store.login(login, policy).await.map_err(|e| match e {
         LoginError::NewUsersDisabled => {
             // Logged so an operator can let this account in with `syncstead user allow`.
             tracing::warn!(fxa_uid = %account.fxa_uid, "refused a new user");
@@ -310,7 +336,10 @@ async fn token(
 
 /// The token server's part of the application state.
 pub struct TokenService {
-    pub verifier: crate::oauth::Verifier,
+    /// Mozilla accounts' tokens; `None` when only Syncstead's own accounts sync here.
+    pub verifier: Option<crate::oauth::Verifier>,
+    /// Syncstead's own accounts: their tokens are checked in-process, `aud` included.
+    pub own: Option<Arc<crate::accounts::AccountServer>>,
     /// Refused access tokens per client address: guessing is slowed to a crawl.
     pub throttle: crate::auth::Throttle,
     pub policy: NewUserPolicy,

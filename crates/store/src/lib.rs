@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod copy;
 mod db;
 mod error;
+pub mod identity;
 mod legacy;
 pub mod lock;
 mod nonces;
@@ -26,6 +27,7 @@ pub mod tokens;
 pub use accounts::{Account, AccountError};
 pub use db::{Db, Engine};
 pub use error::{AdminError, AdminResult, Cause, StoreError, StoreResult};
+pub use identity::{AuthCode, AuthToken, Credentials, Device, Identity, IdentityStore, TokenKind};
 pub use lock::{InstanceLock, LockError};
 pub use nonces::NonceStore;
 pub use sqlite::{SqliteOptions, Synchronous};
@@ -339,5 +341,5 @@ pub trait LegacyStore: Send + Sync + 'static {
 }
 
 /// Everything a backend provides.
-pub trait Backend: Store + TokenStore + AccountStore + LegacyStore + NonceStore {}
-impl<T: Store + TokenStore + AccountStore + LegacyStore + NonceStore> Backend for T {}
+pub trait Backend: Store + TokenStore + AccountStore + IdentityStore + LegacyStore + NonceStore {}
+impl<T: Store + TokenStore + AccountStore + IdentityStore + LegacyStore + NonceStore> Backend for T {}

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_accounts.sql")),
     (4, include_str!("../migrations/postgres/0004_nonces.sql")),
     (5, include_str!("../migrations/postgres/0005_collection_release.sql")),
+    (6, include_str!("../migrations/postgres/0006_identities.sql")),
 ];
 
 /// Advisory-lock namespaces (the two-key form, which never meets the bucket locks that

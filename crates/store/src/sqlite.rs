@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_accounts.sql")),
     (4, include_str!("../migrations/sqlite/0004_nonces.sql")),
     (5, include_str!("../migrations/sqlite/0005_collection_release.sql")),
+    (6, include_str!("../migrations/sqlite/0006_identities.sql")),
 ];
 
 /// How hard SQLite pushes each commit to disk.

@@ -14,6 +14,8 @@ pub enum CliError {
     #[error(transparent)]
     Client(#[from] syncstead_client::ClientError),
     #[error(transparent)]
+    Accounts(#[from] syncstead_server::error::AccountsError),
+    #[error(transparent)]
     Lock(#[from] syncstead_store::LockError),
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -125,6 +125,13 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+    /// Manage Syncstead's own accounts, the ones Firefox signs in to here (docs/accounts.md).
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+        #[command(flatten)]
+        config: Box<ConfigLayer>,
+    },
     /// Manage accounts: Weave 1.1 accounts (add, passwd, delete, disable, reset-code) and
     /// who may sign up through the token server (allow, deny); `list` shows both and the
     /// token server's users.
@@ -163,6 +170,25 @@ enum NodeAction {
     },
     /// Remove a node; its users move to another node at their next sign-in.
     Remove { url: String },
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// Create an account for an e-mail address; the password is prompted for, or read
+    /// from standard input when it is not a terminal.
+    Add { email: String },
+    /// List the accounts.
+    List,
+    /// Stop an account (e-mail or uid) from signing in and sign out its devices; its data stays.
+    Disable { account: String },
+    /// Let a disabled account sign in again.
+    Enable { account: String },
+    /// Delete an account, its devices and all of its Sync data.
+    Delete { account: String },
+    /// A forgotten password: set a new one. The keys change with it, so the account's
+    /// Sync data starts afresh (it was encrypted with a key the old password unlocked)
+    /// and every device must sign in again.
+    Reset { account: String },
 }
 
 #[derive(Subcommand)]
@@ -584,6 +610,57 @@ fn account_name(account: &str) -> String {
     syncstead_proto::username::username_for_account(account)
 }
 
+async fn account(action: AccountAction, layer: ConfigLayer) -> CliResult<()> {
+    use syncstead_server::accounts::{self, AccountServer};
+    let settings = load_settings(layer.clone())?;
+    let store = open_backend(layer).await?;
+    let pool = syncstead_server::passwords::HashPool::new(
+        syncstead_server::passwords::Hasher::new(settings.argon2_memory_kib, settings.argon2_iterations),
+        1,
+    );
+    match action {
+        AccountAction::Add { email } => {
+            let password = read_password()?;
+            let identity = accounts::add_account(&*store, &pool, &email, &password, settings.max_identities).await?;
+            println!("created {} (uid {})", identity.email, identity.uid);
+        }
+        AccountAction::List => {
+            println!("{:<32}  {:<8}  email", "uid", "state");
+            for i in store.identities().await? {
+                let state = if i.disabled { "disabled" } else { "active" };
+                println!("{:<32}  {:<8}  {}", i.uid, state, i.email);
+            }
+        }
+        AccountAction::Disable { account } => {
+            let i = accounts::find_account(&*store, &account).await?;
+            store.set_identity_disabled(&i.uid, true).await?;
+            println!("disabled {} and signed out its devices", i.email);
+        }
+        AccountAction::Enable { account } => {
+            let i = accounts::find_account(&*store, &account).await?;
+            store.set_identity_disabled(&i.uid, false).await?;
+            println!("enabled {}", i.email);
+        }
+        AccountAction::Delete { account } => {
+            let i = accounts::find_account(&*store, &account).await?;
+            store
+                .delete_identity(&i.uid, &AccountServer::sync_email(&i.uid))
+                .await?;
+            println!("deleted {} and all of its data", i.email);
+        }
+        AccountAction::Reset { account } => {
+            let i = accounts::find_account(&*store, &account).await?;
+            let password = read_password()?;
+            accounts::reset_account(&*store, &pool, &i.email, &password).await?;
+            println!(
+                "reset {}: new password and keys; its devices must sign in again and will sync afresh",
+                i.email
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn user(action: UserAction, layer: ConfigLayer) -> CliResult<()> {
     let settings = load_settings(layer.clone())?;
     let hasher = syncstead_server::passwords::Hasher::new(settings.argon2_memory_kib, settings.argon2_iterations);
@@ -763,6 +840,7 @@ fn main() -> ExitCode {
         Command::Restore { file, force, config } => restore(&file, force, *config),
         Command::Node { action, config } => runtime.block_on(node(action, *config)),
         Command::User { action, config } => runtime.block_on(user(action, *config)),
+        Command::Account { action, config } => runtime.block_on(account(action, *config)),
         Command::Client(args) => runtime.block_on(client::run(args)),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -236,21 +236,9 @@ impl HawkVerifier {
             return Err(ApiError::Unauthorized("token expired"));
         }
 
-        let (host, port, target) = match &self.public_url {
-            Some(p) => {
-                let target = if p.prefix.is_empty() || path_and_query.starts_with(&format!("{}/", p.prefix)) {
-                    path_and_query.to_string()
-                } else {
-                    format!("{}{}", p.prefix, path_and_query)
-                };
-                (p.host.clone(), p.port, target)
-            }
-            None => {
-                let (host, port) =
-                    request_authority(headers, self.default_port).ok_or(ApiError::Unauthorized("no host"))?;
-                (host, port, path_and_query.to_string())
-            }
-        };
+        let (host, port, target) = self
+            .signed_target(path_and_query, headers)
+            .ok_or(ApiError::Unauthorized("no host"))?;
         let hawk_key = hawk::Key::new(token.key.as_bytes(), hawk::DigestAlgorithm::Sha256)
             .map_err(|_| ApiError::internal("hawk key"))?;
         let request = hawk::RequestBuilder::new(method.as_str(), &host, port, &target).request();
@@ -268,6 +256,25 @@ impl HawkVerifier {
             until: (expires + self.expired_grace_seconds as f64).max(0.0) as u64 + 1,
         };
         Ok((HawkIdentity { uid: token.uid }, key))
+    }
+
+    /// The host, port and path a client signed a request for: the public URL's when one
+    /// is set (a proxy in front may rewrite both), else the request's own.
+    pub fn signed_target(&self, path_and_query: &str, headers: &HeaderMap) -> Option<(String, u16, String)> {
+        match &self.public_url {
+            Some(p) => {
+                let target = if p.prefix.is_empty() || path_and_query.starts_with(&format!("{}/", p.prefix)) {
+                    path_and_query.to_string()
+                } else {
+                    format!("{}{}", p.prefix, path_and_query)
+                };
+                Some((p.host.clone(), p.port, target))
+            }
+            None => {
+                let (host, port) = request_authority(headers, self.default_port)?;
+                Some((host, port, path_and_query.to_string()))
+            }
+        }
     }
 
     fn keyed(&self, parts: &[&[u8]]) -> u64 {

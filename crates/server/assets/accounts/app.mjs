@@ -1,0 +1,167 @@
+// The sign-in page: onepw with this server, then the WebChannel conversation with
+// Firefox (`account_updates`): fxa_status, can_link_account, login, oauth_login.
+import * as onepw from "/accounts/onepw.mjs";
+
+const CHANNEL = "account_updates";
+const REDIRECT = "urn:ietf:wg:oauth:2.0:oob:oauth-redirect-webchannel";
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+let signUp = location.pathname === "/signup";
+
+function status(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+  document.body.dataset.state = error ? "error" : text ? "busy" : "";
+}
+
+// ---- WebChannel ----------------------------------------------------------------------
+const pending = new Map();
+let nextId = 1;
+window.addEventListener("WebChannelMessageToContent", (e) => {
+  const detail = typeof e.detail === "string" ? JSON.parse(e.detail) : e.detail;
+  if (!detail || detail.id !== CHANNEL) return;
+  const waiter = pending.get(detail.message && detail.message.messageId);
+  if (waiter) {
+    pending.delete(detail.message.messageId);
+    waiter(detail.message.data);
+  }
+});
+
+/** Sends a command; with `wait` ms, resolves with the reply or null when none came. */
+function send(command, data, wait = 0) {
+  const messageId = String(nextId++);
+  const reply = wait
+    ? new Promise((resolve) => {
+        pending.set(messageId, resolve);
+        setTimeout(() => pending.delete(messageId) && resolve(null), wait);
+      })
+    : Promise.resolve(null);
+  // Firefox desktop accepts only a string detail (iOS would take the object).
+  window.dispatchEvent(
+    new CustomEvent("WebChannelMessageToChrome", {
+      detail: JSON.stringify({ id: CHANNEL, message: { command, data, messageId } }),
+    }),
+  );
+  return reply;
+}
+
+// ---- the account server ----------------------------------------------------------------
+async function api(path, body, token) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const res = await fetch(`/v1${path}`, {
+    method: body === undefined ? "GET" : "POST",
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const e = new Error(json.message || `the server answered ${res.status}`);
+    e.errno = json.errno;
+    throw e;
+  }
+  return json;
+}
+
+function explain(e) {
+  switch (e.errno) {
+    case 102: return "There is no account with this e-mail address here.";
+    case 103: return "The password is not right.";
+    case 101: return "An account with this e-mail address exists: sign in instead.";
+    case 114: return "Too many attempts: wait a few minutes and try again.";
+    case 127: return "This account is disabled. Ask the server's operator.";
+    default: return e.message;
+  }
+}
+
+async function signIn(email, password, invite) {
+  const fromFirefox = params.get("context") === "oauth_webchannel_v1" || params.has("keys_jwk");
+  if (!globalThis.crypto || !globalThis.crypto.subtle) {
+    throw new Error("This page needs HTTPS (or localhost): the browser offers no WebCrypto here.");
+  }
+  if (fromFirefox) await send("fxaccounts:fxa_status", { service: "sync", context: params.get("context") }, 1000);
+  status("Checking your password…");
+  const { authPW, unwrapBKey } = await onepw.stretch(email, password);
+  const body = { email, authPW: onepw.toHex(authPW) };
+  if (signUp && invite) body.inviteCode = invite;
+  const session = await api(signUp ? "/account/create?keys=true" : "/account/login?keys=true", body);
+  status("Unlocking your keys…");
+  const { bundle } = await api("/account/keys", undefined, `fxk_${session.keyFetchToken}`);
+  const fetchKeys = await onepw.tokenKeys(onepw.fromHex(session.keyFetchToken), "keyFetchToken");
+  const { wrapKb } = await onepw.openBundle(fetchKeys.bundleKey, onepw.fromHex(bundle));
+  const kB = onepw.unwrapKb(wrapKb, unwrapBKey);
+  if (!fromFirefox) {
+    status("Your password is right. To sync, open this page from Firefox: Settings, Sync, Sign in.");
+    document.body.dataset.state = "verified";
+    return;
+  }
+  const clientId = params.get("client_id");
+  const scope = params.get("scope") || `${onepw.OLDSYNC_SCOPE} profile`;
+  const keyData = await api("/account/scoped-key-data", { client_id: clientId, scope: onepw.OLDSYNC_SCOPE }, `fxs_${session.sessionToken}`);
+  const rotation = keyData[onepw.OLDSYNC_SCOPE].keyRotationTimestamp;
+  const keysJwe = await onepw.keysJwe(params.get("keys_jwk"), await onepw.scopedKeys(kB, rotation));
+  const grant = await api(
+    "/oauth/authorization",
+    {
+      client_id: clientId,
+      state: params.get("state"),
+      scope,
+      access_type: params.get("access_type") || "offline",
+      response_type: "code",
+      code_challenge: params.get("code_challenge"),
+      code_challenge_method: params.get("code_challenge_method") || "S256",
+      keys_jwe: keysJwe,
+    },
+    `fxs_${session.sessionToken}`,
+  );
+  // No answer within half a second counts as consent, as Mozilla's page does.
+  const link = await send("fxaccounts:can_link_account", { email, uid: session.uid }, 500);
+  if (link && link.ok === false) throw new Error("Firefox declined to link this account.");
+  // Only the fields Firefox knows: an unknown one makes it refuse a re-sign-in.
+  send("fxaccounts:login", {
+    email,
+    uid: session.uid,
+    sessionToken: session.sessionToken,
+    verified: true,
+    verifiedCanLinkAccount: true,
+    services: { sync: { offeredEngines: [], declinedEngines: [] } },
+  });
+  send("fxaccounts:oauth_login", {
+    code: grant.code,
+    state: grant.state,
+    action: signUp ? "signup" : "signin",
+    redirect: REDIRECT,
+    scope,
+    offeredSyncEngines: [],
+    declinedSyncEngines: [],
+  });
+  status("Signed in. Firefox is now syncing; you can close this tab.");
+  document.body.dataset.state = "signed-in";
+}
+
+function render() {
+  $("title").textContent = signUp ? "Create a Sync account" : "Sign in to Sync";
+  $("submit").textContent = signUp ? "Create account" : "Sign in";
+  $("toggle").textContent = signUp ? "I have an account" : "Create an account";
+  $("invite-row").hidden = !signUp;
+  $("password").autocomplete = signUp ? "new-password" : "current-password";
+}
+
+$("toggle").addEventListener("click", () => {
+  signUp = !signUp;
+  render();
+});
+$("form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("submit").disabled = true;
+  try {
+    const email = $("email").value.trim().toLowerCase();
+    await signIn(email, $("password").value, $("invite").value.trim());
+  } catch (e) {
+    status(explain(e), true);
+  } finally {
+    $("submit").disabled = false;
+  }
+});
+if (params.get("email")) $("email").value = params.get("email");
+render();

@@ -1,0 +1,566 @@
+//! Syncstead's own accounts over real HTTP, on the backend the suite runs on: the requests
+//! Firefox desktop and the sign-in page make, in their order (docs/accounts.md), with the
+//! client half of onepw done here as the page does it.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
+
+mod common;
+
+use common::*;
+use data_encoding::{BASE64URL_NOPAD, HEXLOWER};
+use reqwest::Method;
+use serde_json::{json, Value};
+use syncstead_server::accounts::onepw;
+
+const DESKTOP: &str = "5882386c6d801776";
+const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
+const PASSWORD: &str = "correct horse battery";
+
+async fn open_server() -> TestServer {
+    TestServer::start_with(|l| l.account_registration = Some("open".into())).await
+}
+
+/// A Hawk header signed with a session token's key, as Firefox signs account requests.
+fn hawk_header(s: &TestServer, token_hex: &str, method: &str, path: &str) -> String {
+    let keys = onepw::token_keys(&HEXLOWER.decode(token_hex.as_bytes()).unwrap(), "sessionToken");
+    let url = reqwest::Url::parse(&format!("{}{path}", s.base)).unwrap();
+    let creds = hawk::Credentials {
+        id: HEXLOWER.encode(&keys.id),
+        key: hawk::Key::new(keys.auth_key, hawk::DigestAlgorithm::Sha256).unwrap(),
+    };
+    let full = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    let header = hawk::RequestBuilder::new(method, url.host_str().unwrap(), url.port().unwrap(), &full)
+        .request()
+        .make_header(&creds)
+        .unwrap();
+    format!("Hawk {header}")
+}
+
+async fn call(s: &TestServer, method: Method, path: &str, auth: Option<String>, body: Option<Value>) -> Resp {
+    let mut rb = s.http.request(method, format!("{}{path}", s.base));
+    if let Some(a) = auth {
+        rb = rb.header("authorization", a);
+    }
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    send(rb).await
+}
+
+fn assert_errno(r: &Resp, status: u16, errno: i64) {
+    assert_eq!(r.status.as_u16(), status, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["errno"], errno, "{v}");
+    assert_eq!(v["code"], status);
+    assert!(v["message"].is_string() && v["error"].is_string(), "{v}");
+}
+
+struct SignedIn {
+    uid: String,
+    session: String,
+    kb: Vec<u8>,
+}
+
+/// What the sign-in page does: stretch, log in (or sign up) with keys, fetch and unwrap kB.
+async fn page_sign_in(s: &TestServer, email: &str, password: &str, create: bool) -> SignedIn {
+    let keys = onepw::stretch(email, password);
+    let route = if create {
+        "/v1/account/create?keys=true"
+    } else {
+        "/v1/account/login?keys=true"
+    };
+    let r = call(
+        s,
+        Method::POST,
+        route,
+        None,
+        Some(json!({"email": email, "authPW": HEXLOWER.encode(&keys.auth_pw)})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["verified"], true);
+    let fetch = v["keyFetchToken"].as_str().unwrap().to_string();
+    let r = call(
+        s,
+        Method::GET,
+        "/v1/account/keys",
+        Some(format!("Bearer fxk_{fetch}")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let bundle = HEXLOWER
+        .decode(r.json()["bundle"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert_eq!(bundle.len(), 96);
+    let fetch_keys = onepw::token_keys(&HEXLOWER.decode(fetch.as_bytes()).unwrap(), "keyFetchToken");
+    let (_ka, wrap_kb) = onepw::open_bundle(&fetch_keys.bundle_key, &bundle).expect("the bundle's MAC holds");
+    // A key-fetch token is spent by its one use.
+    let again = call(
+        s,
+        Method::GET,
+        "/v1/account/keys",
+        Some(format!("Bearer fxk_{fetch}")),
+        None,
+    )
+    .await;
+    assert_errno(&again, 401, 110);
+    SignedIn {
+        uid: v["uid"].as_str().unwrap().to_string(),
+        session: v["sessionToken"].as_str().unwrap().to_string(),
+        kb: onepw::unwrap_kb(&wrap_kb, &keys.unwrap_b_key),
+    }
+}
+
+/// Scoped-key data, then the authorization code with PKCE, as the page asks for it.
+async fn authorize(s: &TestServer, who: &SignedIn, verifier: &str, jwe: &str) -> (i64, String) {
+    let path = "/v1/account/scoped-key-data";
+    let r = call(
+        s,
+        Method::POST,
+        path,
+        Some(hawk_header(s, &who.session, "POST", path)),
+        Some(json!({"client_id": DESKTOP, "scope": OLDSYNC})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let data = r.json()[OLDSYNC].clone();
+    assert_eq!(data["keyRotationSecret"], "0".repeat(64));
+    let rotation = data["keyRotationTimestamp"].as_i64().unwrap();
+    let challenge = BASE64URL_NOPAD.encode(&onepw::sha256(verifier.as_bytes()));
+    let r = call(
+        s,
+        Method::POST,
+        "/v1/oauth/authorization",
+        Some(format!("Bearer fxs_{}", who.session)),
+        Some(json!({
+            "client_id": DESKTOP, "state": "st4te", "scope": format!("{OLDSYNC} profile"),
+            "access_type": "offline", "response_type": "code", "code_challenge": challenge,
+            "code_challenge_method": "S256", "keys_jwe": jwe,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["state"], "st4te");
+    (rotation, v["code"].as_str().unwrap().to_string())
+}
+
+/// The whole desktop sign-in and first token, then a second device: same kB, same kid,
+/// same Sync bucket (accounts.md "key stability").
+#[tokio::test]
+async fn desktop_sign_in_reaches_storage_and_a_second_device_gets_the_same_keys() {
+    let s = open_server().await;
+    let r = call(&s, Method::GET, "/.well-known/fxa-client-configuration", None, None).await;
+    let d = r.json();
+    assert_eq!(
+        d["auth_server_base_url"], s.base,
+        "no version segment: Firefox adds /v1"
+    );
+    assert_eq!(d["sync_tokenserver_base_url"], s.base);
+    assert_eq!(d["profile_server_base_url"], format!("{}/profile", s.base));
+    // The sign-in page is served from that same origin.
+    let page = call(
+        &s,
+        Method::GET,
+        "/?context=oauth_webchannel_v1&service=sync",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("/accounts/app.mjs"));
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'none'"));
+
+    let email = "ada@example.org";
+    let first = page_sign_in(&s, email, PASSWORD, true).await;
+    let jwe = "eyJhbGciOiJFQ0RILUVTIn0..aXY.Y3Q.dGFn";
+    let (rotation, code) = authorize(&s, &first, "verifier-verifier-verifier-verifier-verifier", jwe).await;
+
+    // Firefox: the code exchange, Hawk-signed with the session token from fxaccounts:login.
+    let path = "/v1/oauth/token";
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        Some(hawk_header(&s, &first.session, "POST", path)),
+        Some(json!({
+            "grant_type": "authorization_code", "code": code, "client_id": DESKTOP,
+            "code_verifier": "verifier-verifier-verifier-verifier-verifier",
+        })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let t = r.json();
+    assert_eq!(t["keys_jwe"], jwe, "handed back as stored, never opened");
+    assert!(t["scope"].as_str().unwrap().contains(OLDSYNC));
+    let refresh = t["refresh_token"].as_str().unwrap().to_string();
+    // A code is good once.
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        None,
+        Some(json!({
+            "grant_type": "authorization_code", "code": code, "client_id": DESKTOP,
+            "code_verifier": "verifier-verifier-verifier-verifier-verifier",
+        })),
+    )
+    .await;
+    assert_errno(&r, 400, 163);
+    // Firefox throws the refresh token away at once.
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/oauth/destroy",
+        None,
+        Some(json!({"client_id": DESKTOP, "token": refresh})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        None,
+        Some(json!({"grant_type": "refresh_token", "client_id": DESKTOP, "refresh_token": refresh})),
+    )
+    .await;
+    assert_errno(&r, 401, 110);
+
+    // From then on every access token comes from the fxa-credentials grant.
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        Some(hawk_header(&s, &first.session, "POST", path)),
+        Some(json!({
+            "grant_type": "fxa-credentials", "client_id": DESKTOP, "scope": OLDSYNC, "ttl": 21600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let access = r.json()["access_token"].as_str().unwrap().to_string();
+    let (_, kid) = onepw::sync_key(&first.kb, rotation);
+    let r = send(
+        s.http
+            .get(format!("{}/1.0/sync/1.5", s.base))
+            .bearer_auth(&access)
+            .header("x-keyid", &kid),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json();
+    assert!(token["api_endpoint"].as_str().unwrap().starts_with(&s.base));
+
+    // A second device: the same password unlocks the same kB, so the same kid and bucket.
+    let second = page_sign_in(&s, email, PASSWORD, false).await;
+    assert_eq!(second.uid, first.uid);
+    assert_eq!(second.kb, first.kb, "every device gets the same kB");
+    let (rotation2, _) = authorize(&s, &second, "another-verifier-another-verifier-another", jwe).await;
+    assert_eq!(rotation2, rotation);
+    assert_eq!(
+        onepw::sync_key(&second.kb, rotation2),
+        onepw::sync_key(&first.kb, rotation)
+    );
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        Some(format!("Bearer fxs_{}", second.session)),
+        Some(json!({
+            "grant_type": "fxa-credentials", "client_id": DESKTOP, "scope": OLDSYNC,
+        })),
+    )
+    .await;
+    let access2 = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = send(
+        s.http
+            .get(format!("{}/1.0/sync/1.5", s.base))
+            .bearer_auth(&access2)
+            .header("x-keyid", &kid),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["uid"], token["uid"], "the same Sync bucket");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_signatures_and_tokens_get_the_account_servers_errors() {
+    let s = open_server().await;
+    let me = page_sign_in(&s, "bo@example.org", PASSWORD, true).await;
+    let wrong = onepw::stretch("bo@example.org", "not the password");
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/login",
+        None,
+        Some(json!({"email": "bo@example.org", "authPW": HEXLOWER.encode(&wrong.auth_pw)})),
+    )
+    .await;
+    assert_errno(&r, 400, 103);
+    assert!(r.header("retry-after").is_none(), "no backoff on a permanent error");
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/login",
+        None,
+        Some(json!({"email": "nobody@example.org", "authPW": HEXLOWER.encode(&wrong.auth_pw)})),
+    )
+    .await;
+    assert_errno(&r, 400, 102);
+    let r = send(s.http.post(format!("{}/v1/account/login", s.base)).body("{not json")).await;
+    assert_errno(&r, 400, 106);
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/login",
+        None,
+        Some(json!({"email": "bo@example.org", "authPW": "short"})),
+    )
+    .await;
+    assert_errno(&r, 400, 107);
+    let r = page_sign_in_fails_twice(&s, &me).await;
+    assert_errno(&r, 400, 101);
+    // A Hawk header signed for another path does not verify.
+    let r = call(
+        &s,
+        Method::GET,
+        "/v1/session/status",
+        Some(hawk_header(&s, &me.session, "GET", "/v1/account/devices")),
+        None,
+    )
+    .await;
+    assert_errno(&r, 401, 109);
+    let r = call(
+        &s,
+        Method::GET,
+        "/v1/session/status",
+        Some(hawk_header(&s, &me.session, "GET", "/v1/session/status")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["uid"], me.uid.as_str());
+    let r = call(
+        &s,
+        Method::GET,
+        "/v1/session/status",
+        Some(format!("Bearer fxs_{}", "0".repeat(64))),
+        None,
+    )
+    .await;
+    assert_errno(&r, 401, 110);
+    // PKCE: a code is refused to a caller without the verifier (and is then spent).
+    let (_, code) = authorize(&s, &me, "the-right-verifier-the-right-verifier-right", "a.b.c.d.e").await;
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/oauth/token",
+        None,
+        Some(
+            json!({"grant_type": "authorization_code", "code": code, "client_id": DESKTOP, "code_verifier": "a-guess"}),
+        ),
+    )
+    .await;
+    assert_errno(&r, 400, 163);
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/oauth/token",
+        None,
+        Some(json!({"grant_type": "fxa-credentials", "client_id": "0000000000000000", "scope": OLDSYNC})),
+    )
+    .await;
+    assert_errno(&r, 400, 162);
+    // A session destroyed is gone.
+    let path = "/v1/session/destroy";
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        Some(hawk_header(&s, &me.session, "POST", path)),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = call(
+        &s,
+        Method::GET,
+        "/v1/session/status",
+        Some(format!("Bearer fxs_{}", me.session)),
+        None,
+    )
+    .await;
+    assert_errno(&r, 401, 110);
+    s.stop().await;
+}
+
+async fn page_sign_in_fails_twice(s: &TestServer, me: &SignedIn) -> Resp {
+    let _ = me;
+    let keys = onepw::stretch("bo@example.org", PASSWORD);
+    call(
+        s,
+        Method::POST,
+        "/v1/account/create",
+        None,
+        Some(json!({"email": "BO@example.org", "authPW": HEXLOWER.encode(&keys.auth_pw)})),
+    )
+    .await
+}
+
+/// Registration is closed unless the operator opens it, or asks for an invitation code.
+#[tokio::test]
+async fn sign_up_follows_the_registration_policy() {
+    let auth_pw = HEXLOWER.encode(&onepw::stretch("cy@example.org", PASSWORD).auth_pw);
+    let closed = TestServer::start().await;
+    let r = call(
+        &closed,
+        Method::POST,
+        "/v1/account/create",
+        None,
+        Some(json!({"email": "cy@example.org", "authPW": auth_pw})),
+    )
+    .await;
+    assert_errno(&r, 403, 125);
+    closed.stop().await;
+    let invite = TestServer::start_with(|l| {
+        l.account_registration = Some("invite".into());
+        l.account_invite_code = Some("let-me-in".into());
+    })
+    .await;
+    let r = call(
+        &invite,
+        Method::POST,
+        "/v1/account/create",
+        None,
+        Some(json!({"email": "cy@example.org", "authPW": auth_pw, "inviteCode": "guess"})),
+    )
+    .await;
+    assert_errno(&r, 403, 125);
+    let r = call(
+        &invite,
+        Method::POST,
+        "/v1/account/create",
+        None,
+        Some(json!({"email": "cy@example.org", "authPW": auth_pw, "inviteCode": "let-me-in"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    invite.stop().await;
+}
+
+/// The requests Firefox repeats after sign-in: profile, device registration and list,
+/// attached clients, the (empty) command queue, notify; and the public key.
+#[tokio::test]
+async fn profile_devices_and_commands_answer_as_firefox_expects() {
+    let s = open_server().await;
+    let me = page_sign_in(&s, "di@example.org", PASSWORD, true).await;
+    let path = "/v1/oauth/token";
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        Some(hawk_header(&s, &me.session, "POST", path)),
+        Some(json!({
+            "grant_type": "fxa-credentials", "client_id": DESKTOP, "scope": "profile",
+        })),
+    )
+    .await;
+    let profile_token = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = send(
+        s.http
+            .get(format!("{}/profile/v1/profile", s.base))
+            .bearer_auth(&profile_token),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let p = r.json();
+    assert_eq!(p["email"], "di@example.org");
+    assert!(p["avatar"].is_string(), "Firefox for Android needs a string");
+    // A profile token is no Sync token.
+    let r = send(
+        s.http
+            .get(format!("{}/1.0/sync/1.5", s.base))
+            .bearer_auth(&profile_token)
+            .header("x-keyid", "1-AAAAAAAAAAAAAAAAAAAAAA"),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+
+    let auth = |p: &str, m: &str| Some(hawk_header(&s, &me.session, m, p));
+    let body = json!({"name": "Ada's Firefox", "type": "desktop", "availableCommands": {"https://identity.mozilla.com/cmd/open-uri": "k"}});
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/device",
+        auth("/v1/account/device", "POST"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // The same session registering again updates its device, not a second one.
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/device",
+        auth("/v1/account/device", "POST"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(r.json()["id"], id.as_str());
+    let path = "/v1/account/devices?filterIdleDevicesTimestamp=0";
+    let r = call(&s, Method::GET, path, auth(path, "GET"), None).await;
+    let list = r.json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["name"], "renamed");
+    assert_eq!(list[0]["isCurrentDevice"], true);
+    assert!(list[0]["availableCommands"]["https://identity.mozilla.com/cmd/open-uri"].is_string());
+    let r = call(
+        &s,
+        Method::GET,
+        "/v1/account/attached_clients",
+        auth("/v1/account/attached_clients", "GET"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let path = "/v1/account/device/commands?index=0&limit=200";
+    let r = call(&s, Method::GET, path, auth(path, "GET"), None).await;
+    assert_eq!(r.json(), json!({"index": 0, "last": true, "messages": []}));
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/devices/notify",
+        None,
+        Some(json!({"to": "all"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Another account's session cannot rename this device.
+    let other = page_sign_in(&s, "eve@example.org", PASSWORD, true).await;
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/device",
+        Some(hawk_header(&s, &other.session, "POST", "/v1/account/device")),
+        Some(json!({"id": id, "name": "pwned"})),
+    )
+    .await;
+    assert_errno(&r, 400, 107);
+    let path = "/v1/account/devices";
+    let r = call(&s, Method::GET, path, auth(path, "GET"), None).await;
+    assert_eq!(r.json()[0]["name"], "renamed");
+    let jwks = call(&s, Method::GET, "/v1/jwks", None, None).await.json();
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert!(jwks["keys"][0].get("d").is_none(), "the public half only");
+    s.stop().await;
+}
