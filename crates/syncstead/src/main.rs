@@ -297,6 +297,12 @@ async fn serve(layer: ConfigLayer) -> CliResult<()> {
     if server.state.settings.token_server {
         say!("  token server       {public}/1.0/sync/1.5  (Firefox: identity.sync.tokenserver.uri)");
     }
+    if server.state.account_server.is_some() {
+        say!("  Syncstead accounts {public}/  (Firefox about:config: identity.fxaccounts.autoconfig.uri = {public})");
+        if scheme == "http" {
+            say!("                     over plain HTTP also set identity.fxaccounts.allowHttp = true (loopback only: the page needs a secure context)");
+        }
+    }
     if server.state.settings.storage_node {
         say!("  storage 1.5 node   {public}/1.5/<uid>");
     }

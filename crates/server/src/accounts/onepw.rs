@@ -178,6 +178,26 @@ mod tests {
         );
     }
 
+    /// The known answers the sign-in page's Node.js test checks too (vectors.json): the
+    /// server's bundle, kB, the Sync key and the session-token derivation agree.
+    #[test]
+    fn server_agrees_with_the_page_on_vectors_json() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../assets/accounts/vectors.json")).expect("vectors.json");
+        let hex = |k: &str| HEXLOWER.decode(v["server"][k].as_str().expect(k).as_bytes()).expect(k);
+        let keys = token_keys(&hex("keyFetchToken"), "keyFetchToken");
+        assert_eq!(key_bundle(&keys.bundle_key, &hex("kA"), &hex("wrapKb")), hex("bundle"));
+        let unwrap = stretch("andr\u{e9}@example.org", "p\u{e4}ssw\u{f6}rd").unwrap_b_key;
+        let kb = unwrap_kb(&hex("wrapKb"), &unwrap);
+        assert_eq!(kb, hex("kB"));
+        let (k, kid) = sync_key(&kb, v["server"]["keysChangedAt"].as_i64().expect("keysChangedAt"));
+        assert_eq!(data_encoding::BASE64URL_NOPAD.encode(&k), v["server"]["k"]);
+        assert_eq!(kid, v["server"]["kid"]);
+        let session = token_keys(&hex("sessionToken"), "sessionToken");
+        assert_eq!(session.id.to_vec(), hex("sessionTokenId"));
+        assert_eq!(session.auth_key.to_vec(), hex("sessionAuthKey"));
+    }
+
     #[test]
     fn bundle_round_trips_and_a_changed_byte_is_refused() {
         let (ka, wrap_kb, key) = ([1u8; 32], [2u8; 32], [3u8; 32]);
