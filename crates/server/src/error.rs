@@ -227,6 +227,9 @@ pub enum AccountsError {
     Forbidden(&'static str),
     #[error("this account has been disabled")]
     Disabled,
+    /// A device id the account does not have (any more): Firefox then registers anew.
+    #[error("unknown device")]
+    UnknownDevice,
     #[error("unknown OAuth client")]
     UnknownClient,
     #[error("invalid or expired authorization code")]
@@ -251,6 +254,7 @@ impl IntoResponse for AccountsError {
             E::BadSignature => (StatusCode::UNAUTHORIZED, 109),
             E::InvalidToken => (StatusCode::UNAUTHORIZED, 110),
             E::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 114),
+            E::UnknownDevice => (StatusCode::BAD_REQUEST, 123),
             E::Disabled => (StatusCode::BAD_REQUEST, 127),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, 125),
             E::UnknownClient => (StatusCode::BAD_REQUEST, 162),

@@ -21,7 +21,12 @@ async fn open_server() -> TestServer {
 
 /// A Hawk header signed with a session token's key, as Firefox signs account requests.
 fn hawk_header(s: &TestServer, token_hex: &str, method: &str, path: &str) -> String {
-    let keys = onepw::token_keys(&HEXLOWER.decode(token_hex.as_bytes()).unwrap(), "sessionToken");
+    hawk_header_for(s, token_hex, "sessionToken", method, path)
+}
+
+/// A Hawk header signed with the key of a token of kind `name` (onepw's HKDF label).
+fn hawk_header_for(s: &TestServer, token_hex: &str, name: &str, method: &str, path: &str) -> String {
+    let keys = onepw::token_keys(&HEXLOWER.decode(token_hex.as_bytes()).unwrap(), name);
     let url = reqwest::Url::parse(&format!("{}{path}", s.base)).unwrap();
     let creds = hawk::Credentials {
         id: HEXLOWER.encode(&keys.id),
@@ -403,6 +408,140 @@ async fn wrong_passwords_signatures_and_tokens_get_the_account_servers_errors() 
     s.stop().await;
 }
 
+/// The token server's answer for a signed-in device, as Firefox gets it: scoped-key data
+/// for the kid, an access token by the fxa-credentials grant, then `/1.0/sync/1.5`.
+async fn sync_token(s: &TestServer, who: &SignedIn) -> Value {
+    let auth = || Some(format!("Bearer fxs_{}", who.session));
+    let body = json!({"client_id": DESKTOP, "scope": OLDSYNC});
+    let r = call(s, Method::POST, "/v1/account/scoped-key-data", auth(), Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rotation = r.json()[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap();
+    let body = json!({"grant_type": "fxa-credentials", "client_id": DESKTOP, "scope": OLDSYNC});
+    let r = call(s, Method::POST, "/v1/oauth/token", auth(), Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let access = r.json()["access_token"].as_str().unwrap().to_string();
+    let (_, kid) = onepw::sync_key(&who.kb, rotation);
+    let url = format!("{}/1.0/sync/1.5", s.base);
+    let r = send(s.http.get(url).bearer_auth(access).header("x-keyid", kid)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()
+}
+
+/// What the page's "Change password" does: prove the old password, unwrap kB with it, and
+/// hand the server kB wrapped under the new one. Answers the finish step's response.
+async fn change_password(s: &TestServer, email: &str, old: &str, new: &str) -> Resp {
+    let o = onepw::stretch(email, old);
+    let body = json!({"email": email, "oldAuthPW": HEXLOWER.encode(&o.auth_pw)});
+    let r = call(s, Method::POST, "/v1/password/change/start", None, Some(body)).await;
+    if r.status != 200 {
+        return r;
+    }
+    let start = r.json();
+    let fetch = start["keyFetchToken"].as_str().unwrap();
+    let r = call(
+        s,
+        Method::GET,
+        "/v1/account/keys",
+        Some(format!("Bearer fxk_{fetch}")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let bundle = HEXLOWER
+        .decode(r.json()["bundle"].as_str().unwrap().as_bytes())
+        .unwrap();
+    let fetch_keys = onepw::token_keys(&HEXLOWER.decode(fetch.as_bytes()).unwrap(), "keyFetchToken");
+    let (_, wrap_kb) = onepw::open_bundle(&fetch_keys.bundle_key, &bundle).unwrap();
+    let kb = onepw::unwrap_kb(&wrap_kb, &o.unwrap_b_key);
+    let n = onepw::stretch(email, new);
+    // wrapKb = kB XOR the new password's unwrapBKey (the same XOR that unwraps).
+    let body = json!({
+        "authPW": HEXLOWER.encode(&n.auth_pw),
+        "wrapKb": HEXLOWER.encode(&onepw::unwrap_kb(&kb, &n.unwrap_b_key)),
+    });
+    let change = start["passwordChangeToken"].as_str().unwrap();
+    let path = "/v1/password/change/finish?keys=true";
+    let hawk = hawk_header_for(s, change, "passwordChangeToken", "POST", path);
+    let r = call(s, Method::POST, path, Some(hawk.clone()), Some(body.clone())).await;
+    // The change token is good once.
+    let again = call(s, Method::POST, path, Some(hawk), Some(body)).await;
+    assert_errno(&again, 401, 110);
+    r
+}
+
+/// A password change keeps kB, the kid and the Sync bucket (accounts.md), signs out every
+/// other session, and the old password stops working.
+#[tokio::test]
+async fn password_change_keeps_the_keys_and_the_bucket() {
+    let s = open_server().await;
+    let email = "cy@example.org";
+    let first = page_sign_in(&s, email, PASSWORD, true).await;
+    let before = sync_token(&s, &first).await;
+    let path = "/v1/account/device";
+    let auth = Some(format!("Bearer fxs_{}", first.session));
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        auth,
+        Some(json!({"name": "laptop", "type": "desktop"})),
+    )
+    .await;
+    let device = r.json()["id"].as_str().unwrap().to_string();
+    let r = change_password(&s, email, "not the password", "a brand new password").await;
+    assert_errno(&r, 400, 103);
+    let r = change_password(&s, email, PASSWORD, "a brand new password").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["uid"], first.uid.as_str());
+    assert!(v["sessionToken"].is_string() && v["keyFetchToken"].is_string(), "{v}");
+    let r = call(
+        &s,
+        Method::GET,
+        "/v1/session/status",
+        Some(format!("Bearer fxs_{}", first.session)),
+        None,
+    )
+    .await;
+    assert_errno(&r, 401, 110);
+    let old = onepw::stretch(email, PASSWORD);
+    let body = json!({"email": email, "authPW": HEXLOWER.encode(&old.auth_pw)});
+    let r = call(&s, Method::POST, "/v1/account/login", None, Some(body)).await;
+    assert_errno(&r, 400, 103);
+    let again = page_sign_in(&s, email, "a brand new password", false).await;
+    assert_eq!(again.kb, first.kb, "a password change keeps kB");
+    let after = sync_token(&s, &again).await;
+    assert_eq!(after["uid"], before["uid"], "the same Sync bucket");
+    // The device outlives its ended session: Firefox keeps its device id when it signs in
+    // again, and its update attaches the device to the new session.
+    let auth = || Some(format!("Bearer fxs_{}", again.session));
+    let list = call(&s, Method::GET, "/v1/account/devices", auth(), None).await.json();
+    assert_eq!(list[0]["id"], device.as_str(), "{list}");
+    assert_eq!(list[0]["isCurrentDevice"], false);
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        auth(),
+        Some(json!({"id": device, "name": "laptop"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["isCurrentDevice"], true);
+    // A change token cannot be forged from a session token.
+    let path = "/v1/password/change/finish";
+    let r = call(
+        &s,
+        Method::POST,
+        path,
+        Some(format!("Bearer fxp_{}", again.session)),
+        Some(json!({"authPW": "0".repeat(64), "wrapKb": "0".repeat(64)})),
+    )
+    .await;
+    assert_errno(&r, 401, 110);
+    s.stop().await;
+}
+
 async fn page_sign_in_fails_twice(s: &TestServer, me: &SignedIn) -> Resp {
     let _ = me;
     let keys = onepw::stretch("bo@example.org", PASSWORD);
@@ -545,7 +684,8 @@ async fn profile_devices_and_commands_answer_as_firefox_expects() {
     )
     .await;
     assert_eq!(r.status, 200);
-    // Another account's session cannot rename this device.
+    // Another account's session cannot rename this device: to it the id is unknown (123,
+    // on which Firefox registers a new device rather than giving up).
     let other = page_sign_in(&s, "eve@example.org", PASSWORD, true).await;
     let r = call(
         &s,
@@ -555,7 +695,7 @@ async fn profile_devices_and_commands_answer_as_firefox_expects() {
         Some(json!({"id": id, "name": "pwned"})),
     )
     .await;
-    assert_errno(&r, 400, 107);
+    assert_errno(&r, 400, 123);
     let path = "/v1/account/devices";
     let r = call(&s, Method::GET, path, auth(path, "GET"), None).await;
     assert_eq!(r.json()[0]["name"], "renamed");

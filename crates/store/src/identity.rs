@@ -33,6 +33,8 @@ pub enum TokenKind {
     Session,
     KeyFetch,
     Refresh,
+    /// Authorises the second step of a password change, once.
+    PasswordChange,
 }
 
 impl TokenKind {
@@ -41,6 +43,7 @@ impl TokenKind {
             TokenKind::Session => "session",
             TokenKind::KeyFetch => "key_fetch",
             TokenKind::Refresh => "refresh",
+            TokenKind::PasswordChange => "password_change",
         }
     }
 }
@@ -108,7 +111,8 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn identities(&self) -> StoreResult<Vec<Identity>>;
     /// Disabling also ends every session and refresh token of the account.
     async fn set_identity_disabled(&self, uid: &str, disabled: bool) -> StoreResult<bool>;
-    /// Replaces the credentials and ends every token of the account (its devices go too).
+    /// Replaces the credentials and ends every token of the account. With new keys (a
+    /// reset) the devices go too; a password change keeps them, detached.
     async fn set_credentials(&self, uid: &str, credentials: &Credentials) -> StoreResult<bool>;
     /// Deletes the account, its tokens and devices, and the Sync data of the token-server
     /// user `sync_email` stands for.
@@ -154,6 +158,7 @@ fn token_from(mut r: Row) -> StoreResult<AuthToken> {
     let kind = match r.text(1)?.as_str() {
         "session" => TokenKind::Session,
         "key_fetch" => TokenKind::KeyFetch,
+        "password_change" => TokenKind::PasswordChange,
         _ => TokenKind::Refresh,
     };
     Ok(AuthToken {
@@ -342,8 +347,19 @@ impl<E: Engine> IdentityStore for Db<E> {
                         ],
                     )
                     .await?;
-                if changed > 0 {
+                if changed > 0 && c.new_keys.is_some() {
                     end_sessions(tx, uid).await?;
+                } else if changed > 0 {
+                    // A password change keeps the devices, detached from their ended
+                    // sessions: Firefox keeps its device id when it signs in again, and
+                    // the others would otherwise take it for a stale client.
+                    tx.execute("DELETE FROM identity_tokens WHERE uid = $1", &[uid.into()])
+                        .await?;
+                    tx.execute(
+                        "UPDATE identity_devices SET token_id = NULL WHERE uid = $1",
+                        &[uid.into()],
+                    )
+                    .await?;
                 }
                 Ok(changed > 0)
             })

@@ -685,3 +685,165 @@ fn doctor_finds_what_stops_the_server() {
         "{text}"
     );
 }
+
+/// The client half of an account sign-in over HTTP, as the sign-in page does it: login
+/// with keys, the key bundle, kB; then the token server's answer for that kB. Answers the
+/// login's errno on a refusal.
+async fn account_sign_in(addr: &str, email: &str, password: &str) -> Result<(Vec<u8>, serde_json::Value), i64> {
+    use data_encoding::HEXLOWER;
+    use serde_json::json;
+    use syncstead_server::accounts::onepw;
+    const OLDSYNC: &str = "https://identity.mozilla.com/apps/oldsync";
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let keys = onepw::stretch(email, password);
+    let body = json!({"email": email, "authPW": HEXLOWER.encode(&keys.auth_pw)});
+    let r = http
+        .post(format!("{base}/v1/account/login?keys=true"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let ok = r.status().is_success();
+    let v: serde_json::Value = r.json().await.unwrap();
+    if !ok {
+        return Err(v["errno"].as_i64().unwrap());
+    }
+    let (session, fetch) = (
+        v["sessionToken"].as_str().unwrap(),
+        v["keyFetchToken"].as_str().unwrap(),
+    );
+    let get = |path: &str, token: String| http.get(format!("{base}{path}")).bearer_auth(token);
+    let bundle: serde_json::Value = get("/v1/account/keys", format!("fxk_{fetch}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bundle = HEXLOWER.decode(bundle["bundle"].as_str().unwrap().as_bytes()).unwrap();
+    let fetch_keys = onepw::token_keys(&HEXLOWER.decode(fetch.as_bytes()).unwrap(), "keyFetchToken");
+    let (_, wrap_kb) = onepw::open_bundle(&fetch_keys.bundle_key, &bundle).unwrap();
+    let kb = onepw::unwrap_kb(&wrap_kb, &keys.unwrap_b_key);
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(format!("fxs_{session}"))
+            .json(&body)
+    };
+    let data: serde_json::Value = post(
+        "/v1/account/scoped-key-data",
+        json!({"client_id": "5882386c6d801776", "scope": OLDSYNC}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let rotation = data[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap();
+    let grant = json!({"grant_type": "fxa-credentials", "client_id": "5882386c6d801776", "scope": OLDSYNC});
+    let t: serde_json::Value = post("/v1/oauth/token", grant)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, kid) = onepw::sync_key(&kb, rotation);
+    let r = http
+        .get(format!("{base}/1.0/sync/1.5"))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .header("x-keyid", kid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    Ok((kb, r.json().await.unwrap()))
+}
+
+/// `syncstead account add|list|disable|enable|reset|delete` for Syncstead's own accounts,
+/// checked against a running server: a reset gives new keys and a fresh, empty Sync
+/// bucket (T10-040: new keys, new uid); a delete takes the account's Sync data with it.
+#[test]
+fn syncstead_account_admin_commands() {
+    use syncstead_proto::token::Credentials;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (child, addr) = spawn_server(d, &[]);
+    let run = |args: &[&str], stdin: &str| run_with_stdin(d, args, stdin);
+    let email = "eve@example.org";
+    assert!(run(&["account", "add", email], "first password\n").0);
+    assert!(
+        !run(&["account", "add", "EVE@example.org"], "first password\n").0,
+        "exists"
+    );
+    assert!(!run(&["account", "add", "x@example.org"], "short\n").0, "weak password");
+    let (_, list) = run(&["account", "list"], "");
+    let line = list
+        .lines()
+        .find(|l| l.contains(email))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("active"), "{list}");
+    let uid = line.split_whitespace().next().unwrap().to_string();
+
+    let (kb, token) = rt.block_on(account_sign_in(&addr, email, "first password")).unwrap();
+    let bucket = |t: &serde_json::Value| {
+        let creds = Credentials {
+            id: t["id"].as_str().unwrap().into(),
+            key: t["key"].as_str().unwrap().into(),
+        };
+        syncstead_client::StorageClient::new(reqwest::Client::new(), t["api_endpoint"].as_str().unwrap(), creds)
+            .unwrap()
+    };
+    let first = bucket(&token);
+    let put = first
+        .request(reqwest::Method::PUT, "/storage/bookmarks/abcdefghijkl")
+        .unwrap()
+        .json(&serde_json::json!({"payload": "encrypted"}));
+    assert_eq!(rt.block_on(put.send()).unwrap().status(), 200);
+
+    assert!(run(&["account", "disable", email], "").0);
+    assert_eq!(
+        rt.block_on(account_sign_in(&addr, email, "first password")).err(),
+        Some(127)
+    );
+    assert!(run(&["account", "enable", &uid], "").0);
+    let (again, _) = rt.block_on(account_sign_in(&addr, email, "first password")).unwrap();
+    assert_eq!(again, kb);
+
+    assert!(run(&["account", "reset", email], "second password\n").0);
+    assert_eq!(
+        rt.block_on(account_sign_in(&addr, email, "first password")).err(),
+        Some(103)
+    );
+    let (new_kb, new_token) = rt.block_on(account_sign_in(&addr, email, "second password")).unwrap();
+    assert_ne!(new_kb, kb, "a reset makes a new kB");
+    assert_ne!(new_token["uid"], token["uid"], "and a fresh bucket");
+    let fresh = bucket(&new_token);
+    let r = rt
+        .block_on(fresh.request(reqwest::Method::GET, "/info/collections").unwrap().send())
+        .unwrap();
+    assert_eq!(rt.block_on(r.text()).unwrap(), "{}");
+
+    assert!(run(&["account", "delete", email], "").0);
+    assert!(!run(&["account", "delete", email], "").0, "gone");
+    assert_eq!(
+        rt.block_on(account_sign_in(&addr, email, "second password")).err(),
+        Some(102)
+    );
+    // The old bucket's credentials are still signed and unexpired, but its data is gone.
+    let r = rt
+        .block_on(
+            first
+                .request(reqwest::Method::GET, "/storage/bookmarks/abcdefghijkl")
+                .unwrap()
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    stop(child);
+}

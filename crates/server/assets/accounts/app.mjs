@@ -7,6 +7,7 @@ const REDIRECT = "urn:ietf:wg:oauth:2.0:oob:oauth-redirect-webchannel";
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 let signUp = location.pathname === "/signup";
+let changing = location.pathname === "/settings/change_password";
 
 function status(text, error = false) {
   $("status").textContent = text;
@@ -74,11 +75,41 @@ function explain(e) {
   }
 }
 
-async function signIn(email, password, invite) {
-  const fromFirefox = params.get("context") === "oauth_webchannel_v1" || params.has("keys_jwk");
+function needCrypto() {
   if (!globalThis.crypto || !globalThis.crypto.subtle) {
     throw new Error("This page needs HTTPS (or localhost): the browser offers no WebCrypto here.");
   }
+}
+
+/** kB, from a key-fetch token and the password's unwrapBKey. */
+async function fetchKb(keyFetchToken, unwrapBKey) {
+  const { bundle } = await api("/account/keys", undefined, `fxk_${keyFetchToken}`);
+  const fetchKeys = await onepw.tokenKeys(onepw.fromHex(keyFetchToken), "keyFetchToken");
+  const { wrapKb } = await onepw.openBundle(fetchKeys.bundleKey, onepw.fromHex(bundle));
+  return onepw.unwrapKb(wrapKb, unwrapBKey);
+}
+
+/** A password change keeps kB: unwrapped with the old password, wrapped again with the new. */
+async function changePassword(email, oldPassword, newPassword) {
+  needCrypto();
+  status("Checking your password…");
+  const old = await onepw.stretch(email, oldPassword);
+  const start = await api("/password/change/start", { email, oldAuthPW: onepw.toHex(old.authPW) });
+  const kB = await fetchKb(start.keyFetchToken, old.unwrapBKey);
+  status("Wrapping your key with the new password…");
+  const fresh = await onepw.stretch(email, newPassword);
+  await api(
+    "/password/change/finish",
+    { authPW: onepw.toHex(fresh.authPW), wrapKb: onepw.toHex(onepw.wrapKb(kB, fresh.unwrapBKey)) },
+    `fxp_${start.passwordChangeToken}`,
+  );
+  status("Password changed. Your synced data is kept; each device asks for the new password once.");
+  document.body.dataset.state = "changed";
+}
+
+async function signIn(email, password, invite) {
+  const fromFirefox = params.get("context") === "oauth_webchannel_v1" || params.has("keys_jwk");
+  needCrypto();
   if (fromFirefox) await send("fxaccounts:fxa_status", { service: "sync", context: params.get("context") }, 1000);
   status("Checking your password…");
   const { authPW, unwrapBKey } = await onepw.stretch(email, password);
@@ -86,10 +117,7 @@ async function signIn(email, password, invite) {
   if (signUp && invite) body.inviteCode = invite;
   const session = await api(signUp ? "/account/create?keys=true" : "/account/login?keys=true", body);
   status("Unlocking your keys…");
-  const { bundle } = await api("/account/keys", undefined, `fxk_${session.keyFetchToken}`);
-  const fetchKeys = await onepw.tokenKeys(onepw.fromHex(session.keyFetchToken), "keyFetchToken");
-  const { wrapKb } = await onepw.openBundle(fetchKeys.bundleKey, onepw.fromHex(bundle));
-  const kB = onepw.unwrapKb(wrapKb, unwrapBKey);
+  const kB = await fetchKb(session.keyFetchToken, unwrapBKey);
   if (!fromFirefox) {
     status("Your password is right. To sync, open this page from Firefox: Settings, Sync, Sign in.");
     document.body.dataset.state = "verified";
@@ -140,10 +168,15 @@ async function signIn(email, password, invite) {
 }
 
 function render() {
-  $("title").textContent = signUp ? "Create a Sync account" : "Sign in to Sync";
-  $("submit").textContent = signUp ? "Create account" : "Sign in";
+  $("title").textContent = changing ? "Change your password" : signUp ? "Create a Sync account" : "Sign in to Sync";
+  $("submit").textContent = changing ? "Change password" : signUp ? "Create account" : "Sign in";
   $("toggle").textContent = signUp ? "I have an account" : "Create an account";
-  $("invite-row").hidden = !signUp;
+  $("toggle").hidden = changing;
+  $("change").hidden = changing || signUp;
+  $("invite-row").hidden = !signUp || changing;
+  $("new-row").hidden = !changing;
+  $("new-password").required = changing;
+  $("password-label").textContent = changing ? "Current password" : "Password";
   $("password").autocomplete = signUp ? "new-password" : "current-password";
 }
 
@@ -151,12 +184,17 @@ $("toggle").addEventListener("click", () => {
   signUp = !signUp;
   render();
 });
+$("change").addEventListener("click", () => {
+  changing = true;
+  render();
+});
 $("form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   $("submit").disabled = true;
   try {
     const email = $("email").value.trim().toLowerCase();
-    await signIn(email, $("password").value, $("invite").value.trim());
+    if (changing) await changePassword(email, $("password").value, $("new-password").value);
+    else await signIn(email, $("password").value, $("invite").value.trim());
   } catch (e) {
     status(explain(e), true);
   } finally {

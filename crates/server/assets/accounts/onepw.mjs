@@ -89,6 +89,11 @@ export function unwrapKb(wrapKb, unwrapBKey) {
   return xor(wrapKb, unwrapBKey);
 }
 
+/** kB wrapped for a new password (a password change keeps kB, so the Sync data stays readable). */
+export function wrapKb(kB, unwrapBKey) {
+  return xor(kB, unwrapBKey);
+}
+
 /** The Sync key: k = HKDF(kB, "oldsync", 64), kid = "<keysChangedAt ms>-<b64url(SHA-256(kB)[0:16])>". */
 export async function syncKey(kB, keysChangedAt) {
   const k = await hkdf(kB, "oldsync", 64);

@@ -122,6 +122,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/account/keys", get(keys))
         .route("/v1/account/scoped-key-data", post(scoped_key_data))
         .route("/v1/account/status", get(account_status).post(account_status_by_email))
+        .route("/v1/password/change/start", post(change_start))
+        .route("/v1/password/change/finish", post(change_finish))
         .route("/v1/session/status", get(session_status))
         .route("/v1/session/destroy", post(session_destroy))
         .route("/v1/recovery_email/status", get(email_status))
@@ -184,8 +186,10 @@ fn normalise_email(email: &str) -> Result<String> {
 // ---- authentication -------------------------------------------------------------------
 
 /// The token a request is authorised by: `Hawk id=…` (its MAC checked with the token's
-/// key, which Mozilla's server skips), `Bearer fxs_<hex>` / `fxk_<hex>` (Firefox 154+,
-/// the token id or the token itself), or for device routes `Bearer <refresh token>`.
+/// key, which Mozilla's server skips), `Bearer fxs_<hex>` / `fxk_<hex>` / `fxp_<hex>`
+/// (the session form is Firefox 154+'s; the key-fetch and password-change forms are the
+/// sign-in page's, which signs no Hawk), each with the token id or the token itself, or
+/// for device routes `Bearer <refresh token>`.
 async fn authorise(
     state: &AppState,
     method: &Method,
@@ -209,15 +213,16 @@ async fn authorise(
     let prefix = match kind {
         TokenKind::Session => "fxs_",
         TokenKind::KeyFetch => "fxk_",
+        TokenKind::PasswordChange => "fxp_",
         TokenKind::Refresh => "",
     };
     let token = match bearer.strip_prefix(prefix).filter(|_| !prefix.is_empty()) {
         Some(hex) => {
             let raw = hex32(hex, "authorization").map_err(|_| AccountsError::InvalidToken)?;
-            let name = if kind == TokenKind::Session {
-                "sessionToken"
-            } else {
-                "keyFetchToken"
+            let name = match kind {
+                TokenKind::Session => "sessionToken",
+                TokenKind::PasswordChange => "passwordChangeToken",
+                _ => "keyFetchToken",
             };
             let derived = HEXLOWER.encode(&onepw::token_keys(&raw, name).id);
             match store.token(&hex.to_ascii_lowercase(), kind).await? {
@@ -390,11 +395,22 @@ async fn login(
     ClientAddr(addr): ClientAddr,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    let srv = server(&state)?;
     let b: CredentialsBody = parse(&body)?;
-    let email = normalise_email(&b.email)?;
-    let auth_pw = hex32(&b.auth_pw, "authPW")?;
-    // Throttling is decided before any scrypt runs; counted ahead, forgiven on success.
+    let (identity, stretched) = check_password(&state, addr, &b.email, &b.auth_pw).await?;
+    signed_in(&state, &identity, &stretched, q.keys.as_deref() == Some("true")).await
+}
+
+/// The account of `email` if `auth_pw` is its password. Throttling is decided before any
+/// scrypt runs: counted ahead, forgiven on success.
+async fn check_password(
+    state: &AppState,
+    addr: Option<std::net::IpAddr>,
+    email: &str,
+    auth_pw: &str,
+) -> Result<(Identity, onepw::Stretched)> {
+    let srv = server(state)?;
+    let email = normalise_email(email)?;
+    let auth_pw = hex32(auth_pw, "authPW")?;
     let pair = pair_key(&email, addr);
     let address = addr.map(|a| a.to_string()).unwrap_or_default();
     srv.pairs
@@ -418,11 +434,10 @@ async fn login(
     }
     srv.pairs.success(&pair);
     srv.addresses.forgive(&address);
-    signed_in(&state, &identity, &stretched, q.keys.as_deref() == Some("true")).await
+    Ok((identity, stretched))
 }
 
-/// A new session token, and with `keys` a single-use key-fetch token whose bundle is
-/// made now, while the password's stretch can unwrap wrapKb.
+/// A new session token, and with `keys` a single-use key-fetch token.
 async fn signed_in(
     state: &AppState,
     identity: &Identity,
@@ -437,26 +452,118 @@ async fn signed_in(
         "authAt": now_ms() / 1000,
     });
     if keys {
-        let token = random::<32>();
-        let k = onepw::token_keys(&token, "keyFetchToken");
-        let wrap_kb = stretched.wrap(&hex32(&identity.wrap_wrap_kb, "wrapWrapKb")?);
-        let bundle = onepw::key_bundle(&k.bundle_key, &hex32(&identity.ka, "kA")?, &wrap_kb);
-        let now = now_ms();
-        state
-            .identities
-            .put_token(&AuthToken {
-                id: HEXLOWER.encode(&k.id),
-                kind: TokenKind::KeyFetch,
-                uid: identity.uid.clone(),
-                data: format!("{}:{}", HEXLOWER.encode(&k.auth_key), HEXLOWER.encode(&bundle)),
-                client_id: None,
-                created_at: now,
-                expires_at: Some(now + KEY_FETCH_LIFETIME_MS),
-            })
-            .await?;
-        out["keyFetchToken"] = HEXLOWER.encode(&token).into();
+        out["keyFetchToken"] = key_fetch_token(state, identity, stretched).await?.into();
     }
     Ok(Json(out))
+}
+
+/// A single-use key-fetch token (hex) whose bundle is made now, while the password's
+/// stretch can unwrap wrapKb.
+async fn key_fetch_token(state: &AppState, identity: &Identity, stretched: &onepw::Stretched) -> Result<String> {
+    let token = random::<32>();
+    let k = onepw::token_keys(&token, "keyFetchToken");
+    let wrap_kb = stretched.wrap(&hex32(&identity.wrap_wrap_kb, "wrapWrapKb")?);
+    let bundle = onepw::key_bundle(&k.bundle_key, &hex32(&identity.ka, "kA")?, &wrap_kb);
+    let now = now_ms();
+    state
+        .identities
+        .put_token(&AuthToken {
+            id: HEXLOWER.encode(&k.id),
+            kind: TokenKind::KeyFetch,
+            uid: identity.uid.clone(),
+            data: format!("{}:{}", HEXLOWER.encode(&k.auth_key), HEXLOWER.encode(&bundle)),
+            client_id: None,
+            created_at: now,
+            expires_at: Some(now + KEY_FETCH_LIFETIME_MS),
+        })
+        .await?;
+    Ok(HEXLOWER.encode(&token))
+}
+
+// ---- password change --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ChangeStartBody {
+    email: String,
+    #[serde(rename = "oldAuthPW")]
+    old_auth_pw: String,
+}
+
+/// The first step of a password change: the old password proven, a key-fetch token (so
+/// the page can unwrap kB with the old password) and a single-use change token.
+async fn change_start(State(state): State<AppState>, ClientAddr(addr): ClientAddr, body: Bytes) -> Result<Json<Value>> {
+    let b: ChangeStartBody = parse(&body)?;
+    let (identity, stretched) = check_password(&state, addr, &b.email, &b.old_auth_pw).await?;
+    let key_fetch = key_fetch_token(&state, &identity, &stretched).await?;
+    let token = random::<32>();
+    let k = onepw::token_keys(&token, "passwordChangeToken");
+    let now = now_ms();
+    state
+        .identities
+        .put_token(&AuthToken {
+            id: HEXLOWER.encode(&k.id),
+            kind: TokenKind::PasswordChange,
+            uid: identity.uid.clone(),
+            data: HEXLOWER.encode(&k.auth_key),
+            client_id: None,
+            created_at: now,
+            expires_at: Some(now + KEY_FETCH_LIFETIME_MS),
+        })
+        .await?;
+    Ok(Json(json!({
+        "keyFetchToken": key_fetch,
+        "passwordChangeToken": HEXLOWER.encode(&token),
+        "verified": true,
+    })))
+}
+
+#[derive(Deserialize)]
+struct ChangeFinishBody {
+    #[serde(rename = "authPW")]
+    auth_pw: String,
+    #[serde(rename = "wrapKb")]
+    wrap_kb: String,
+}
+
+/// The second step: the new password's authPW and kB re-wrapped by the page under it. The
+/// server never sees kB; it keeps kA and the keys-changed time, so the account's Sync
+/// data stays readable. Every other sign-in ends; the caller gets a new session.
+async fn change_finish(
+    State(state): State<AppState>,
+    Query(q): Query<KeysQuery>,
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    server(&state)?;
+    let token = authorise(&state, &method, &uri, &headers, TokenKind::PasswordChange).await?;
+    let b: ChangeFinishBody = parse(&body)?;
+    let auth_pw = hex32(&b.auth_pw, "authPW")?;
+    let wrap_kb = hex32(&b.wrap_kb, "wrapKb")?;
+    state
+        .identities
+        .take_token(&token.id, TokenKind::PasswordChange)
+        .await?
+        .ok_or(AccountsError::InvalidToken)?;
+    let salt = random::<32>();
+    let stretched = stretch(&state.weave.hasher, auth_pw, salt.to_vec()).await?;
+    let credentials = Credentials {
+        auth_salt: HEXLOWER.encode(&salt),
+        verify_hash: HEXLOWER.encode(&stretched.verify_hash()),
+        wrap_wrap_kb: HEXLOWER.encode(&stretched.wrap(&wrap_kb)),
+        new_keys: None,
+    };
+    if !state.identities.set_credentials(&token.uid, &credentials).await? {
+        return Err(AccountsError::InvalidToken);
+    }
+    tracing::info!(uid = %token.uid, "password changed");
+    let identity = state
+        .identities
+        .identity(&token.uid)
+        .await?
+        .ok_or(AccountsError::InvalidToken)?;
+    signed_in(&state, &identity, &stretched, q.keys.as_deref() == Some("true")).await
 }
 
 /// A new session token (hex), kept by its derived id with its Hawk key.
@@ -950,7 +1057,7 @@ async fn device(
             mine.iter()
                 .find(|d| &d.id == id)
                 .cloned()
-                .ok_or(AccountsError::BadParameter("id"))?,
+                .ok_or(AccountsError::UnknownDevice)?,
         ),
         None => mine
             .iter()
@@ -976,6 +1083,9 @@ async fn device(
         created_at: now,
         last_access: now,
     });
+    // A device that signed in again (after a password change, say) is the device of
+    // this session from now on.
+    d.token_id = Some(s.id.clone());
     if let Some(n) = name {
         d.name = n;
     }

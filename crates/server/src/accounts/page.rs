@@ -16,6 +16,7 @@ pub const PATHS: &[&str] = &[
     "/authorization",
     "/force_auth",
     "/settings",
+    "/settings/change_password",
 ];
 
 const HTML: &str = include_str!("../../assets/accounts/index.html");

@@ -82,3 +82,13 @@ test("the Concat KDF frames its input as RFC 7518 §4.6.2 says", async () => {
   );
   assert.deepEqual(await o.concatKdf(z, "A256GCM"), expected);
 });
+
+test("a password change re-wraps the same kB under the new password", async () => {
+  const keys = await o.tokenKeys(o.fromHex(v.server.keyFetchToken), "keyFetchToken");
+  const { wrapKb } = await o.openBundle(keys.bundleKey, o.fromHex(v.server.bundle));
+  const kB = o.unwrapKb(wrapKb, o.fromHex(v.mozilla.unwrapBKey));
+  const fresh = await o.stretch(v.mozilla.email, "another password entirely");
+  const rewrapped = o.wrapKb(kB, fresh.unwrapBKey);
+  assert.notEqual(o.toHex(rewrapped), o.toHex(wrapKb));
+  assert.equal(o.toHex(o.unwrapKb(rewrapped, fresh.unwrapBKey)), v.server.kB);
+});
