@@ -344,16 +344,14 @@ async fn wrong_passwords_signatures_and_tokens_get_the_account_servers_errors() 
     )
     .await;
     assert_errno(&r, 401, 109);
-    let r = call(
-        &s,
-        Method::GET,
-        "/v1/session/status",
-        Some(hawk_header(&s, &me.session, "GET", "/v1/session/status")),
-        None,
-    )
-    .await;
+    let signed = hawk_header(&s, &me.session, "GET", "/v1/session/status");
+    let r = call(&s, Method::GET, "/v1/session/status", Some(signed.clone()), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["uid"], me.uid.as_str());
+    // The same signed request again is a replay (T10-118's rule, on every process that
+    // shares the PostgreSQL database).
+    let r = call(&s, Method::GET, "/v1/session/status", Some(signed), None).await;
+    assert_errno(&r, 401, 109);
     let r = call(
         &s,
         Method::GET,

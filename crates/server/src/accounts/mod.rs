@@ -207,6 +207,17 @@ async fn authorise(
         let id = hawk.id.as_deref().ok_or(AccountsError::InvalidToken)?;
         let token = store.token(id, kind).await?.ok_or(AccountsError::InvalidToken)?;
         check_mac(&state.hawk, &token, &hawk, method, uri, headers)?;
+        // A captured request cannot be sent again (the same rule as storage's, T10-118).
+        let nonce = state.hawk.account_nonce(id, &hawk);
+        state
+            .hawk
+            .remember(state.nonces.as_ref(), nonce)
+            .await
+            .map_err(|e| match e {
+                crate::error::ApiError::Unauthorized(_) => AccountsError::BadSignature,
+                crate::error::ApiError::Backend(e) => AccountsError::Store(e),
+                _ => AccountsError::Unavailable { retry_after: 60 },
+            })?;
         return live(state, token).await;
     }
     let bearer = auth.strip_prefix("Bearer ").ok_or(AccountsError::InvalidToken)?.trim();

@@ -277,6 +277,21 @@ impl HawkVerifier {
         }
     }
 
+    /// The nonce of a request signed with an account token (id `id`), kept for as long as
+    /// its timestamp is acceptable: those tokens have no expiry of their own.
+    pub fn account_nonce(&self, id: &str, header: &hawk::Header) -> NonceKey {
+        let ts = header
+            .ts
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let nonce = header.nonce.as_deref().unwrap_or("");
+        NonceKey {
+            token: self.keyed(&[id.as_bytes()]),
+            key: self.keyed(&[id.as_bytes(), &ts.to_be_bytes(), nonce.as_bytes()]),
+            until: ts + self.skew.as_secs() + 1,
+        }
+    }
+
     fn keyed(&self, parts: &[&[u8]]) -> u64 {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
