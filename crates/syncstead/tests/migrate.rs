@@ -14,7 +14,10 @@ use syncstead_proto::query::{CollectionQuery, Sort};
 use syncstead_proto::tokenserver::Claims;
 use syncstead_proto::{BsoInput, SyncTimestamp};
 use syncstead_store::testing::ScratchSchema;
-use syncstead_store::{Backend, Login, NewUserPolicy, Precondition, SqliteOptions, SqliteStore, WriteLimits};
+use syncstead_store::{
+    AuthToken, Backend, Device, Identity, Login, NewUserPolicy, Precondition, SqliteOptions, SqliteStore, TokenKind,
+    WriteLimits,
+};
 
 const NONE: Precondition = Precondition::None;
 
@@ -79,6 +82,48 @@ async fn populate(store: &dyn Backend) {
                 .unwrap();
         }
     }
+    // A Syncstead account with a signed-in device.
+    let uid = "0f".repeat(16);
+    let identity = Identity {
+        uid: uid.clone(),
+        email: "id@example.org".into(),
+        auth_salt: "a1".repeat(32),
+        verify_hash: "b2".repeat(32),
+        wrap_wrap_kb: "c3".repeat(32),
+        ka: "d4".repeat(32),
+        keys_changed_at: 1_700_000_000_123,
+        created_at: 1_700_000_000_000,
+        disabled: false,
+    };
+    store.create_identity(&identity, None).await.unwrap();
+    store
+        .put_token(&AuthToken {
+            id: "e5".repeat(32),
+            kind: TokenKind::Session,
+            uid: uid.clone(),
+            data: "f6".repeat(32),
+            client_id: None,
+            created_at: 1_700_000_000_500,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .put_device(&Device {
+            id: "07".repeat(16),
+            uid,
+            token_id: Some("e5".repeat(32)),
+            name: "laptop ✓".into(),
+            device_type: "desktop".into(),
+            push_callback: None,
+            push_public_key: None,
+            push_auth_key: None,
+            commands: "{}".into(),
+            created_at: 1_700_000_000_600,
+            last_access: 1_700_000_000_700,
+        })
+        .await
+        .unwrap();
     // A pending batch is left out of copies.
     store
         .create_batch(1, "tabs", vec![], NONE, WriteLimits::default())
@@ -93,6 +138,9 @@ async fn snapshot(store: &dyn Backend) -> Value {
         "users": store.token_users().await.unwrap(),
         "allowed": store.allowed_accounts().await.unwrap(),
         "accounts": store.accounts().await.unwrap().iter().map(|a| json!([a.id, a.username, a.email, a.password_hash])).collect::<Vec<_>>(),
+        "identities": store.identities().await.unwrap().iter().map(|i| format!("{i:?}")).collect::<Vec<_>>(),
+        "identity_devices": store.devices(&"0f".repeat(16)).await.unwrap().iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
+        "identity_session": format!("{:?}", store.token(&"e5".repeat(32), TokenKind::Session).await.unwrap()),
     });
     for user in [1i64, 2, 3, -1] {
         let (storage, mut cols) = store.collection_timestamps(user, NONE).await.unwrap();
@@ -137,6 +185,8 @@ async fn migrate_round_trip_and_resume() {
         populate(store.as_ref()).await;
         snapshot(store.as_ref()).await
     };
+    assert_eq!(original["identity_devices"].as_array().unwrap().len(), 1, "{original}");
+    assert!(original["identity_session"].as_str().unwrap().starts_with("Some"));
     let scratch = ScratchSchema::create().await;
     let middle = match &scratch {
         Some(s) => s.url.clone(),
