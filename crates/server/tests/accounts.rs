@@ -88,14 +88,18 @@ async fn page_sign_in(s: &TestServer, email: &str, password: &str, create: bool)
     let v = r.json();
     assert_eq!(v["verified"], true);
     let fetch = v["keyFetchToken"].as_str().unwrap().to_string();
-    let r = call(
-        s,
-        Method::GET,
-        "/v1/account/keys",
-        Some(format!("Bearer fxk_{fetch}")),
-        None,
-    )
-    .await;
+    let kb = fetch_kb(s, &fetch, &keys.unwrap_b_key).await;
+    SignedIn {
+        uid: v["uid"].as_str().unwrap().to_string(),
+        session: v["sessionToken"].as_str().unwrap().to_string(),
+        kb,
+    }
+}
+
+/// kB from a key-fetch token, as the page gets it; the token is spent by its one use.
+async fn fetch_kb(s: &TestServer, fetch: &str, unwrap_b_key: &[u8]) -> Vec<u8> {
+    let auth = || Some(format!("Bearer fxk_{fetch}"));
+    let r = call(s, Method::GET, "/v1/account/keys", auth(), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let bundle = HEXLOWER
         .decode(r.json()["bundle"].as_str().unwrap().as_bytes())
@@ -103,21 +107,9 @@ async fn page_sign_in(s: &TestServer, email: &str, password: &str, create: bool)
     assert_eq!(bundle.len(), 96);
     let fetch_keys = onepw::token_keys(&HEXLOWER.decode(fetch.as_bytes()).unwrap(), "keyFetchToken");
     let (_ka, wrap_kb) = onepw::open_bundle(&fetch_keys.bundle_key, &bundle).expect("the bundle's MAC holds");
-    // A key-fetch token is spent by its one use.
-    let again = call(
-        s,
-        Method::GET,
-        "/v1/account/keys",
-        Some(format!("Bearer fxk_{fetch}")),
-        None,
-    )
-    .await;
+    let again = call(s, Method::GET, "/v1/account/keys", auth(), None).await;
     assert_errno(&again, 401, 110);
-    SignedIn {
-        uid: v["uid"].as_str().unwrap().to_string(),
-        session: v["sessionToken"].as_str().unwrap().to_string(),
-        kb: onepw::unwrap_kb(&wrap_kb, &keys.unwrap_b_key),
-    }
+    onepw::unwrap_kb(&wrap_kb, unwrap_b_key)
 }
 
 /// Scoped-key data, then the authorization code with PKCE, as the page asks for it.
@@ -435,22 +427,7 @@ async fn change_password(s: &TestServer, email: &str, old: &str, new: &str) -> R
         return r;
     }
     let start = r.json();
-    let fetch = start["keyFetchToken"].as_str().unwrap();
-    let r = call(
-        s,
-        Method::GET,
-        "/v1/account/keys",
-        Some(format!("Bearer fxk_{fetch}")),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let bundle = HEXLOWER
-        .decode(r.json()["bundle"].as_str().unwrap().as_bytes())
-        .unwrap();
-    let fetch_keys = onepw::token_keys(&HEXLOWER.decode(fetch.as_bytes()).unwrap(), "keyFetchToken");
-    let (_, wrap_kb) = onepw::open_bundle(&fetch_keys.bundle_key, &bundle).unwrap();
-    let kb = onepw::unwrap_kb(&wrap_kb, &o.unwrap_b_key);
+    let kb = fetch_kb(s, start["keyFetchToken"].as_str().unwrap(), &o.unwrap_b_key).await;
     let n = onepw::stretch(email, new);
     // wrapKb = kB XOR the new password's unwrapBKey (the same XOR that unwraps).
     let body = json!({
