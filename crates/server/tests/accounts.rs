@@ -517,6 +517,55 @@ async fn password_change_keeps_the_keys_and_the_bucket() {
     s.stop().await;
 }
 
+/// The token server takes this server's access tokens only when they are for it: signed
+/// with the kept key, unexpired, with this server as audience and the Sync scope.
+#[tokio::test]
+async fn the_token_server_checks_its_own_tokens_audience_expiry_and_scope() {
+    use syncstead_server::accounts::jwt::{AccessClaims, Issuer};
+    let s = open_server().await;
+    let me = page_sign_in(&s, "di@example.org", PASSWORD, true).await;
+    let good = sync_token(&s, &me).await;
+    assert!(good["id"].is_string());
+    // The key the server made on first use, in its data directory.
+    let issuer = Issuer::load_or_create(&s.dir.path().join("accounts-signing-key.pem"), s.base.clone()).unwrap();
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/scoped-key-data",
+        Some(format!("Bearer fxs_{}", me.session)),
+        Some(json!({"client_id": DESKTOP, "scope": OLDSYNC})),
+    )
+    .await;
+    let rotation = r.json()[OLDSYNC]["keyRotationTimestamp"].as_i64().unwrap();
+    let (_, kid) = onepw::sync_key(&me.kb, rotation);
+    let now = (now() as i64) - 5;
+    let claims = |aud: &str, scope: &str, exp: i64| AccessClaims {
+        iss: issuer.issuer.clone(),
+        sub: me.uid.clone(),
+        aud: aud.to_string(),
+        client_id: DESKTOP.into(),
+        scope: scope.to_string(),
+        iat: now,
+        exp,
+        jti: "jti".into(),
+        generation: rotation,
+    };
+    let token_server = |jwt: String| {
+        let url = format!("{}/1.0/sync/1.5", s.base);
+        send(s.http.get(url).bearer_auth(jwt).header("x-keyid", kid.clone()))
+    };
+    let r = token_server(issuer.sign(&claims(&s.base, OLDSYNC, now + 600))).await;
+    assert_eq!(r.status, 200, "the same claims as the server's own: {}", r.text);
+    assert_eq!(r.json()["uid"], good["uid"]);
+    let r = token_server(issuer.sign(&claims("https://another.example", OLDSYNC, now + 600))).await;
+    assert_eq!(r.status, 401, "another audience: {}", r.text);
+    let r = token_server(issuer.sign(&claims(&s.base, OLDSYNC, now - 120))).await;
+    assert_eq!(r.status, 401, "expired: {}", r.text);
+    let r = token_server(issuer.sign(&claims(&s.base, "profile", now + 600))).await;
+    assert_eq!(r.status, 401, "no Sync scope: {}", r.text);
+    s.stop().await;
+}
+
 async fn page_sign_in_fails_twice(s: &TestServer, me: &SignedIn) -> Resp {
     let _ = me;
     let keys = onepw::stretch("bo@example.org", PASSWORD);
