@@ -230,6 +230,9 @@ pub enum AccountsError {
     /// A device id the account does not have (any more): Firefox then registers anew.
     #[error("unknown device")]
     UnknownDevice,
+    /// The target device does not offer the command (errno 157).
+    #[error("unavailable device command")]
+    UnavailableCommand,
     #[error("unknown OAuth client")]
     UnknownClient,
     #[error("invalid or expired authorization code")]
@@ -255,6 +258,7 @@ impl IntoResponse for AccountsError {
             E::InvalidToken => (StatusCode::UNAUTHORIZED, 110),
             E::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 114),
             E::UnknownDevice => (StatusCode::BAD_REQUEST, 123),
+            E::UnavailableCommand => (StatusCode::BAD_REQUEST, 157),
             E::Disabled => (StatusCode::BAD_REQUEST, 127),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, 125),
             E::UnknownClient => (StatusCode::BAD_REQUEST, 162),

@@ -104,7 +104,8 @@ const TABLES: &[Table] = &[
         ],
         key: 1,
     },
-    // Signed-in devices keep their sessions across a move; codes live minutes and are not copied.
+    // Signed-in devices keep their sessions across a move; codes live minutes and queued
+    // device commands days, and are not copied.
     Table {
         name: Cow::Borrowed("identity_tokens"),
         cols: &[
@@ -979,6 +980,7 @@ mod tests {
         "batch_items",
         "hawk_nonces",
         "identity_codes",
+        "identity_commands",
         "syncstead_schema",
         "sqlite_sequence",
     ];

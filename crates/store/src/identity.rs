@@ -91,6 +91,19 @@ pub struct Device {
     pub last_access: i64,
 }
 
+/// A command (Send Tab, say) queued for one device until it polls or the command expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCommand {
+    /// What the device pages by; given by the store, increasing.
+    pub index: i64,
+    pub device_id: String,
+    pub command: String,
+    /// The sender's encrypted payload, as JSON text; never read here.
+    pub payload: String,
+    pub sender: Option<String>,
+    pub expires_at: i64,
+}
+
 /// New credentials for an account: a password change keeps the keys (the same kB under a
 /// new wrapping), a reset replaces them and moves `keys_changed_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,8 +143,20 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Registers or updates a device (by id).
     async fn put_device(&self, device: &Device) -> StoreResult<()>;
     async fn devices(&self, uid: &str) -> StoreResult<Vec<Device>>;
-    /// Removes a device and the token it signed in with.
+    /// Removes a device, the token it signed in with and the commands queued for it.
     async fn delete_device(&self, uid: &str, id: &str) -> StoreResult<bool>;
+    /// Queues a command for a device of `uid`; `None` when that device already has
+    /// `max_pending` unexpired commands waiting.
+    async fn put_command(&self, uid: &str, command: &DeviceCommand, max_pending: u64) -> StoreResult<Option<i64>>;
+    /// The unexpired commands for a device of `uid` from `from_index` on, oldest first, at
+    /// most `limit`.
+    async fn commands(
+        &self,
+        uid: &str,
+        device_id: &str,
+        from_index: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<DeviceCommand>>;
 }
 
 const ID_COLUMNS: &str = "uid, email, auth_salt, verify_hash, wrap_wrap_kb, ka, keys_changed_at, created_at, disabled";
@@ -200,13 +225,29 @@ fn device_from(mut r: Row) -> StoreResult<Device> {
     })
 }
 
-/// Everything an account's sign-ins left behind: tokens and the devices on them.
+/// Everything an account's sign-ins left behind: tokens, the devices on them and the
+/// devices' queued commands.
 async fn end_sessions<T: Tx>(tx: &T, uid: &str) -> StoreResult<()> {
     tx.execute("DELETE FROM identity_tokens WHERE uid = $1", &[uid.into()])
         .await?;
     tx.execute("DELETE FROM identity_devices WHERE uid = $1", &[uid.into()])
         .await?;
+    tx.execute("DELETE FROM identity_commands WHERE uid = $1", &[uid.into()])
+        .await?;
     Ok(())
+}
+
+const COMMAND_COLUMNS: &str = "idx, device_id, command, payload, sender, expires_at";
+
+fn command_from(mut r: Row) -> StoreResult<DeviceCommand> {
+    Ok(DeviceCommand {
+        index: r.int(0)?,
+        device_id: r.text(1)?,
+        command: r.text(2)?,
+        payload: r.text(3)?,
+        sender: r.opt_text(4)?,
+        expires_at: r.int(5)?,
+    })
 }
 
 async fn create<T: Tx>(tx: &T, i: &Identity, max: Option<u64>) -> StoreResult<Result<(), AccountError>> {
@@ -593,7 +634,95 @@ impl<E: Engine> IdentityStore for Db<E> {
                     tx.execute("DELETE FROM identity_tokens WHERE id = $1", &[(&token).into()])
                         .await?;
                 }
+                tx.execute(
+                    "DELETE FROM identity_commands WHERE uid = $1 AND device_id = $2",
+                    &[uid.into(), id.into()],
+                )
+                .await?;
                 Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn put_command(&self, uid: &str, command: &DeviceCommand, max_pending: u64) -> StoreResult<Option<i64>> {
+        let args = Arc::new((uid.to_string(), command.clone()));
+        self.write("put_command", 0, move |tx| {
+            let args = args.clone();
+            Box::pin(async move {
+                let (uid, c) = &*args;
+                let now = now_ms();
+                // Each new command sweeps the account's expired ones.
+                tx.execute(
+                    "DELETE FROM identity_commands WHERE uid = $1 AND expires_at <= $2",
+                    &[uid.into(), now.into()],
+                )
+                .await?;
+                let waiting = tx
+                    .query_opt(
+                        "SELECT COUNT(*) FROM identity_commands WHERE uid = $1 AND device_id = $2",
+                        &[uid.into(), (&c.device_id).into()],
+                    )
+                    .await?
+                    .map(|r| r.int(0))
+                    .transpose()?
+                    .unwrap_or(0);
+                if waiting as u64 >= max_pending {
+                    return Ok(None);
+                }
+                let row = tx
+                    .query_opt(
+                        "INSERT INTO identity_commands (uid, device_id, command, payload, sender, created_at, expires_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING idx",
+                        &[
+                            uid.into(),
+                            (&c.device_id).into(),
+                            (&c.command).into(),
+                            (&c.payload).into(),
+                            c.sender.as_ref().into(),
+                            now.into(),
+                            c.expires_at.into(),
+                        ],
+                    )
+                    .await?
+                    .ok_or_else(|| crate::StoreError::Internal("INSERT … RETURNING gave no row".into()))?;
+                Ok(Some(row.int(0)?))
+            })
+        })
+        .await
+    }
+
+    async fn commands(
+        &self,
+        uid: &str,
+        device_id: &str,
+        from_index: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<DeviceCommand>> {
+        let args = Arc::new((uid.to_string(), device_id.to_string()));
+        let limit = limit.min(i64::MAX as u64) as i64;
+        self.read("commands", Read::Statement, move |tx| {
+            let args = args.clone();
+            Box::pin(async move {
+                let (uid, device) = &*args;
+                tx.query(
+                    &format!(
+                        "SELECT {COMMAND_COLUMNS} FROM identity_commands
+                         WHERE uid = $1 AND device_id = $2 AND idx >= $3 AND expires_at > $4
+                         ORDER BY idx LIMIT $5"
+                    ),
+                    &[
+                        uid.into(),
+                        device.into(),
+                        from_index.into(),
+                        now_ms().into(),
+                        limit.into(),
+                    ],
+                )
+                .await?
+                .into_iter()
+                .map(command_from)
+                .collect()
             })
         })
         .await

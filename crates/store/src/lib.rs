@@ -27,7 +27,7 @@ pub mod tokens;
 pub use accounts::{Account, AccountError};
 pub use db::{Db, Engine};
 pub use error::{AdminError, AdminResult, Cause, StoreError, StoreResult};
-pub use identity::{AuthCode, AuthToken, Credentials, Device, Identity, IdentityStore, TokenKind};
+pub use identity::{AuthCode, AuthToken, Credentials, Device, DeviceCommand, Identity, IdentityStore, TokenKind};
 pub use lock::{InstanceLock, LockError};
 pub use nonces::NonceStore;
 pub use sqlite::{SqliteOptions, Synchronous};

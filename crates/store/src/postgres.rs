@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../migrations/postgres/0004_nonces.sql")),
     (5, include_str!("../migrations/postgres/0005_collection_release.sql")),
     (6, include_str!("../migrations/postgres/0006_identities.sql")),
+    (7, include_str!("../migrations/postgres/0007_device_commands.sql")),
 ];
 
 /// Advisory-lock namespaces (the two-key form, which never meets the bucket locks that

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_nonces.sql")),
     (5, include_str!("../migrations/sqlite/0005_collection_release.sql")),
     (6, include_str!("../migrations/sqlite/0006_identities.sql")),
+    (7, include_str!("../migrations/sqlite/0007_device_commands.sql")),
 ];
 
 /// How hard SQLite pushes each commit to disk.

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use syncstead_proto::tokenserver::OLDSYNC_SCOPE;
-use syncstead_store::{AccountError, AuthCode, AuthToken, Credentials, Device, Identity, TokenKind};
+use syncstead_store::{AccountError, AuthCode, AuthToken, Credentials, Device, DeviceCommand, Identity, TokenKind};
 
 use crate::auth::{pair_key, HawkVerifier, Throttle};
 use crate::config::AccountRegistration;
@@ -40,6 +40,10 @@ pub const EMAIL_DOMAIN: &str = "accounts.syncstead";
 const CLIENTS: &[&str] = &["5882386c6d801776", "a2270f727f45f648", "1b1a3e44c54fbb58"];
 const PROFILE_SCOPE: &str = "profile";
 const SESSION_SCOPE: &str = "https://identity.mozilla.com/tokens/session";
+/// RFC 8693: Mozilla's mobile client trades its refresh token for one with more scopes.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Scopes a refresh token can be widened to by a token exchange (none of them carries keys).
+const EXCHANGEABLE: &[&str] = &[PROFILE_SCOPE, SESSION_SCOPE];
 const WEBCHANNEL_REDIRECT: &str = "urn:ietf:wg:oauth:2.0:oob:oauth-redirect-webchannel";
 const KEY_FETCH_LIFETIME_MS: i64 = 10 * 60 * 1000;
 const CODE_LIFETIME_MS: i64 = 5 * 60 * 1000;
@@ -117,6 +121,7 @@ impl AccountServer {
 pub fn router() -> Router<AppState> {
     let mut r = Router::new()
         .route("/.well-known/fxa-client-configuration", get(discovery))
+        .route("/.well-known/openid-configuration", get(openid_configuration))
         .route("/v1/account/create", post(create))
         .route("/v1/account/login", post(login))
         .route("/v1/account/keys", get(keys))
@@ -131,6 +136,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/oauth/token", post(token))
         .route("/v1/oauth/destroy", post(destroy))
         .route("/v1/destroy", post(destroy))
+        .route("/v1/introspect", post(introspect))
         .route("/v1/jwks", get(jwks))
         .route("/profile/v1/profile", get(profile))
         .route("/v1/account/device", post(device))
@@ -138,7 +144,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/account/device/destroy", post(device_destroy))
         .route("/v1/account/attached_clients", get(attached_clients))
         .route("/v1/account/devices/notify", post(|| async { Json(json!({})) }))
-        .route("/v1/account/devices/invoke_command", post(|| async { Json(json!({})) }))
+        .route("/v1/account/devices/invoke_command", post(invoke_command))
         .route("/v1/account/device/commands", get(commands));
     for path in page::PATHS {
         r = r.route(path, get(page::page));
@@ -302,6 +308,27 @@ async fn discovery(State(state): State<AppState>) -> Result<Json<Value>> {
         "oauth_server_base_url": base,
         "profile_server_base_url": format!("{base}/profile"),
         "sync_tokenserver_base_url": base,
+    })))
+}
+
+/// The second discovery document, which Mozilla's mobile client (Firefox for Android and
+/// iOS) reads beside the first: where to send the user, and the OAuth endpoints.
+async fn openid_configuration(State(state): State<AppState>) -> Result<Json<Value>> {
+    let base = &server(&state)?.base;
+    Ok(Json(json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/authorization"),
+        "token_endpoint": format!("{base}/v1/oauth/token"),
+        "userinfo_endpoint": format!("{base}/profile/v1/profile"),
+        "introspection_endpoint": format!("{base}/v1/introspect"),
+        "revocation_endpoint": format!("{base}/v1/destroy"),
+        "jwks_uri": format!("{base}/v1/jwks"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "fxa-credentials", TOKEN_EXCHANGE],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": [OLDSYNC_SCOPE, PROFILE_SCOPE, SESSION_SCOPE],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
     })))
 }
 
@@ -797,7 +824,12 @@ async fn authorization(
 #[derive(Deserialize)]
 struct TokenBody {
     grant_type: String,
-    client_id: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    subject_token: Option<String>,
+    #[serde(default)]
+    subject_token_type: Option<String>,
     #[serde(default)]
     code: Option<String>,
     #[serde(default)]
@@ -821,8 +853,12 @@ async fn token(
 ) -> Result<Json<Value>> {
     let srv = server(&state)?;
     let b: TokenBody = parse(&body)?;
-    known_client(&b.client_id)?;
     let ttl = b.ttl.unwrap_or(21_600).clamp(60, 86_400);
+    if b.grant_type == TOKEN_EXCHANGE {
+        return token_exchange(&state, srv, &b, ttl).await;
+    }
+    let client_id = b.client_id.as_deref().ok_or(AccountsError::BadParameter("client_id"))?;
+    known_client(client_id)?;
     match b.grant_type.as_str() {
         "authorization_code" => {
             let code = hex32(b.code.as_deref().unwrap_or(""), "code")?;
@@ -836,8 +872,7 @@ async fn token(
                 .await?
                 .ok_or(AccountsError::BadCode)?;
             let challenge = BASE64URL_NOPAD.encode(&onepw::sha256(verifier.as_bytes()));
-            if grant.client_id != b.client_id
-                || !bool::from(challenge.as_bytes().ct_eq(grant.code_challenge.as_bytes()))
+            if grant.client_id != client_id || !bool::from(challenge.as_bytes().ct_eq(grant.code_challenge.as_bytes()))
             {
                 return Err(AccountsError::BadCode);
             }
@@ -845,9 +880,9 @@ async fn token(
                 Some(rest) => (true, rest.to_string()),
                 None => (false, grant.scope.clone()),
             };
-            let mut out = access(&state, srv, &grant.uid, &b.client_id, &scope, ttl).await?;
+            let mut out = access(&state, srv, &grant.uid, client_id, &scope, ttl).await?;
             if offline {
-                out["refresh_token"] = new_refresh(&state, &grant.uid, &b.client_id, &scope).await?.into();
+                out["refresh_token"] = new_refresh(&state, &grant.uid, client_id, &scope).await?.into();
             }
             if scope.split_whitespace().any(|s| s == SESSION_SCOPE) {
                 out["session_token"] = new_session(&state, &grant.uid).await?.into();
@@ -860,9 +895,9 @@ async fn token(
         "fxa-credentials" => {
             let s = session(&state, &method, &uri, &headers).await?;
             let scope = b.scope.unwrap_or_default();
-            let mut out = access(&state, srv, &s.uid, &b.client_id, &scope, ttl).await?;
+            let mut out = access(&state, srv, &s.uid, client_id, &scope, ttl).await?;
             if b.access_type.as_deref() == Some("offline") {
-                out["refresh_token"] = new_refresh(&state, &s.uid, &b.client_id, &scope).await?.into();
+                out["refresh_token"] = new_refresh(&state, &s.uid, client_id, &scope).await?.into();
             }
             Ok(Json(out))
         }
@@ -874,7 +909,7 @@ async fn token(
                 .await?
                 .ok_or(AccountsError::InvalidToken)?;
             let token = live(&state, token).await?;
-            if token.client_id.as_deref() != Some(b.client_id.as_str()) {
+            if token.client_id.as_deref() != Some(client_id) {
                 return Err(AccountsError::InvalidToken);
             }
             // A refresh token grants at most what it was given for.
@@ -888,10 +923,109 @@ async fn token(
                 }
                 None => token.data.clone(),
             };
-            Ok(Json(access(&state, srv, &token.uid, &b.client_id, &scope, ttl).await?))
+            Ok(Json(access(&state, srv, &token.uid, client_id, &scope, ttl).await?))
         }
         _ => Err(AccountsError::BadParameter("grant_type")),
     }
+}
+
+/// A refresh token traded for a new one with more scopes (RFC 8693), as Mozilla's mobile
+/// client asks when it needs a scope it was not given. The old token goes, and the
+/// device registered with it moves to the new one.
+async fn token_exchange(state: &AppState, srv: &AccountServer, b: &TokenBody, ttl: u64) -> Result<Json<Value>> {
+    if b.subject_token_type.as_deref() != Some("urn:ietf:params:oauth:token-type:refresh_token") {
+        return Err(AccountsError::BadParameter("subject_token_type"));
+    }
+    let raw = hex32(b.subject_token.as_deref().unwrap_or(""), "subject_token")?;
+    let old = state
+        .identities
+        .token(&HEXLOWER.encode(&onepw::sha256(&raw)), TokenKind::Refresh)
+        .await?
+        .ok_or(AccountsError::InvalidToken)?;
+    let old = live(state, old).await?;
+    let asked = b.scope.as_deref().unwrap_or("");
+    if asked.split_whitespace().any(|s| !EXCHANGEABLE.contains(&s)) {
+        return Err(AccountsError::BadParameter("scope"));
+    }
+    let mut scopes: Vec<&str> = old.data.split_whitespace().collect();
+    for s in asked.split_whitespace() {
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    let scope = scopes.join(" ");
+    let client_id = old.client_id.clone().unwrap_or_default();
+    let mut out = access(state, srv, &old.uid, &client_id, &scope, ttl).await?;
+    let refresh = new_refresh(state, &old.uid, &client_id, &scope).await?;
+    let new_id = HEXLOWER.encode(&onepw::sha256(&HEXLOWER.decode(refresh.as_bytes()).unwrap_or_default()));
+    for mut d in state.identities.devices(&old.uid).await? {
+        if d.token_id.as_deref() == Some(old.id.as_str()) {
+            d.token_id = Some(new_id.clone());
+            state.identities.put_device(&d).await?;
+        }
+    }
+    state.identities.delete_token(&old.id).await?;
+    out["refresh_token"] = refresh.into();
+    if scopes.contains(&SESSION_SCOPE) && !old.data.split_whitespace().any(|s| s == SESSION_SCOPE) {
+        out["session_token"] = new_session(state, &old.uid).await?.into();
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct IntrospectBody {
+    token: String,
+    #[serde(default)]
+    token_type_hint: Option<String>,
+}
+
+/// Whether a refresh token (or one of this server's access tokens) is still good: Mozilla's
+/// mobile client asks to learn whether it has been signed out.
+async fn introspect(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let srv = server(&state)?;
+    let b: IntrospectBody = parse(&body)?;
+    if b.token_type_hint.as_deref() != Some("refresh_token") {
+        if let Some(claims) = srv.verify_own(&b.token).flatten() {
+            let live = state
+                .identities
+                .identity(&claims.sub)
+                .await?
+                .is_some_and(|i| !i.disabled);
+            return Ok(Json(json!({
+                "active": live,
+                "token_type": "access_token",
+                "scope": claims.scope,
+                "client_id": claims.client_id,
+                "sub": claims.sub,
+                "exp": claims.exp,
+                "iat": claims.iat,
+            })));
+        }
+    }
+    let found = match hex32(&b.token, "token") {
+        Ok(raw) => {
+            state
+                .identities
+                .token(&HEXLOWER.encode(&onepw::sha256(&raw)), TokenKind::Refresh)
+                .await?
+        }
+        Err(_) => None,
+    };
+    let found = match found {
+        Some(t) => live(&state, t).await.ok(),
+        None => None,
+    };
+    Ok(Json(match found {
+        Some(t) => json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "scope": t.data,
+            "client_id": t.client_id,
+            "sub": t.uid,
+            "iat": t.created_at / 1000,
+        }),
+        None => json!({ "active": false }),
+    }))
 }
 
 /// An access token for `scope`: a JWT the token server (here or elsewhere) can check.
@@ -1179,23 +1313,135 @@ async fn attached_clients(
                     "scope": null,
                     "lastAccessTime": d.last_access,
                     "createdTime": d.created_at,
+                    "userAgent": "",
+                    "os": null,
                 })
             })
             .collect(),
     )))
 }
 
-/// No push service: the queue is always empty and polled (a 403 here closes Firefox for
-/// Android, so any valid session gets this answer).
+#[derive(Deserialize)]
+struct CommandsQuery {
+    #[serde(default)]
+    index: Option<i64>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// Most commands one poll returns, and most waiting for one device.
+const COMMANDS_PAGE: u64 = 100;
+const COMMANDS_PENDING: u64 = 500;
+/// How long a command waits for its device unless the sender says less (and at most).
+const COMMAND_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
+/// The caller's own device: the one registered with the token the request came with.
+async fn own_device(state: &AppState, token: &AuthToken) -> Result<Option<Device>> {
+    Ok(state
+        .identities
+        .devices(&token.uid)
+        .await?
+        .into_iter()
+        .find(|d| d.token_id.as_deref() == Some(token.id.as_str())))
+}
+
+/// Commands queued for the caller's device from `index` on. There is no push service, so
+/// devices learn of commands only by polling (Firefox desktop each sync, Firefox for
+/// Android when the app comes to the foreground). Any valid session gets 200: a 403 here
+/// closes Firefox for Android.
 async fn commands(
     State(state): State<AppState>,
     method: Method,
     uri: OriginalUri,
     headers: HeaderMap,
+    Query(q): Query<CommandsQuery>,
 ) -> Result<Json<Value>> {
     server(&state)?;
-    session(&state, &method, &uri, &headers).await?;
-    Ok(Json(json!({ "index": 0, "last": true, "messages": [] })))
+    let s = session(&state, &method, &uri, &headers).await?;
+    let Some(device) = own_device(&state, &s).await? else {
+        return Ok(Json(json!({ "index": 0, "last": true, "messages": [] })));
+    };
+    let limit = q.limit.unwrap_or(COMMANDS_PAGE).clamp(1, COMMANDS_PAGE);
+    let from = q.index.unwrap_or(0).max(0);
+    let mut found = state.identities.commands(&s.uid, &device.id, from, limit + 1).await?;
+    let last = found.len() as u64 <= limit;
+    found.truncate(limit as usize);
+    let index = found.last().map_or(0, |c| c.index);
+    let messages: Vec<Value> = found
+        .iter()
+        .map(|c| {
+            json!({
+                "index": c.index,
+                "data": {
+                    "command": c.command,
+                    "payload": serde_json::from_str::<Value>(&c.payload).unwrap_or(Value::Null),
+                    "sender": c.sender,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "index": index, "last": last, "messages": messages })))
+}
+
+#[derive(Deserialize)]
+struct InvokeBody {
+    command: String,
+    target: String,
+    payload: Value,
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+/// Queues a command (Send Tab, Close Tabs) for another device of the same account. The
+/// payload is encrypted by the sender to the target's keys and is stored unread.
+async fn invoke_command(
+    State(state): State<AppState>,
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    server(&state)?;
+    let s = session(&state, &method, &uri, &headers).await?;
+    let b: InvokeBody = parse(&body)?;
+    let payload = b.payload.to_string();
+    if !b.payload.is_object() || payload.len() > 64 * 1024 || b.command.len() > 256 {
+        return Err(AccountsError::BadParameter("payload"));
+    }
+    let devices = state.identities.devices(&s.uid).await?;
+    let target = devices
+        .iter()
+        .find(|d| d.id == b.target)
+        .ok_or(AccountsError::UnknownDevice)?;
+    let supported = serde_json::from_str::<Value>(&target.commands)
+        .ok()
+        .is_some_and(|c| c.get(&b.command).is_some());
+    if !supported {
+        return Err(AccountsError::UnavailableCommand);
+    }
+    let sender = devices
+        .iter()
+        .find(|d| d.token_id.as_deref() == Some(s.id.as_str()))
+        .map(|d| d.id.clone());
+    let ttl = b.ttl.unwrap_or(COMMAND_TTL_SECONDS).clamp(1, COMMAND_TTL_SECONDS);
+    let command = DeviceCommand {
+        index: 0,
+        device_id: target.id.clone(),
+        command: b.command,
+        payload,
+        sender,
+        expires_at: now_ms() + ttl as i64 * 1000,
+    };
+    let Some(index) = state.identities.put_command(&s.uid, &command, COMMANDS_PENDING).await? else {
+        return Err(AccountsError::Forbidden(
+            "too many commands are waiting for that device",
+        ));
+    };
+    tracing::debug!(uid = %s.uid, index, "device command queued");
+    // Without a push service the target finds the command when it next polls.
+    Ok(Json(
+        json!({ "enqueued": true, "notified": false, "notifyError": "no push service" }),
+    ))
 }
 
 // ---- administration (the `syncstead account` commands) -----------------------------------

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
+pub mod accounts;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
