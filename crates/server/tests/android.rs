@@ -438,3 +438,61 @@ async fn a_refresh_token_is_exchanged_for_more_scopes() {
     assert_errno(&exchange(&old, SESSION).await, 401, 110);
     s.stop().await;
 }
+
+/// Firefox for iOS: its Rust client takes the code over the WebChannel like Android; an
+/// older app watches for `/oauth/success/<client id>` instead. Only those redirects are
+/// handed a code.
+#[tokio::test]
+async fn ios_redirects_are_limited_to_the_apps_own() {
+    const IOS: &str = "1b1a3e44c54fbb58";
+    let s = open_server().await;
+    let web = page_sign_in(&s, "ios@example.org", PASSWORD, true).await;
+    let challenge = BASE64URL_NOPAD.encode(&onepw::sha256(b"an-ios-code-verifier-an-ios-code-verifier"));
+    let ask = |redirect: Option<String>| {
+        let mut body = json!({
+            "client_id": IOS, "scope": OLDSYNC, "state": "st ate", "access_type": "offline",
+            "code_challenge": challenge, "code_challenge_method": "S256",
+        });
+        if let Some(r) = redirect {
+            body["redirect_uri"] = r.into();
+        }
+        call(
+            &s,
+            Method::POST,
+            "/v1/oauth/authorization",
+            Some(format!("Bearer fxs_{}", web.session)),
+            Some(body),
+        )
+    };
+    let r = ask(None).await;
+    assert!(r.json()["redirect"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:ietf:wg:oauth:2.0:oob:oauth-redirect-webchannel?code="));
+    let own = format!("{}/oauth/success/{IOS}", s.base);
+    let r = ask(Some(own.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let redirect = r.json()["redirect"].as_str().unwrap().to_string();
+    assert!(redirect.starts_with(&format!("{own}?code=")), "{redirect}");
+    assert!(redirect.ends_with("&state=st+ate"), "the state is encoded: {redirect}");
+    let r = ask(Some(format!("https://accounts.firefox.com/oauth/success/{IOS}"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for bad in [
+        "https://evil.example/oauth/success/1b1a3e44c54fbb58",
+        "https://accounts.firefox.com/oauth/success/a2270f727f45f648",
+    ] {
+        assert_errno(&ask(Some(bad.into())).await, 400, 107);
+    }
+    // The page the redirect lands on is this server's.
+    let page = call(
+        &s,
+        Method::GET,
+        &format!("/oauth/success/{IOS}?code=x&state=y"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("/accounts/app.mjs"));
+    s.stop().await;
+}

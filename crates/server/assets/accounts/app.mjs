@@ -5,6 +5,7 @@ import * as onepw from "/accounts/onepw.mjs";
 const CHANNEL = "account_updates";
 const REDIRECT = "urn:ietf:wg:oauth:2.0:oob:oauth-redirect-webchannel";
 const params = new URLSearchParams(location.search);
+const IOS = / FxiOS\//.test(navigator.userAgent);
 const $ = (id) => document.getElementById(id);
 let signUp = location.pathname === "/signup";
 let changing = location.pathname === "/settings/change_password";
@@ -37,11 +38,10 @@ function send(command, data, wait = 0) {
         setTimeout(() => pending.delete(messageId) && resolve(null), wait);
       })
     : Promise.resolve(null);
-  // Firefox desktop accepts only a string detail (iOS would take the object).
+  // Firefox desktop and Android take only a string detail; Firefox for iOS reads an object.
+  const message = { id: CHANNEL, message: { command, data, messageId } };
   window.dispatchEvent(
-    new CustomEvent("WebChannelMessageToChrome", {
-      detail: JSON.stringify({ id: CHANNEL, message: { command, data, messageId } }),
-    }),
+    new CustomEvent("WebChannelMessageToChrome", { detail: IOS ? message : JSON.stringify(message) }),
   );
   return reply;
 }
@@ -139,9 +139,17 @@ async function signIn(email, password, invite) {
       code_challenge: params.get("code_challenge"),
       code_challenge_method: params.get("code_challenge_method") || "S256",
       keys_jwe: keysJwe,
+      redirect_uri: params.get("redirect_uri") || undefined,
     },
     `fxs_${session.sessionToken}`,
   );
+  // An app that watches for its redirect (older Firefox for iOS) takes the code from there.
+  if (/^https:\/\//.test(grant.redirect)) {
+    status("Signed in. Returning to Firefox…");
+    document.body.dataset.state = "signed-in";
+    location.assign(grant.redirect);
+    return;
+  }
   // No answer within half a second counts as consent, as Mozilla's page does.
   const link = await send("fxaccounts:can_link_account", { email, uid: session.uid }, 500);
   if (link && link.ok === false) throw new Error("Firefox declined to link this account.");
@@ -203,3 +211,11 @@ $("form").addEventListener("submit", async (ev) => {
 });
 if (params.get("email")) $("email").value = params.get("email");
 render();
+if (location.pathname.startsWith("/oauth/success/")) {
+  $("form").hidden = true;
+  $("toggle").hidden = true;
+  $("change").hidden = true;
+  $("title").textContent = "Signed in";
+  status(params.get("code") ? "You are signed in. Go back to Firefox." : "Nothing to do here.");
+  document.body.dataset.state = "signed-in";
+}

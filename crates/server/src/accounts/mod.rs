@@ -149,7 +149,8 @@ pub fn router() -> Router<AppState> {
     for path in page::PATHS {
         r = r.route(path, get(page::page));
     }
-    r.route("/accounts/app.mjs", get(page::app_js))
+    r.route("/oauth/success/{client}", get(page::page))
+        .route("/accounts/app.mjs", get(page::app_js))
         .route("/accounts/onepw.mjs", get(page::onepw_js))
         .route("/accounts/avatar.svg", get(page::avatar))
 }
@@ -175,6 +176,11 @@ fn hex32(s: &str, what: &'static str) -> Result<Vec<u8>> {
         .ok()
         .filter(|b| b.len() == 32)
         .ok_or(AccountsError::BadParameter(what))
+}
+
+/// A query-string value, percent-encoded (the OAuth state is the client's to choose).
+fn encode_component(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
 fn now_ms() -> i64 {
@@ -772,6 +778,25 @@ struct AuthorizationBody {
     keys_jwe: Option<String>,
     #[serde(default)]
     access_type: Option<String>,
+    #[serde(default)]
+    redirect_uri: Option<String>,
+}
+
+/// Where the code goes: the WebChannel (desktop, Android, iOS's Rust client), or a page
+/// the app watches for, `/oauth/success/<client id>` on this server or on Mozilla's (the
+/// redirect older Firefox for iOS registers). Anything else would hand the code to a page
+/// the user never meant to trust.
+fn redirect_for(srv: &AccountServer, asked: Option<&str>, client_id: &str) -> Result<String> {
+    match asked {
+        None | Some(WEBCHANNEL_REDIRECT) => Ok(WEBCHANNEL_REDIRECT.to_string()),
+        Some(uri)
+            if uri == format!("{}/oauth/success/{client_id}", srv.base)
+                || uri == format!("https://accounts.firefox.com/oauth/success/{client_id}") =>
+        {
+            Ok(uri.to_string())
+        }
+        Some(_) => Err(AccountsError::BadParameter("redirect_uri")),
+    }
 }
 
 async fn authorization(
@@ -781,10 +806,11 @@ async fn authorization(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    server(&state)?;
+    let srv = server(&state)?;
     let s = session(&state, &method, &uri, &headers).await?;
     let b: AuthorizationBody = parse(&body)?;
     known_client(&b.client_id)?;
+    let redirect = redirect_for(srv, b.redirect_uri.as_deref(), &b.client_id)?;
     if b.response_type.as_deref().is_some_and(|t| t != "code") {
         return Err(AccountsError::BadParameter("response_type"));
     }
@@ -817,7 +843,7 @@ async fn authorization(
     Ok(Json(json!({
         "code": code,
         "state": b.state,
-        "redirect": format!("{WEBCHANNEL_REDIRECT}?code={code}&state={}", b.state),
+        "redirect": format!("{redirect}?code={code}&state={}", encode_component(&b.state)),
     })))
 }
 
