@@ -230,6 +230,9 @@ pub enum AccountsError {
     /// A device id the account does not have (any more): Firefox then registers anew.
     #[error("unknown device")]
     UnknownDevice,
+    /// A forgotten password's code that is wrong, spent or expired.
+    #[error("invalid or expired reset code")]
+    BadResetCode,
     /// The target device does not offer the command (errno 157).
     #[error("unavailable device command")]
     UnavailableCommand,
@@ -259,6 +262,7 @@ impl IntoResponse for AccountsError {
             E::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 114),
             E::UnknownDevice => (StatusCode::BAD_REQUEST, 123),
             E::UnavailableCommand => (StatusCode::BAD_REQUEST, 157),
+            E::BadResetCode => (StatusCode::BAD_REQUEST, 105),
             E::Disabled => (StatusCode::BAD_REQUEST, 127),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, 125),
             E::UnknownClient => (StatusCode::BAD_REQUEST, 162),

@@ -267,6 +267,12 @@ async fn wrong_passwords_signatures_and_tokens_get_the_account_servers_errors() 
 /// What the page's "Change password" does: prove the old password, unwrap kB with it, and
 /// hand the server kB wrapped under the new one. Answers the finish step's response.
 async fn change_password(s: &TestServer, email: &str, old: &str, new: &str) -> Resp {
+    change_credentials(s, email, old, new, None).await
+}
+
+/// A password change, or with `new_email` the account page's e-mail change (onepw salts
+/// with the address, so kB is wrapped again for the new one).
+async fn change_credentials(s: &TestServer, email: &str, old: &str, new: &str, new_email: Option<&str>) -> Resp {
     let o = onepw::stretch(email, old);
     let body = json!({"email": email, "oldAuthPW": HEXLOWER.encode(&o.auth_pw)});
     let r = call(s, Method::POST, "/v1/password/change/start", None, Some(body)).await;
@@ -275,19 +281,24 @@ async fn change_password(s: &TestServer, email: &str, old: &str, new: &str) -> R
     }
     let start = r.json();
     let kb = fetch_kb(s, start["keyFetchToken"].as_str().unwrap(), &o.unwrap_b_key).await;
-    let n = onepw::stretch(email, new);
+    let n = onepw::stretch(new_email.unwrap_or(email), new);
     // wrapKb = kB XOR the new password's unwrapBKey (the same XOR that unwraps).
-    let body = json!({
+    let mut body = json!({
         "authPW": HEXLOWER.encode(&n.auth_pw),
         "wrapKb": HEXLOWER.encode(&onepw::unwrap_kb(&kb, &n.unwrap_b_key)),
     });
+    if let Some(e) = new_email {
+        body["email"] = e.into();
+    }
     let change = start["passwordChangeToken"].as_str().unwrap();
     let path = "/v1/password/change/finish?keys=true";
-    let hawk = hawk_header_for(s, change, "passwordChangeToken", "POST", path);
-    let r = call(s, Method::POST, path, Some(hawk.clone()), Some(body.clone())).await;
-    // The change token is good once.
-    let again = call(s, Method::POST, path, Some(hawk), Some(body)).await;
-    assert_errno(&again, 401, 110);
+    let hawk = || Some(hawk_header_for(s, change, "passwordChangeToken", "POST", path));
+    let r = call(s, Method::POST, path, hawk(), Some(body.clone())).await;
+    if r.status == 200 {
+        // The change token is good once.
+        let again = call(s, Method::POST, path, hawk(), Some(body)).await;
+        assert_errno(&again, 401, 110);
+    }
     r
 }
 
@@ -573,5 +584,137 @@ async fn profile_devices_and_commands_answer_as_firefox_expects() {
     let jwks = call(&s, Method::GET, "/v1/jwks", None, None).await.json();
     assert_eq!(jwks["keys"][0]["kty"], "RSA");
     assert!(jwks["keys"][0].get("d").is_none(), "the public half only");
+    s.stop().await;
+}
+
+/// The account page's e-mail change: the same kB and bucket under the new address; an
+/// address another account has is refused.
+#[tokio::test]
+async fn an_email_change_keeps_the_keys_and_the_bucket() {
+    let s = open_server().await;
+    let first = page_sign_in(&s, "old@example.org", PASSWORD, true).await;
+    let before = sync_token(&s, &first).await;
+    page_sign_in(&s, "taken@example.org", PASSWORD, true).await;
+    let r = change_credentials(&s, "old@example.org", PASSWORD, PASSWORD, Some("taken@example.org")).await;
+    assert_errno(&r, 400, 101);
+    // The page sends the address lower-cased, as it stretched the password with it.
+    let r = change_credentials(&s, "old@example.org", PASSWORD, PASSWORD, Some("New@Example.org")).await;
+    assert_errno(&r, 400, 107);
+    let r = change_credentials(&s, "old@example.org", PASSWORD, PASSWORD, Some("new@example.org")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let again = page_sign_in(&s, "new@example.org", PASSWORD, false).await;
+    assert_eq!(again.uid, first.uid);
+    assert_eq!(again.kb, first.kb, "kB is kept under the new address");
+    assert_eq!(sync_token(&s, &again).await["uid"], before["uid"]);
+    let keys = onepw::stretch("old@example.org", PASSWORD);
+    let body = json!({"email": "old@example.org", "authPW": HEXLOWER.encode(&keys.auth_pw)});
+    assert_errno(
+        &call(&s, Method::POST, "/v1/account/login", None, Some(body)).await,
+        400,
+        102,
+    );
+    s.stop().await;
+}
+
+/// The account page's "Delete account": the password and a session; the account and its
+/// Sync data go.
+#[tokio::test]
+async fn an_account_deletes_itself_with_its_sync_data() {
+    let s = open_server().await;
+    let email = "gone@example.org";
+    let me = page_sign_in(&s, email, PASSWORD, true).await;
+    let token = sync_token(&s, &me).await;
+    let creds = syncstead_proto::token::Credentials {
+        id: token["id"].as_str().unwrap().into(),
+        key: token["key"].as_str().unwrap().into(),
+    };
+    let storage =
+        syncstead_client::StorageClient::new(s.http.clone(), token["api_endpoint"].as_str().unwrap(), creds).unwrap();
+    let put = storage.request(Method::PUT, "/storage/bookmarks/abcdefghijkl").unwrap();
+    assert_eq!(send(put.json(&json!({"payload": "x"}))).await.status, 200);
+    let destroy = |password: &str| {
+        let keys = onepw::stretch(email, password);
+        let body = json!({"email": email, "authPW": HEXLOWER.encode(&keys.auth_pw)});
+        call(
+            &s,
+            Method::POST,
+            "/v1/account/destroy",
+            Some(format!("Bearer fxs_{}", me.session)),
+            Some(body),
+        )
+    };
+    assert_errno(&destroy("not the password at all").await, 400, 103);
+    let r = destroy(PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let keys = onepw::stretch(email, PASSWORD);
+    let body = json!({"email": email, "authPW": HEXLOWER.encode(&keys.auth_pw)});
+    assert_errno(
+        &call(&s, Method::POST, "/v1/account/login", None, Some(body)).await,
+        400,
+        102,
+    );
+    let get = storage.request(Method::GET, "/storage/bookmarks/abcdefghijkl").unwrap();
+    assert_eq!(send(get).await.status, 404, "the Sync data went with the account");
+    s.stop().await;
+}
+
+/// A forgotten password, by a mailed code: new kB, a fresh bucket, the code good once;
+/// without a mail server the page is told to ask the operator.
+#[tokio::test]
+async fn a_forgotten_password_is_reset_by_a_mailed_code() {
+    let (port, inbox) = fake_smtp().await;
+    let s = TestServer::start_with(|c| {
+        c.account_registration = Some("open".into());
+        c.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        c.smtp_from = Some("Sync <sync@example.com>".into());
+    })
+    .await;
+    let email = "lost@example.org";
+    let me = page_sign_in(&s, email, PASSWORD, true).await;
+    let before = sync_token(&s, &me).await;
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/password/forgot/send_code",
+        None,
+        Some(json!({"email": email})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mail = inbox.lock().unwrap().join("\n");
+    let code = mail
+        .split_whitespace()
+        .skip_while(|w| *w != "code")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no code in {mail}"))
+        .trim_end_matches('.')
+        .to_string();
+    assert!(mail.contains("/reset_password"), "{mail}");
+    let fresh = onepw::stretch(email, "a new password entirely");
+    let reset = |code: &str| {
+        let body = json!({"email": email, "code": code, "authPW": HEXLOWER.encode(&fresh.auth_pw)});
+        call(&s, Method::POST, "/v1/account/reset", None, Some(body))
+    };
+    assert_errno(&reset("AAAAAAAAAAAAAAAA").await, 400, 105);
+    let r = reset(&code.to_lowercase()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_errno(&reset(&code).await, 400, 105);
+    let again = page_sign_in(&s, email, "a new password entirely", false).await;
+    assert_ne!(again.kb, me.kb, "a reset makes a new kB");
+    assert_ne!(sync_token(&s, &again).await["uid"], before["uid"], "and a fresh bucket");
+    s.stop().await;
+
+    let s = open_server().await;
+    page_sign_in(&s, email, PASSWORD, true).await;
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/password/forgot/send_code",
+        None,
+        Some(json!({"email": email})),
+    )
+    .await;
+    assert_errno(&r, 403, 125);
+    assert!(r.json()["message"].as_str().unwrap().contains("operator"));
     s.stop().await;
 }

@@ -35,6 +35,8 @@ pub enum TokenKind {
     Refresh,
     /// Authorises the second step of a password change, once.
     PasswordChange,
+    /// A forgotten password's one-time code (mailed, or given by the operator), by its hash.
+    AccountReset,
 }
 
 impl TokenKind {
@@ -44,6 +46,7 @@ impl TokenKind {
             TokenKind::KeyFetch => "key_fetch",
             TokenKind::Refresh => "refresh",
             TokenKind::PasswordChange => "password_change",
+            TokenKind::AccountReset => "account_reset",
         }
     }
 }
@@ -113,6 +116,9 @@ pub struct Credentials {
     pub wrap_wrap_kb: String,
     /// Set by a reset: new kA and the time the keys changed.
     pub new_keys: Option<(String, i64)>,
+    /// A new e-mail address: onepw salts the password with it, so it changes together
+    /// with the credentials made from it.
+    pub new_email: Option<String>,
 }
 
 #[async_trait]
@@ -125,8 +131,9 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Disabling also ends every session and refresh token of the account.
     async fn set_identity_disabled(&self, uid: &str, disabled: bool) -> StoreResult<bool>;
     /// Replaces the credentials and ends every token of the account. With new keys (a
-    /// reset) the devices go too; a password change keeps them, detached.
-    async fn set_credentials(&self, uid: &str, credentials: &Credentials) -> StoreResult<bool>;
+    /// reset) the devices go too; a password change keeps them, detached. `Exists` when
+    /// the new e-mail address is another account's.
+    async fn set_credentials(&self, uid: &str, credentials: &Credentials) -> Result<bool, AccountError>;
     /// Deletes the account, its tokens and devices, and the Sync data of the token-server
     /// user `sync_email` stands for.
     async fn delete_identity(&self, uid: &str, sync_email: &str) -> StoreResult<bool>;
@@ -184,6 +191,7 @@ fn token_from(mut r: Row) -> StoreResult<AuthToken> {
         "session" => TokenKind::Session,
         "key_fetch" => TokenKind::KeyFetch,
         "password_change" => TokenKind::PasswordChange,
+        "account_reset" => TokenKind::AccountReset,
         _ => TokenKind::Refresh,
     };
     Ok(AuthToken {
@@ -366,17 +374,31 @@ impl<E: Engine> IdentityStore for Db<E> {
         .await
     }
 
-    async fn set_credentials(&self, uid: &str, credentials: &Credentials) -> StoreResult<bool> {
+    async fn set_credentials(&self, uid: &str, credentials: &Credentials) -> Result<bool, AccountError> {
         let args = Arc::new((uid.to_string(), credentials.clone()));
         self.write("set_credentials", 0, move |tx| {
             let args = args.clone();
             Box::pin(async move {
                 let (uid, c) = &*args;
+                if let Some(email) = &c.new_email {
+                    // E-mail changes take turns with sign-ups, so an address stays unique.
+                    tx.lock(Lock::Accounts).await?;
+                    let taken = tx
+                        .query_opt(
+                            "SELECT uid FROM identities WHERE email = $1 AND uid <> $2",
+                            &[email.into(), uid.into()],
+                        )
+                        .await?;
+                    if taken.is_some() {
+                        return Ok(Err(AccountError::Exists));
+                    }
+                }
                 let (ka, changed_at) = c.new_keys.clone().unzip();
                 let changed = tx
                     .execute(
                         "UPDATE identities SET auth_salt = $2, verify_hash = $3, wrap_wrap_kb = $4,
-                             ka = COALESCE($5, ka), keys_changed_at = COALESCE($6, keys_changed_at)
+                             ka = COALESCE($5, ka), keys_changed_at = COALESCE($6, keys_changed_at),
+                             email = COALESCE($7, email)
                          WHERE uid = $1",
                         &[
                             uid.into(),
@@ -385,6 +407,7 @@ impl<E: Engine> IdentityStore for Db<E> {
                             (&c.wrap_wrap_kb).into(),
                             ka.as_ref().into(),
                             changed_at.into(),
+                            c.new_email.as_ref().into(),
                         ],
                     )
                     .await?;
@@ -402,10 +425,10 @@ impl<E: Engine> IdentityStore for Db<E> {
                     )
                     .await?;
                 }
-                Ok(changed > 0)
+                Ok(Ok(changed > 0))
             })
         })
-        .await
+        .await?
     }
 
     async fn delete_identity(&self, uid: &str, sync_email: &str) -> StoreResult<bool> {

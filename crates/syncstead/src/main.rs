@@ -188,7 +188,13 @@ enum AccountAction {
     /// A forgotten password: set a new one. The keys change with it, so the account's
     /// Sync data starts afresh (it was encrypted with a key the old password unlocked)
     /// and every device must sign in again.
-    Reset { account: String },
+    Reset {
+        account: String,
+        /// Print a one-time code (24 hours) for the owner to enter with a new password at
+        /// <server>/reset_password, instead of setting the password here.
+        #[arg(long)]
+        code: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -654,7 +660,13 @@ async fn account(action: AccountAction, layer: ConfigLayer) -> CliResult<()> {
                 .await?;
             println!("deleted {} and all of its data", i.email);
         }
-        AccountAction::Reset { account } => {
+        AccountAction::Reset { account, code: true } => {
+            let i = accounts::find_account(&*store, &account).await?;
+            let code = accounts::issue_reset_code(&*store, &i.uid).await?;
+            println!("reset code for {}: {code}", i.email);
+            println!("(valid once, for 24 hours, at the server's /reset_password page; Sync data starts afresh)");
+        }
+        AccountAction::Reset { account, code: false } => {
             let i = accounts::find_account(&*store, &account).await?;
             let password = read_password()?;
             accounts::reset_account(&*store, &pool, &i.email, &password).await?;

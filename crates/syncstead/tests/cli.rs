@@ -829,10 +829,29 @@ fn syncstead_account_admin_commands() {
         .unwrap();
     assert_eq!(rt.block_on(r.text()).unwrap(), "{}");
 
+    // A code for the owner instead: they choose the new password on the page.
+    let (ok, out) = run(&["account", "reset", "--code", email], "");
+    assert!(ok, "{out}");
+    let code = out.lines().next().unwrap().rsplit(' ').next().unwrap().to_string();
+    let fresh = syncstead_server::accounts::onepw::stretch(email, "third password");
+    let body =
+        serde_json::json!({"email": email, "code": code, "authPW": data_encoding::HEXLOWER.encode(&fresh.auth_pw)});
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/v1/account/reset"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    assert!(rt.block_on(account_sign_in(&addr, email, "third password")).is_ok());
+
     assert!(run(&["account", "delete", email], "").0);
     assert!(!run(&["account", "delete", email], "").0, "gone");
     assert_eq!(
-        rt.block_on(account_sign_in(&addr, email, "second password")).err(),
+        rt.block_on(account_sign_in(&addr, email, "third password")).err(),
         Some(102)
     );
     // The old bucket's credentials are still signed and unexpired, but its data is gone.

@@ -9,6 +9,7 @@ const IOS = / FxiOS\//.test(navigator.userAgent);
 const $ = (id) => document.getElementById(id);
 let signUp = location.pathname === "/signup";
 let changing = location.pathname === "/settings/change_password";
+const view = location.pathname === "/reset_password" ? "reset" : location.pathname === "/settings" ? "settings" : "signin";
 
 function status(text, error = false) {
   $("status").textContent = text;
@@ -71,6 +72,8 @@ function explain(e) {
     case 101: return "An account with this e-mail address exists: sign in instead.";
     case 114: return "Too many attempts: wait a few minutes and try again.";
     case 127: return "This account is disabled. Ask the server's operator.";
+    case 105: return "The reset code is wrong, used or expired.";
+    case 123: return "That device is gone already.";
     default: return e.message;
   }
 }
@@ -89,23 +92,189 @@ async function fetchKb(keyFetchToken, unwrapBKey) {
   return onepw.unwrapKb(wrapKb, unwrapBKey);
 }
 
-/** A password change keeps kB: unwrapped with the old password, wrapped again with the new. */
-async function changePassword(email, oldPassword, newPassword) {
+/**
+ * A password (or e-mail) change keeps kB: unwrapped with the old password, wrapped again
+ * with the new one (onepw salts with the e-mail, so a new address re-wraps too). Every
+ * session ends; the answer carries a new one for this page.
+ */
+async function changeCredentials(email, oldPassword, newPassword, newEmail) {
   needCrypto();
   status("Checking your password…");
   const old = await onepw.stretch(email, oldPassword);
   const start = await api("/password/change/start", { email, oldAuthPW: onepw.toHex(old.authPW) });
   const kB = await fetchKb(start.keyFetchToken, old.unwrapBKey);
-  status("Wrapping your key with the new password…");
-  const fresh = await onepw.stretch(email, newPassword);
-  await api(
-    "/password/change/finish",
-    { authPW: onepw.toHex(fresh.authPW), wrapKb: onepw.toHex(onepw.wrapKb(kB, fresh.unwrapBKey)) },
-    `fxp_${start.passwordChangeToken}`,
-  );
+  status("Wrapping your key again…");
+  const fresh = await onepw.stretch(newEmail || email, newPassword);
+  const body = { authPW: onepw.toHex(fresh.authPW), wrapKb: onepw.toHex(onepw.wrapKb(kB, fresh.unwrapBKey)) };
+  if (newEmail) body.email = newEmail;
+  return api("/password/change/finish", body, `fxp_${start.passwordChangeToken}`);
+}
+
+async function changePassword(email, oldPassword, newPassword) {
+  await changeCredentials(email, oldPassword, newPassword);
   status("Password changed. Your synced data is kept; each device asks for the new password once.");
   document.body.dataset.state = "changed";
 }
+
+// ---- the account page (/settings) --------------------------------------------------------
+const SESSION_KEY = "syncstead.session";
+const EMAIL_KEY = "syncstead.email";
+const pageSession = () => sessionStorage.getItem(SESSION_KEY);
+
+function remember(email, sessionToken) {
+  sessionStorage.setItem(SESSION_KEY, sessionToken);
+  sessionStorage.setItem(EMAIL_KEY, email);
+}
+
+async function settingsSignIn(email, password) {
+  needCrypto();
+  status("Checking your password…");
+  const { authPW } = await onepw.stretch(email, password);
+  const session = await api("/account/login", { email, authPW: onepw.toHex(authPW) });
+  remember(email, session.sessionToken);
+  await showSettings();
+}
+
+async function showSettings(done = "") {
+  const token = pageSession();
+  const email = sessionStorage.getItem(EMAIL_KEY);
+  let devices;
+  try {
+    devices = await api("/account/devices", undefined, `fxs_${token}`);
+  } catch (e) {
+    sessionStorage.removeItem(SESSION_KEY);
+    render();
+    throw e;
+  }
+  for (const id of ["form", "toggle", "change", "forgot", "intro"]) $(id).hidden = true;
+  $("settings").hidden = false;
+  $("title").textContent = "Your account";
+  $("account-email").textContent = email;
+  const list = $("devices");
+  list.replaceChildren();
+  if (!devices.length) {
+    const li = document.createElement("li");
+    li.textContent = "No device is signed in.";
+    list.append(li);
+  }
+  for (const d of devices) {
+    const li = document.createElement("li");
+    li.dataset.id = d.id;
+    const name = document.createElement("input");
+    name.value = d.name;
+    name.className = "device-name";
+    name.setAttribute("aria-label", "Device name");
+    const rename = document.createElement("button");
+    rename.type = "button";
+    rename.className = "small rename";
+    rename.textContent = "Rename";
+    rename.addEventListener("click", () =>
+      act(async () => {
+        await api("/account/device", { id: d.id, name: name.value.trim() }, `fxs_${pageSession()}`);
+        await showSettings("renamed");
+        status(`Renamed to “${name.value.trim()}”.`);
+      }),
+    );
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "small danger remove";
+    remove.textContent = "Remove";
+    remove.addEventListener("click", () =>
+      act(async () => {
+        await api("/account/device/destroy", { id: d.id }, `fxs_${pageSession()}`);
+        await showSettings("removed");
+        status(`${d.name || "The device"} is signed out.`);
+      }),
+    );
+    li.append(name, rename, remove);
+    list.append(li);
+  }
+  status("");
+  document.body.dataset.state = done || "settings";
+}
+
+/** Runs an account-page action with the buttons held and its error shown. */
+async function act(f) {
+  for (const b of document.querySelectorAll("button")) b.disabled = true;
+  try {
+    await f();
+  } catch (e) {
+    status(explain(e), true);
+  } finally {
+    for (const b of document.querySelectorAll("button")) b.disabled = false;
+  }
+}
+
+$("pw-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    const email = sessionStorage.getItem(EMAIL_KEY);
+    const answer = await changeCredentials(email, $("pw-current").value, $("pw-new").value);
+    remember(email, answer.sessionToken);
+    $("pw-form").reset();
+    await showSettings("changed");
+    status("Password changed. Your synced data is kept; each device asks for the new password once.");
+  });
+});
+
+$("email-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    const email = sessionStorage.getItem(EMAIL_KEY);
+    const newEmail = $("new-email").value.trim().toLowerCase();
+    const answer = await changeCredentials(email, $("email-password").value, $("email-password").value, newEmail);
+    remember(newEmail, answer.sessionToken);
+    $("email-form").reset();
+    await showSettings("email-changed");
+    status(`Your account is now ${newEmail}. Each device asks for the password once.`);
+  });
+});
+
+$("delete-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    const email = sessionStorage.getItem(EMAIL_KEY);
+    const { authPW } = await onepw.stretch(email, $("delete-password").value);
+    await api("/account/destroy", { email, authPW: onepw.toHex(authPW) }, `fxs_${pageSession()}`);
+    sessionStorage.clear();
+    $("settings").hidden = true;
+    $("title").textContent = "Account deleted";
+    status("The account and all of its Sync data are deleted from this server.");
+    document.body.dataset.state = "deleted";
+  });
+});
+
+$("signout").addEventListener("click", () =>
+  act(async () => {
+    await api("/session/destroy", {}, `fxs_${pageSession()}`).catch(() => {});
+    sessionStorage.clear();
+    location.reload();
+  }),
+);
+
+// ---- a forgotten password (/reset_password) ----------------------------------------------
+$("reset-send-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    await api("/password/forgot/send_code", { email: $("reset-email").value.trim().toLowerCase() });
+    status("A code is on its way to that address. Enter it below with a new password.");
+    document.body.dataset.state = "code-sent";
+  });
+});
+
+$("reset-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act(async () => {
+    needCrypto();
+    const email = $("reset-email").value.trim().toLowerCase();
+    const { authPW } = await onepw.stretch(email, $("reset-password").value);
+    await api("/account/reset", { email, code: $("reset-code").value.trim(), authPW: onepw.toHex(authPW) });
+    $("reset").hidden = true;
+    $("title").textContent = "Account reset";
+    status("Done. Sign in to Sync again on each device with the new password; they upload what they have afresh.");
+    document.body.dataset.state = "reset";
+  });
+});
 
 async function signIn(email, password, invite) {
   const fromFirefox = params.get("context") === "oauth_webchannel_v1" || params.has("keys_jwk");
@@ -202,6 +371,7 @@ $("form").addEventListener("submit", async (ev) => {
   try {
     const email = $("email").value.trim().toLowerCase();
     if (changing) await changePassword(email, $("password").value, $("new-password").value);
+    else if (view === "settings") await settingsSignIn(email, $("password").value);
     else await signIn(email, $("password").value, $("invite").value.trim());
   } catch (e) {
     status(explain(e), true);
@@ -211,6 +381,18 @@ $("form").addEventListener("submit", async (ev) => {
 });
 if (params.get("email")) $("email").value = params.get("email");
 render();
+if (view === "settings") {
+  $("title").textContent = "Sign in to manage your account";
+  $("toggle").hidden = true;
+  $("change").hidden = true;
+  if (pageSession()) showSettings().catch((e) => status(explain(e), true));
+}
+if (view === "reset") {
+  for (const id of ["form", "toggle", "change", "forgot", "intro"]) $(id).hidden = true;
+  $("title").textContent = "Forgot your password?";
+  $("reset").hidden = false;
+  if (params.get("email")) $("reset-email").value = params.get("email");
+}
 if (location.pathname.startsWith("/oauth/success/")) {
   $("form").hidden = true;
   $("toggle").hidden = true;

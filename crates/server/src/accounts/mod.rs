@@ -60,6 +60,8 @@ pub struct AccountServer {
     /// Failed logins of one address on one account, and of one address on any.
     pub pairs: Throttle,
     pub addresses: Throttle,
+    /// Reset mails per account, so nobody can flood an inbox through the page.
+    pub mails: Throttle,
     /// The origin every URL the browser is given starts with (no trailing slash).
     pub base: String,
 }
@@ -85,6 +87,12 @@ impl AccountServer {
             max_identities,
             pairs: Throttle::new(10, quarter_hour, std::time::Duration::from_secs(30), quarter_hour),
             addresses: Throttle::new(200, quarter_hour, std::time::Duration::from_secs(60), quarter_hour),
+            mails: Throttle::new(
+                3,
+                std::time::Duration::from_secs(3600),
+                std::time::Duration::from_secs(3600),
+                std::time::Duration::from_secs(3600),
+            ),
             base,
         })
     }
@@ -127,6 +135,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/account/keys", get(keys))
         .route("/v1/account/scoped-key-data", post(scoped_key_data))
         .route("/v1/account/status", get(account_status).post(account_status_by_email))
+        .route("/v1/account/destroy", post(account_destroy))
+        .route("/v1/account/reset", post(account_reset))
+        .route("/v1/password/forgot/send_code", post(forgot_send_code))
         .route("/v1/password/change/start", post(change_start))
         .route("/v1/password/change/finish", post(change_finish))
         .route("/v1/session/status", get(session_status))
@@ -237,7 +248,7 @@ async fn authorise(
         TokenKind::Session => "fxs_",
         TokenKind::KeyFetch => "fxk_",
         TokenKind::PasswordChange => "fxp_",
-        TokenKind::Refresh => "",
+        TokenKind::Refresh | TokenKind::AccountReset => "",
     };
     let token = match bearer.strip_prefix(prefix).filter(|_| !prefix.is_empty()) {
         Some(hex) => {
@@ -396,6 +407,7 @@ pub async fn reset_credentials(pool: &Arc<HashPool>, auth_pw: Vec<u8>) -> Result
         verify_hash: fresh.verify_hash,
         wrap_wrap_kb: fresh.wrap_wrap_kb,
         new_keys: Some((fresh.ka, fresh.keys_changed_at)),
+        new_email: None,
     })
 }
 
@@ -417,16 +429,11 @@ async fn create(State(state): State<AppState>, Query(q): Query<KeysQuery>, body:
     let email = normalise_email(&b.email)?;
     let auth_pw = hex32(&b.auth_pw, "authPW")?;
     let identity = new_identity(&state.weave.hasher, email, auth_pw.clone()).await?;
-    match state.identities.create_identity(&identity, srv.max_identities).await {
-        Ok(()) => {}
-        Err(AccountError::Exists) => return Err(AccountsError::AccountExists),
-        Err(AccountError::Full) => {
-            return Err(AccountsError::Forbidden(
-                "this server holds its maximum number of accounts",
-            ))
-        }
-        Err(AccountError::Store(e)) => return Err(e.into()),
-    }
+    state
+        .identities
+        .create_identity(&identity, srv.max_identities)
+        .await
+        .map_err(account_error)?;
     tracing::info!(uid = %identity.uid, "account created");
     // The new account's keys are known only from authPW at this moment: log straight in.
     let stretched = stretch(&state.weave.hasher, auth_pw, hex32(&identity.auth_salt, "salt")?).await?;
@@ -567,6 +574,10 @@ struct ChangeFinishBody {
     auth_pw: String,
     #[serde(rename = "wrapKb")]
     wrap_kb: String,
+    /// A new e-mail address (the account page's "change e-mail"): onepw salts the
+    /// password with the address, so authPW and wrapKb are made with the new one.
+    #[serde(default)]
+    email: Option<String>,
 }
 
 /// The second step: the new password's authPW and kB re-wrapped by the page under it. The
@@ -585,6 +596,12 @@ async fn change_finish(
     let b: ChangeFinishBody = parse(&body)?;
     let auth_pw = hex32(&b.auth_pw, "authPW")?;
     let wrap_kb = hex32(&b.wrap_kb, "wrapKb")?;
+    // onepw salts with the address as the page typed it: one not already in normal form
+    // would give credentials that no later sign-in could reproduce.
+    let new_email = b.email.as_deref().map(normalise_email).transpose()?;
+    if new_email.as_deref() != b.email.as_deref() {
+        return Err(AccountsError::BadParameter("email"));
+    }
     state
         .identities
         .take_token(&token.id, TokenKind::PasswordChange)
@@ -597,11 +614,14 @@ async fn change_finish(
         verify_hash: HEXLOWER.encode(&stretched.verify_hash()),
         wrap_wrap_kb: HEXLOWER.encode(&stretched.wrap(&wrap_kb)),
         new_keys: None,
+        new_email,
     };
-    if !state.identities.set_credentials(&token.uid, &credentials).await? {
-        return Err(AccountsError::InvalidToken);
+    match state.identities.set_credentials(&token.uid, &credentials).await {
+        Ok(true) => {}
+        Ok(false) => return Err(AccountsError::InvalidToken),
+        Err(e) => return Err(account_error(e)),
     }
-    tracing::info!(uid = %token.uid, "password changed");
+    tracing::info!(uid = %token.uid, email_changed = credentials.new_email.is_some(), "password changed");
     let identity = state
         .identities
         .identity(&token.uid)
@@ -1254,9 +1274,11 @@ async fn device(
         created_at: now,
         last_access: now,
     });
-    // A device that signed in again (after a password change, say) is the device of
-    // this session from now on.
-    d.token_id = Some(s.id.clone());
+    // A detached device that signs in again (after a password change) is the device of
+    // this session from now on; another session (the account page) only renames it.
+    if d.token_id.is_none() {
+        d.token_id = Some(s.id.clone());
+    }
     if let Some(n) = name {
         d.name = n;
     }
@@ -1470,6 +1492,162 @@ async fn invoke_command(
     ))
 }
 
+// ---- the account page: deletion and forgotten passwords ----------------------------------
+
+/// Deletes the account and all of its Sync data, on the account's password and a session.
+async fn account_destroy(
+    State(state): State<AppState>,
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    ClientAddr(addr): ClientAddr,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    server(&state)?;
+    let s = session(&state, &method, &uri, &headers).await?;
+    let b: CredentialsBody = parse(&body)?;
+    let (identity, _) = check_password(&state, addr, &b.email, &b.auth_pw).await?;
+    if identity.uid != s.uid {
+        return Err(AccountsError::InvalidToken);
+    }
+    state
+        .identities
+        .delete_identity(&identity.uid, &AccountServer::sync_email(&identity.uid))
+        .await?;
+    tracing::info!(uid = %identity.uid, "account deleted by its owner");
+    Ok(Json(json!({})))
+}
+
+/// How long a forgotten password's code works.
+const RESET_CODE_LIFETIME_MS: i64 = 24 * 3600 * 1000;
+
+fn reset_code_id(code: &str) -> String {
+    let normal: String = code
+        .trim()
+        .to_ascii_uppercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    HEXLOWER.encode(&onepw::sha256(normal.as_bytes()))
+}
+
+/// A one-time code that lets the account's owner choose a new password (and so new keys),
+/// kept by its hash. Mailed by the page, or printed by `syncstead account reset --code`.
+pub async fn issue_reset_code(store: &dyn syncstead_store::IdentityStore, uid: &str) -> Result<String> {
+    let code = crate::user_api::new_reset_code();
+    let now = now_ms();
+    store
+        .put_token(&AuthToken {
+            id: reset_code_id(&code),
+            kind: TokenKind::AccountReset,
+            uid: uid.to_string(),
+            data: String::new(),
+            client_id: None,
+            created_at: now,
+            expires_at: Some(now + RESET_CODE_LIFETIME_MS),
+        })
+        .await?;
+    Ok(code)
+}
+
+/// Mails a reset code when the server has a mail server; otherwise the page tells the user
+/// to ask the operator for one.
+async fn forgot_send_code(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>> {
+    let srv = server(&state)?;
+    let b: EmailBody = parse(&body)?;
+    let email = normalise_email(&b.email)?;
+    let Some(mailer) = &state.weave.mailer else {
+        return Err(AccountsError::Forbidden(
+            "this server sends no mail: ask its operator for a reset code",
+        ));
+    };
+    let identity = state
+        .identities
+        .identity_by_email(&email)
+        .await?
+        .ok_or(AccountsError::UnknownAccount)?;
+    srv.mails
+        .attempt(&identity.uid)
+        .map_err(|retry_after| AccountsError::Throttled { retry_after })?;
+    let code = issue_reset_code(state.identities.as_ref(), &identity.uid).await?;
+    let body = format!(
+        "Someone asked to reset the password of this Sync account.\n\n\
+         To choose a new one, open {}/reset_password and enter the code {code}.\n\n\
+         Your synced data is encrypted with your old password, so a reset starts Sync afresh:\n\
+         your devices upload what they have again. The code works once, for 24 hours.\n\
+         If you did not ask for this, ignore this mail.\n",
+        srv.base
+    );
+    mailer
+        .send(&identity.email, "Reset your Sync password", body)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot send a reset mail");
+            AccountsError::Unavailable { retry_after: 300 }
+        })?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResetBody {
+    email: String,
+    code: String,
+    #[serde(rename = "authPW")]
+    auth_pw: String,
+}
+
+/// A forgotten password: the code and a new password's authPW. New kB and keys, every
+/// device signed out; the token server then gives the account a fresh, empty bucket.
+async fn account_reset(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let srv = server(&state)?;
+    let b: ResetBody = parse(&body)?;
+    let email = normalise_email(&b.email)?;
+    let auth_pw = hex32(&b.auth_pw, "authPW")?;
+    let pair = pair_key(&email, addr);
+    srv.pairs
+        .attempt(&pair)
+        .map_err(|retry_after| AccountsError::Throttled { retry_after })?;
+    let identity = state
+        .identities
+        .identity_by_email(&email)
+        .await?
+        .ok_or(AccountsError::UnknownAccount)?;
+    let id = reset_code_id(&b.code);
+    // Looked at before it is spent, so another account's code is not used up.
+    match state.identities.token(&id, TokenKind::AccountReset).await? {
+        Some(t) if t.uid == identity.uid => {}
+        _ => return Err(AccountsError::BadResetCode),
+    }
+    state
+        .identities
+        .take_token(&id, TokenKind::AccountReset)
+        .await?
+        .ok_or(AccountsError::BadResetCode)?;
+    srv.pairs.success(&pair);
+    let credentials = reset_credentials(&state.weave.hasher, auth_pw).await?;
+    state
+        .identities
+        .set_credentials(&identity.uid, &credentials)
+        .await
+        .map_err(account_error)?;
+    tracing::info!(uid = %identity.uid, "account reset with a code");
+    Ok(Json(json!({})))
+}
+
+/// The store's account refusals as the account server words them.
+fn account_error(e: AccountError) -> AccountsError {
+    match e {
+        AccountError::Exists => AccountsError::AccountExists,
+        AccountError::Full => AccountsError::Forbidden("this server holds its maximum number of accounts"),
+        AccountError::Store(e) => e.into(),
+    }
+}
+
 // ---- administration (the `syncstead account` commands) -----------------------------------
 
 /// Creates an account for `email` with `password`, as the sign-up page would.
@@ -1483,14 +1661,8 @@ pub async fn add_account(
     let email = normalise_email(email)?;
     let keys = onepw::stretch(&email, password);
     let identity = new_identity(pool, email, keys.auth_pw.to_vec()).await?;
-    match store.create_identity(&identity, max).await {
-        Ok(()) => Ok(identity),
-        Err(AccountError::Exists) => Err(AccountsError::AccountExists),
-        Err(AccountError::Full) => Err(AccountsError::Forbidden(
-            "this server holds its maximum number of accounts",
-        )),
-        Err(AccountError::Store(e)) => Err(e.into()),
-    }
+    store.create_identity(&identity, max).await.map_err(account_error)?;
+    Ok(identity)
 }
 
 /// A forgotten password: new credentials and new keys. Every device is signed out, and
@@ -1509,7 +1681,10 @@ pub async fn reset_account(
         .ok_or(AccountsError::UnknownAccount)?;
     let keys = onepw::stretch(&email, password);
     let credentials = reset_credentials(pool, keys.auth_pw.to_vec()).await?;
-    store.set_credentials(&identity.uid, &credentials).await?;
+    store
+        .set_credentials(&identity.uid, &credentials)
+        .await
+        .map_err(account_error)?;
     store
         .identity(&identity.uid)
         .await?

@@ -17,6 +17,7 @@ pub const PATHS: &[&str] = &[
     "/force_auth",
     "/settings",
     "/settings/change_password",
+    "/reset_password",
 ];
 
 const HTML: &str = include_str!("../../assets/accounts/index.html");
