@@ -339,6 +339,11 @@ pub struct ConfigLayer {
     /// settings); with false only Syncstead's own accounts sync here [default: true].
     #[arg(long, env = "SYNCSTEAD_MOZILLA_ACCOUNTS", value_name = "BOOL")]
     pub mozilla_accounts: Option<bool>,
+
+    /// Turns on the operator's page at /admin: the token to sign in there with, 16
+    /// characters or more (e.g. `openssl rand -hex 32`) [default: none, the page is off].
+    #[arg(long, env = "SYNCSTEAD_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// HTTPS from the TLS settings: certificate files, or ACME, or neither.
@@ -658,6 +663,7 @@ pub struct Settings {
     pub account_registration: AccountRegistration,
     pub max_identities: Option<u64>,
     pub mozilla_accounts: bool,
+    pub admin_token: Option<String>,
 }
 
 /// Who may create a Syncstead account from the sign-in page.
@@ -896,6 +902,17 @@ impl Settings {
                 master_secret.chars().count()
             )));
         }
+        // The admin page can delete every account: a guessable token is no lock at all.
+        let admin_token = layer.admin_token.clone().filter(|t| !t.is_empty());
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < MIN_SECRET_CHARS)
+        {
+            return Err(ConfigError::Invalid(
+                "admin_token",
+                format!("use at least {MIN_SECRET_CHARS} characters, e.g. the output of `openssl rand -hex 32`"),
+            ));
+        }
         Ok(Settings {
             listen: layer.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
             public_url,
@@ -952,6 +969,7 @@ impl Settings {
             account_registration,
             max_identities: layer.max_identities.filter(|n| *n > 0),
             mozilla_accounts: layer.mozilla_accounts.unwrap_or(true),
+            admin_token,
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod acme;
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -123,6 +123,12 @@ fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// The metrics as the metrics endpoint would give them, when a recorder is installed
+/// (`metrics_listen` is set); the admin page shows them.
+pub fn metrics_text() -> Option<String> {
+    HANDLE.get().map(|h| h.render())
+}
+
 async fn render_metrics(State(state): State<AppState>) -> Response {
     if let Ok(stats) = state.store.stats().await {
         metrics::gauge!("syncstead_users").set(stats.users as f64);

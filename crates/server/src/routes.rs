@@ -51,6 +51,9 @@ pub fn router(state: AppState) -> Router {
     if state.account_server.is_some() {
         app = app.merge(accounts::router());
     }
+    if state.admin.is_some() {
+        app = app.merge(crate::admin::router());
+    }
     if state.settings.storage_node {
         app = app.merge(storage15::router());
     }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub tokens: Option<Arc<tokenserver::TokenService>>,
     /// Present when Syncstead's own accounts are on.
     pub account_server: Option<Arc<crate::accounts::AccountServer>>,
+    /// Present when the operator's page is on (`admin_token`).
+    pub admin: Option<Arc<crate::admin::Admin>>,
     /// The URL clients reach this server at, without a trailing slash.
     pub public_base: String,
 }
@@ -67,6 +69,10 @@ impl AppState {
         };
         let runtime = Runtime::default();
         runtime.maintenance.store(settings.maintenance, Ordering::Relaxed);
+        let admin = settings
+            .admin_token
+            .clone()
+            .map(|t| Arc::new(crate::admin::Admin::new(t)));
         let account_server = if settings.accounts && settings.token_server {
             Some(Arc::new(crate::accounts::AccountServer::new(
                 settings.data_dir.join("accounts-signing-key.pem"),
@@ -110,6 +116,7 @@ impl AppState {
             runtime: Arc::new(runtime),
             tokens,
             account_server,
+            admin,
             public_base,
         })
     }

@@ -15,6 +15,9 @@ pub enum CliError {
     Client(#[from] syncstead_client::ClientError),
     #[error(transparent)]
     Accounts(#[from] syncstead_server::error::AccountsError),
+    /// An account operation the admin page shares with the command line.
+    #[error(transparent)]
+    Operator(#[from] syncstead_server::admin::AdminError),
     #[error(transparent)]
     Lock(#[from] syncstead_store::LockError),
     #[error(transparent)]

@@ -179,6 +179,9 @@ enum AccountAction {
     Add { email: String },
     /// List the accounts.
     List,
+    /// Create an account whose owner chooses the password: prints a one-time code (24
+    /// hours) to enter with a new password at <server>/reset_password.
+    Invite { email: String },
     /// Stop an account (e-mail or uid) from signing in and sign out its devices; its data stays.
     Disable { account: String },
     /// Let a disabled account sign in again.
@@ -475,7 +478,7 @@ fn show_config(default: bool, layer: ConfigLayer) -> CliResult<()> {
         _ => serde_json::Map::new(),
     };
     map.retain(|_, v| !v.is_null());
-    for secret in ["master_secret", "weave_secret"] {
+    for secret in ["master_secret", "weave_secret", "account_invite_code", "admin_token"] {
         if let Some(v) = map.get_mut(secret) {
             *v = "<redacted>".into();
         }
@@ -623,7 +626,7 @@ fn account_name(account: &str) -> String {
 }
 
 async fn account(action: AccountAction, layer: ConfigLayer) -> CliResult<()> {
-    use syncstead_server::accounts::{self, AccountServer};
+    use syncstead_server::accounts;
     let settings = load_settings(layer.clone())?;
     let store = open_backend(layer).await?;
     let pool = syncstead_server::passwords::HashPool::new(
@@ -643,21 +646,25 @@ async fn account(action: AccountAction, layer: ConfigLayer) -> CliResult<()> {
                 println!("{:<32}  {:<8}  {}", i.uid, state, i.email);
             }
         }
+        AccountAction::Invite { email } => {
+            let (i, code) =
+                syncstead_server::admin::invite_account(&*store, &pool, &email, settings.max_identities).await?;
+            println!("invited {} (uid {})", i.email, i.uid);
+            println!("reset code: {code}");
+            println!(
+                "(give it to them: valid once, for 24 hours, with a new password at the server's /reset_password page)"
+            );
+        }
         AccountAction::Disable { account } => {
-            let i = accounts::find_account(&*store, &account).await?;
-            store.set_identity_disabled(&i.uid, true).await?;
+            let i = syncstead_server::admin::set_account_disabled(&*store, &account, true).await?;
             println!("disabled {} and signed out its devices", i.email);
         }
         AccountAction::Enable { account } => {
-            let i = accounts::find_account(&*store, &account).await?;
-            store.set_identity_disabled(&i.uid, false).await?;
+            let i = syncstead_server::admin::set_account_disabled(&*store, &account, false).await?;
             println!("enabled {}", i.email);
         }
         AccountAction::Delete { account } => {
-            let i = accounts::find_account(&*store, &account).await?;
-            store
-                .delete_identity(&i.uid, &AccountServer::sync_email(&i.uid))
-                .await?;
+            let i = syncstead_server::admin::delete_account(&*store, &account).await?;
             println!("deleted {} and all of its data", i.email);
         }
         AccountAction::Reset { account, code: true } => {
@@ -714,24 +721,15 @@ async fn user(action: UserAction, layer: ConfigLayer) -> CliResult<()> {
             println!("password of {name} changed");
         }
         UserAction::Delete { account } => {
-            let name = account_name(&account);
-            if !store.delete_account(&name).await? {
-                return Err(CliError::Refused(missing(&name)));
-            }
+            let name = syncstead_server::admin::delete_weave_user(&*store, &account).await?;
             println!("deleted {name} and its data");
         }
         UserAction::Disable { account } => {
-            let name = account_name(&account);
-            if !store.set_disabled(&name, true).await? {
-                return Err(CliError::Refused(missing(&name)));
-            }
+            let name = syncstead_server::admin::set_weave_disabled(&*store, &account, true).await?;
             println!("disabled {name}");
         }
         UserAction::Enable { account } => {
-            let name = account_name(&account);
-            if !store.set_disabled(&name, false).await? {
-                return Err(CliError::Refused(missing(&name)));
-            }
+            let name = syncstead_server::admin::set_weave_disabled(&*store, &account, false).await?;
             println!("enabled {name}");
         }
         UserAction::ResetCode { account } => {
@@ -747,13 +745,11 @@ async fn user(action: UserAction, layer: ConfigLayer) -> CliResult<()> {
             println!("{code}");
         }
         UserAction::Allow { fxa_uid } => {
-            store.allow_account(&fxa_uid, true).await?;
+            syncstead_server::admin::set_allowed(&*store, &fxa_uid, true).await?;
             println!("allowed {fxa_uid}");
         }
         UserAction::Deny { fxa_uid } => {
-            if !store.allow_account(&fxa_uid, false).await? {
-                return Err(CliError::Refused(format!("{fxa_uid} was not on the allow list")));
-            }
+            syncstead_server::admin::set_allowed(&*store, &fxa_uid, false).await?;
             println!("removed {fxa_uid} from the allow list");
         }
         UserAction::List => {

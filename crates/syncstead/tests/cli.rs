@@ -782,7 +782,10 @@ fn syncstead_account_admin_commands() {
         "exists"
     );
     assert!(!run(&["account", "add", "x@example.org"], "short\n").0, "weak password");
+    let (ok, out) = run(&["account", "invite", "guest@example.org"], "");
+    assert!(ok && out.contains("reset code: "), "{out}");
     let (_, list) = run(&["account", "list"], "");
+    assert!(list.contains("guest@example.org"), "{list}");
     let line = list
         .lines()
         .find(|l| l.contains(email))
