@@ -135,7 +135,7 @@ async function settingsSignIn(email, password) {
   await showSettings();
 }
 
-async function showSettings(done = "") {
+async function showSettings(done = "", message = "") {
   const token = pageSession();
   const email = sessionStorage.getItem(EMAIL_KEY);
   let devices;
@@ -171,8 +171,7 @@ async function showSettings(done = "") {
     rename.addEventListener("click", () =>
       act(async () => {
         await api("/account/device", { id: d.id, name: name.value.trim() }, `fxs_${pageSession()}`);
-        await showSettings("renamed");
-        status(`Renamed to “${name.value.trim()}”.`);
+        await showSettings("renamed", `Renamed to “${name.value.trim()}”.`);
       }),
     );
     const remove = document.createElement("button");
@@ -182,14 +181,13 @@ async function showSettings(done = "") {
     remove.addEventListener("click", () =>
       act(async () => {
         await api("/account/device/destroy", { id: d.id }, `fxs_${pageSession()}`);
-        await showSettings("removed");
-        status(`${d.name || "The device"} is signed out.`);
+        await showSettings("removed", `${d.name || "The device"} is signed out.`);
       }),
     );
     li.append(name, rename, remove);
     list.append(li);
   }
-  status("");
+  status(message);
   document.body.dataset.state = done || "settings";
 }
 
@@ -212,8 +210,7 @@ $("pw-form").addEventListener("submit", (ev) => {
     const answer = await changeCredentials(email, $("pw-current").value, $("pw-new").value);
     remember(email, answer.sessionToken);
     $("pw-form").reset();
-    await showSettings("changed");
-    status("Password changed. Your synced data is kept; each device asks for the new password once.");
+    await showSettings("changed", "Password changed. Your synced data is kept; each device asks for the new password once.");
   });
 });
 
@@ -225,8 +222,7 @@ $("email-form").addEventListener("submit", (ev) => {
     const answer = await changeCredentials(email, $("email-password").value, $("email-password").value, newEmail);
     remember(newEmail, answer.sessionToken);
     $("email-form").reset();
-    await showSettings("email-changed");
-    status(`Your account is now ${newEmail}. Each device asks for the password once.`);
+    await showSettings("email-changed", `Your account is now ${newEmail}. Each device asks for the password once.`);
   });
 });
 

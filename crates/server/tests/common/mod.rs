@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod browser;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
