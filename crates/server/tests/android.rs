@@ -354,6 +354,19 @@ async fn send_tab_queues_commands_per_device_with_index_paging() {
     let next = page["index"].as_u64().unwrap() + 1;
     assert_eq!(poll(&s, &b, next, None).await.json()["messages"], json!([]));
 
+    // A command expires with its ttl (seconds): one that lived a second is not handed out.
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/devices/invoke_command",
+        bearer(&a),
+        Some(json!({"command": SEND_TAB, "target": b.device, "payload": {"encrypted": "short"}, "ttl": 1})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(poll(&s, &b, next, None).await.json()["messages"], json!([]), "expired");
+
     // A device removed takes its queue with it.
     let r = call(
         &s,
