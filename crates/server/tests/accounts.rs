@@ -624,12 +624,7 @@ async fn an_account_deletes_itself_with_its_sync_data() {
     let email = "gone@example.org";
     let me = page_sign_in(&s, email, PASSWORD, true).await;
     let token = sync_token(&s, &me).await;
-    let creds = syncstead_proto::token::Credentials {
-        id: token["id"].as_str().unwrap().into(),
-        key: token["key"].as_str().unwrap().into(),
-    };
-    let storage =
-        syncstead_client::StorageClient::new(s.http.clone(), token["api_endpoint"].as_str().unwrap(), creds).unwrap();
+    let storage = storage_for(&s, &token);
     let put = storage.request(Method::PUT, "/storage/bookmarks/abcdefghijkl").unwrap();
     assert_eq!(send(put.json(&json!({"payload": "x"}))).await.status, 200);
     let destroy = |password: &str| {

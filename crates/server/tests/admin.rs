@@ -76,12 +76,7 @@ async fn admin_actions_list_disable_invite_and_delete() {
     let s = admin_server().await;
     let me = page_sign_in(&s, "op@example.org", PASSWORD, true).await;
     let token = sync_token(&s, &me).await;
-    let creds = syncstead_proto::token::Credentials {
-        id: token["id"].as_str().unwrap().into(),
-        key: token["key"].as_str().unwrap().into(),
-    };
-    let storage =
-        syncstead_client::StorageClient::new(s.http.clone(), token["api_endpoint"].as_str().unwrap(), creds).unwrap();
+    let storage = storage_for(&s, &token);
     let put = storage.request(Method::PUT, "/storage/bookmarks/abcdefghijkl").unwrap();
     assert_eq!(send(put.json(&json!({"payload": "x".repeat(500)}))).await.status, 200);
 

@@ -11,7 +11,6 @@ use common::*;
 use data_encoding::BASE64URL_NOPAD;
 use reqwest::Method;
 use serde_json::{json, Value};
-use syncstead_client::StorageClient;
 use syncstead_server::accounts::onepw;
 
 /// Firefox for Android's OAuth client id.
@@ -240,11 +239,7 @@ async fn android_sign_in_profile_sync_and_devices_as_mozillas_client_asks() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let token = r.json();
-    let creds = syncstead_proto::token::Credentials {
-        id: token["id"].as_str().unwrap().into(),
-        key: token["key"].as_str().unwrap().into(),
-    };
-    let storage = StorageClient::new(s.http.clone(), token["api_endpoint"].as_str().unwrap(), creds).unwrap();
+    let storage = storage_for(&s, &token);
     const RECORDS: usize = 25_000;
     let payload = "b".repeat(300);
     for chunk in 0..RECORDS / 100 {

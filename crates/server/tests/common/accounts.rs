@@ -162,3 +162,12 @@ pub async fn sync_token(s: &TestServer, who: &SignedIn) -> Value {
     assert_eq!(r.status, 200, "{}", r.text);
     r.json()
 }
+
+/// A storage client with the credentials and endpoint of a token-server answer.
+pub fn storage_for(s: &TestServer, token: &Value) -> StorageClient {
+    let creds = Credentials {
+        id: token["id"].as_str().unwrap().into(),
+        key: token["key"].as_str().unwrap().into(),
+    };
+    StorageClient::new(s.http.clone(), token["api_endpoint"].as_str().unwrap(), creds).unwrap()
+}
