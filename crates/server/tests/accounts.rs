@@ -713,3 +713,45 @@ async fn a_forgotten_password_is_reset_by_a_mailed_code() {
     assert!(r.json()["message"].as_str().unwrap().contains("operator"));
     s.stop().await;
 }
+
+/// `account/status` (Firefox asks it when a token fails, to tell a deleted account from a
+/// signed-out device) and `recovery_email/status`.
+#[tokio::test]
+async fn account_and_email_status_answer_as_firefox_asks() {
+    let s = open_server().await;
+    let me = page_sign_in(&s, "st@example.org", PASSWORD, true).await;
+    let exists = |path: String| {
+        let s = &s;
+        async move { call(s, Method::GET, &path, None, None).await.json()["exists"].clone() }
+    };
+    assert_eq!(exists(format!("/v1/account/status?uid={}", me.uid)).await, true);
+    assert_eq!(
+        exists(format!("/v1/account/status?uid={}", "0".repeat(32))).await,
+        false
+    );
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/account/status",
+        None,
+        Some(json!({"email": "ST@example.org"})),
+    )
+    .await;
+    assert_eq!(r.json()["exists"], true);
+    let path = "/v1/recovery_email/status";
+    let r = call(
+        &s,
+        Method::GET,
+        path,
+        Some(hawk_header(&s, &me.session, "GET", path)),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["email"], "st@example.org");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["sessionVerified"], true);
+    assert_errno(&call(&s, Method::GET, path, None, None).await, 401, 110);
+    s.stop().await;
+}
