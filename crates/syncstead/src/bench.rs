@@ -31,10 +31,16 @@ pub struct BenchArgs {
     #[arg(long, env = "SYNC_MASTER_SECRET", hide_env_values = true)]
     secret: String,
     /// `sync` (full client simulation), `hot` (info/collections polling), `light` (every
-    /// client writes a small record and polls) or `stall` (as `light`, but client 0 writes
-    /// 1,000-record batches and deletes them again: how far one heavy user stalls others).
+    /// client writes a small record and polls), `stall` (as `light`, but client 0 writes
+    /// 1,000-record batches and deletes them again: how far one heavy user stalls others),
+    /// or `populate` (fill the server with --records Firefox-shaped records, then stop).
     #[arg(long, default_value = "sync")]
     mode: String,
+    /// With `--mode populate`: how many records to store, over users of about 2,000
+    /// records each (history-heavy; one user in a hundred with a 20,000-bookmark tree; one
+    /// record in twenty expiring within the hour), their uids spread below --uid-base.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
     /// Simulated clients running at once.
     #[arg(long, short = 'c', default_value_t = 8)]
     clients: usize,
@@ -548,6 +554,9 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     let duration = Duration::from_secs(args.duration.min(1800));
     let args = Arc::new(args);
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    if args.mode == "populate" {
+        return populate(args, http).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(Mutex::new(Stats::default()));
     let before = args.server_pid.and_then(proc_stats);
@@ -615,6 +624,113 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
         return Err(CliError::Refused("errors during the run (see above)".into()));
     }
     Ok(())
+}
+
+/// Records of one populated user, by collection: history-heavy, as Firefox profiles are.
+fn user_shape(rng: &mut StdRng, heavy: bool) -> Vec<(&'static str, usize)> {
+    let total = rng.gen_range(500..=3500);
+    let bookmarks = if heavy { 20_000 } else { total / 5 };
+    vec![
+        ("history", total * 7 / 10),
+        ("bookmarks", bookmarks),
+        ("forms", total / 20),
+        ("passwords", total / 30),
+        ("addresses", 2),
+        ("prefs", 1),
+        ("clients", 3),
+        ("tabs", 3),
+    ]
+}
+
+/// `--mode populate`: fills the server through the storage API (batched POSTs, as a first
+/// sync uploads) with `--records` records over many users, so that load runs can start from
+/// a database of realistic size. Users' uids lie below `--uid-base`, spread over ten times
+/// their number, so the load's own users (from `--uid-base` up) are new ones.
+async fn populate(args: Arc<BenchArgs>, http: reqwest::Client) -> CliResult<()> {
+    let start = Instant::now();
+    let own_before = proc_stats(std::process::id());
+    let stored = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next_user = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let users_estimate = (args.records / 2000).max(1);
+    let mut tasks = Vec::new();
+    for worker in 0..args.clients.max(1) {
+        let (args, http) = (args.clone(), http.clone());
+        let (stored, next_user, errors) = (stored.clone(), next_user.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(args.seed.wrapping_mul(7919).wrapping_add(worker as u64));
+            let base = args.url.trim_end_matches('/').to_string();
+            while stored.load(Ordering::Relaxed) < args.records {
+                let n = next_user.fetch_add(1, Ordering::Relaxed);
+                let spread = users_estimate * 10;
+                let uid = args
+                    .uid_base
+                    .saturating_sub(1 + (n * 7 + rng.gen_range(0..7)) % spread.max(1));
+                let creds = credentials(&args.secret, &base, uid);
+                let storage = StorageClient::new(http.clone(), &format!("{base}/1.5/{uid}"), creds).expect("valid URL");
+                let mut client = Client {
+                    storage,
+                    stats: Stats::default(),
+                    rng: StdRng::seed_from_u64(rng.gen()),
+                };
+                let heavy = n % 100 == 37;
+                for (coll, count) in user_shape(&mut client.rng, heavy) {
+                    let mut left = count;
+                    while left > 0 && stored.load(Ordering::Relaxed) < args.records {
+                        let take = left.min(100);
+                        left -= take;
+                        let items: Vec<Value> = (0..take)
+                            .map(|_| {
+                                let expiring = client.rng.gen_range(0..20) == 0;
+                                let mut item = json!({
+                                    "id": client.guid(),
+                                    "payload": client.payload(args.payload_min, args.payload_max),
+                                    "sortindex": client.rng.gen_range(0..2000),
+                                });
+                                if expiring {
+                                    item["ttl"] = client.rng.gen_range(60..3600).into();
+                                }
+                                item
+                            })
+                            .collect();
+                        let body = Value::Array(items).to_string();
+                        let ok = client
+                            .call(
+                                "populate post",
+                                Method::POST,
+                                &format!("/storage/{coll}"),
+                                &[],
+                                Some(body),
+                            )
+                            .await
+                            .is_some();
+                        if ok {
+                            stored.fetch_add(take as u64, Ordering::Relaxed);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = stored.load(Ordering::Relaxed);
+    println!(
+        "populated {n} records for {} users in {secs:.1} s ({:.0} records/s)",
+        next_user.load(Ordering::Relaxed),
+        n as f64 / secs
+    );
+    if let (Some((c0, _)), Some((c1, _))) = (own_before, proc_stats(std::process::id())) {
+        println!("load tool CPU: {:.1} s", c1 - c0);
+    }
+    match errors.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        e => Err(CliError::Refused(format!("{e} uploads failed"))),
+    }
 }
 
 async fn hot_loop(mut client: Client, stop: &AtomicBool) -> Stats {

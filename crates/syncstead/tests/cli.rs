@@ -869,3 +869,39 @@ fn syncstead_account_admin_commands() {
     assert_eq!(r.status(), 404);
     stop(child);
 }
+
+/// `syncstead bench --mode populate` fills a running server through the storage API with
+/// Firefox-shaped data over many users (docs/benchmarks.md), and stops by itself.
+#[test]
+fn bench_populate_fills_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(dir.path(), &[]);
+    let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
+    let out = bin()
+        .args(["bench", "--mode", "populate", "--records", "3000", "-c", "2", "--url"])
+        .arg(format!("http://{addr}"))
+        .args(["--secret", secret.trim()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("populated "), "{text}");
+    let db = rusqlite::Connection::open(dir.path().join("syncstead-data/syncstead.db")).unwrap();
+    let (records, users): (i64, i64) = db
+        .query_row("SELECT COUNT(*), COUNT(DISTINCT user_id) FROM bsos", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!((3000..3300).contains(&records), "{records} records");
+    assert!(users >= 2, "{users} users");
+    let expiring: i64 = db
+        .query_row("SELECT COUNT(*) FROM bsos WHERE expiry < 9000000000000", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        expiring > 0 && expiring < records / 5,
+        "{expiring} of {records} expire soon"
+    );
+    stop(child);
+}
