@@ -315,6 +315,26 @@ async fn session(state: &AppState, method: &Method, uri: &OriginalUri, headers: 
     authorise(state, method, uri, headers, TokenKind::Session).await
 }
 
+/// The session token a request is authorised by, as an extractor: most account routes
+/// take nothing else from the request head.
+struct SessionAuth(AuthToken);
+
+impl axum::extract::FromRequestParts<AppState> for SessionAuth {
+    type Rejection = AccountsError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &AppState) -> Result<Self> {
+        server(state)?;
+        let uri = parts
+            .extensions
+            .get::<OriginalUri>()
+            .cloned()
+            .unwrap_or_else(|| OriginalUri(parts.uri.clone()));
+        session(state, &parts.method, &uri, &parts.headers)
+            .await
+            .map(SessionAuth)
+    }
+}
+
 // ---- discovery ------------------------------------------------------------------------
 
 async fn discovery(State(state): State<AppState>) -> Result<Json<Value>> {
@@ -675,13 +695,9 @@ struct ScopedKeyBody {
 
 async fn scoped_key_data(
     State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
+    SessionAuth(s): SessionAuth,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
     let b: ScopedKeyBody = parse(&body)?;
     known_client(&b.client_id)?;
     let identity = state
@@ -730,25 +746,11 @@ async fn account_status_by_email(State(state): State<AppState>, body: Bytes) -> 
     Ok(Json(json!({ "exists": exists })))
 }
 
-async fn session_status(
-    State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
+async fn session_status(SessionAuth(s): SessionAuth) -> Result<Json<Value>> {
     Ok(Json(json!({ "state": "verified", "uid": s.uid })))
 }
 
-async fn email_status(
-    State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
+async fn email_status(State(state): State<AppState>, SessionAuth(s): SessionAuth) -> Result<Json<Value>> {
     let identity = state
         .identities
         .identity(&s.uid)
@@ -762,14 +764,7 @@ async fn email_status(
     })))
 }
 
-async fn session_destroy(
-    State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
+async fn session_destroy(State(state): State<AppState>, SessionAuth(s): SessionAuth) -> Result<Json<Value>> {
     state.identities.delete_token(&s.id).await?;
     Ok(Json(json!({})))
 }
@@ -819,15 +814,8 @@ fn redirect_for(srv: &AccountServer, asked: Option<&str>, client_id: &str) -> Re
     }
 }
 
-async fn authorization(
-    State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>> {
+async fn authorization(State(state): State<AppState>, SessionAuth(s): SessionAuth, body: Bytes) -> Result<Json<Value>> {
     let srv = server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
     let b: AuthorizationBody = parse(&body)?;
     known_client(&b.client_id)?;
     let redirect = redirect_for(srv, b.redirect_uri.as_deref(), &b.client_id)?;
@@ -1232,15 +1220,7 @@ fn device_json(d: &Device, current: Option<&str>) -> Value {
     })
 }
 
-async fn device(
-    State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
+async fn device(State(state): State<AppState>, SessionAuth(s): SessionAuth, body: Bytes) -> Result<Json<Value>> {
     let b: DeviceBody = parse(&body)?;
     let mine = state.identities.devices(&s.uid).await?;
     let existing = match &b.id {
@@ -1306,14 +1286,7 @@ async fn device(
     Ok(Json(device_json(&d, Some(&s.id))))
 }
 
-async fn devices(
-    State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
+async fn devices(State(state): State<AppState>, SessionAuth(s): SessionAuth) -> Result<Json<Value>> {
     let list = state.identities.devices(&s.uid).await?;
     Ok(Json(Value::Array(
         list.iter().map(|d| device_json(d, Some(&s.id))).collect(),
@@ -1322,13 +1295,9 @@ async fn devices(
 
 async fn device_destroy(
     State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
+    SessionAuth(s): SessionAuth,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
     #[derive(Deserialize)]
     struct Body {
         id: String,
@@ -1338,14 +1307,7 @@ async fn device_destroy(
     Ok(Json(json!({})))
 }
 
-async fn attached_clients(
-    State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
+async fn attached_clients(State(state): State<AppState>, SessionAuth(s): SessionAuth) -> Result<Json<Value>> {
     let list = state.identities.devices(&s.uid).await?;
     Ok(Json(Value::Array(
         list.iter()
@@ -1399,13 +1361,9 @@ async fn own_device(state: &AppState, token: &AuthToken) -> Result<Option<Device
 /// closes Firefox for Android.
 async fn commands(
     State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
+    SessionAuth(s): SessionAuth,
     Query(q): Query<CommandsQuery>,
 ) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
     let Some(device) = own_device(&state, &s).await? else {
         return Ok(Json(json!({ "index": 0, "last": true, "messages": [] })));
     };
@@ -1444,13 +1402,9 @@ struct InvokeBody {
 /// payload is encrypted by the sender to the target's keys and is stored unread.
 async fn invoke_command(
     State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
+    SessionAuth(s): SessionAuth,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
     let b: InvokeBody = parse(&body)?;
     let payload = b.payload.to_string();
     if !b.payload.is_object() || payload.len() > 64 * 1024 || b.command.len() > 256 {
@@ -1497,14 +1451,10 @@ async fn invoke_command(
 /// Deletes the account and all of its Sync data, on the account's password and a session.
 async fn account_destroy(
     State(state): State<AppState>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
+    SessionAuth(s): SessionAuth,
     ClientAddr(addr): ClientAddr,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    server(&state)?;
-    let s = session(&state, &method, &uri, &headers).await?;
     let b: CredentialsBody = parse(&body)?;
     let (identity, _) = check_password(&state, addr, &b.email, &b.auth_pw).await?;
     if identity.uid != s.uid {
