@@ -103,6 +103,9 @@ pub struct Inspection {
     pub latest: i64,
     /// The storage nodes the token server knows.
     pub nodes: Vec<String>,
+    /// PostgreSQL's `autovacuum` setting (None for SQLite). Off, dead rows and planner
+    /// statistics from a young, nearly empty database slow every request as data grows.
+    pub autovacuum: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

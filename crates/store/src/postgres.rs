@@ -424,6 +424,13 @@ impl PgEngine {
             tracing::info!(version, "applied database migration");
         }
         tx.commit().await?;
+        if !autovacuum_on(&c).await? {
+            tracing::warn!(
+                "PostgreSQL's autovacuum is off: dead rows pile up and the planner keeps the \
+                 statistics of a young, nearly empty database, so requests slow down as data \
+                 grows. Turn it on (autovacuum = on, the default) or run VACUUM ANALYZE on a schedule"
+            );
+        }
         Ok(())
     }
 }
@@ -492,6 +499,12 @@ impl Engine for PgEngine {
 
 /// Looks at a database without changing it (`syncstead doctor`): its schema version and
 /// nodes; a connection failure names where it tried.
+/// Whether the server vacuums and analyzes on its own (`autovacuum`, on by default).
+async fn autovacuum_on(client: &tokio_postgres::Client) -> StoreResult<bool> {
+    let row = client.query_one("SHOW autovacuum", &[]).await?;
+    Ok(row.get::<_, String>(0) == "on")
+}
+
 pub async fn inspect(url: &str) -> StoreResult<crate::Inspection> {
     let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadUrl(Box::new(e)))?;
     let target = describe(&config);
@@ -530,11 +543,13 @@ pub async fn inspect(url: &str) -> StoreResult<crate::Inspection> {
     } else {
         Vec::new()
     };
+    let autovacuum = autovacuum_on(&client).await?;
     drop(client);
     let _ = task.await;
     Ok(crate::Inspection {
         schema,
         latest: MIGRATIONS.last().map_or(0, |m| m.0).into(),
         nodes,
+        autovacuum: Some(autovacuum),
     })
 }

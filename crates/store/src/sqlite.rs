@@ -821,5 +821,6 @@ pub fn inspect(path: &Path) -> StoreResult<Option<crate::Inspection>> {
         schema,
         latest: MIGRATIONS.last().map_or(0, |m| m.0),
         nodes,
+        autovacuum: None,
     }))
 }

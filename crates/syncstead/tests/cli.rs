@@ -905,3 +905,27 @@ fn bench_populate_fills_the_server() {
     );
     stop(child);
 }
+
+/// `syncstead doctor` says when PostgreSQL's autovacuum is off (dead rows and stale planner
+/// statistics slow a growing database down, docs/benchmarks.md), and not when it is on.
+#[test]
+fn postgres_doctor_says_whether_autovacuum_is_off() {
+    let url = std::env::var("SYNCSTEAD_TEST_POSTGRES_URL").expect("SYNCSTEAD_TEST_POSTGRES_URL");
+    let setting = std::process::Command::new("psql")
+        .args([url.as_str(), "-qAtc", "SHOW autovacuum"])
+        .output()
+        .unwrap();
+    let on = String::from_utf8_lossy(&setting.stdout).trim() == "on";
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["doctor", "--database-url", &url])
+        .current_dir(dir.path())
+        .env_remove("SYNCSTEAD_MASTER_SECRET")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.contains("autovacuum is off"), !on, "autovacuum on: {on}\n{text}");
+    if !on {
+        assert!(text.contains("autovacuum = on"), "names the fix: {text}");
+    }
+}
