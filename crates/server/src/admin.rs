@@ -273,7 +273,9 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap, addr: Clien
         let stats = state.store.stats().await.ok();
         let nodes = state.token_store.nodes().await?;
         let s = &state.settings;
-        let metrics: Vec<Value> = crate::ops::metrics_text()
+        let text = crate::ops::metrics_text();
+        let metrics: Vec<Value> = text
+            .as_deref()
             .unwrap_or_default()
             .lines()
             .filter(|l| !l.starts_with('#') && !l.contains("_bucket{") && !l.is_empty())
@@ -303,7 +305,7 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap, addr: Clien
                 "available": n.available, "downed": n.downed, "backoff": n.backoff,
             })).collect::<Vec<_>>(),
             "metrics": metrics,
-            "metrics_enabled": crate::ops::metrics_text().is_some(),
+            "metrics_enabled": text.is_some(),
         }))
     })
     .await

@@ -68,7 +68,7 @@ fn first_profile(dir: &Path, base: &str) {
     ff.m.type_into("#password", PASSWORD);
     ff.m.type_into("#new-password", NEW_PASSWORD);
     ff.m.click("#submit");
-    let (state, text) = ff.m.page_outcome();
+    let (state, text) = ff.m.wait_state("changed");
     assert_eq!(state, "changed", "the page says: {text}");
     // The change signed every device out; this one signs in again, as its user would, and
     // its device (which the second profile's list of tabs goes by) comes back.

@@ -142,7 +142,7 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn token(&self, id: &str, kind: TokenKind) -> StoreResult<Option<AuthToken>>;
     /// Removes the token and returns it: single-use tokens are spent exactly once.
     async fn take_token(&self, id: &str, kind: TokenKind) -> StoreResult<Option<AuthToken>>;
-    /// Removes a token and any device registered with it.
+    /// Removes a token and any device registered with it (with the device's queued commands).
     async fn delete_token(&self, id: &str) -> StoreResult<bool>;
     async fn put_code(&self, code: &AuthCode) -> StoreResult<()>;
     /// Removes the code and returns it unless it has expired.
@@ -527,6 +527,12 @@ impl<E: Engine> IdentityStore for Db<E> {
         self.write("delete_token", 0, move |tx| {
             let id = id.clone();
             Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM identity_commands WHERE device_id IN
+                         (SELECT id FROM identity_devices WHERE token_id = $1)",
+                    &[(&id).into()],
+                )
+                .await?;
                 tx.execute("DELETE FROM identity_devices WHERE token_id = $1", &[(&id).into()])
                     .await?;
                 Ok(tx

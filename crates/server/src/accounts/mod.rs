@@ -189,6 +189,12 @@ fn hex32(s: &str, what: &'static str) -> Result<Vec<u8>> {
         .ok_or(AccountsError::BadParameter(what))
 }
 
+/// How the server keeps a secret it hands out (refresh token, OAuth code, reset code):
+/// by its SHA-256, so a copy of the database does not give it away.
+fn hashed_id(secret: &[u8]) -> String {
+    HEXLOWER.encode(&onepw::sha256(secret))
+}
+
 /// A query-string value, percent-encoded (the OAuth state is the client's to choose).
 fn encode_component(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
@@ -267,9 +273,7 @@ async fn authorise(
         // A refresh token authorises the device routes of Mozilla's mobile client.
         None if !bearer.contains('_') && kind == TokenKind::Session => {
             let raw = hex32(bearer, "authorization").map_err(|_| AccountsError::InvalidToken)?;
-            store
-                .token(&HEXLOWER.encode(&onepw::sha256(&raw)), TokenKind::Refresh)
-                .await?
+            store.token(&hashed_id(&raw), TokenKind::Refresh).await?
         }
         None => None,
     };
@@ -418,17 +422,25 @@ pub async fn new_identity(pool: &Arc<HashPool>, email: String, auth_pw: Vec<u8>)
     })
 }
 
-/// New credentials for an account reset: a new wrapKb (so a new kB), a new kA, and the
-/// keys-changed time that gives the account a fresh Sync bucket.
-pub async fn reset_credentials(pool: &Arc<HashPool>, auth_pw: Vec<u8>) -> Result<Credentials> {
+/// An account reset: new credentials from `auth_pw`, a new wrapKb (so a new kB), a new
+/// kA, and the keys-changed time that gives the account a fresh Sync bucket. Every device
+/// is signed out.
+async fn reset_keys(
+    store: &dyn syncstead_store::IdentityStore,
+    pool: &Arc<HashPool>,
+    uid: &str,
+    auth_pw: Vec<u8>,
+) -> Result<()> {
     let fresh = new_identity(pool, String::new(), auth_pw).await?;
-    Ok(Credentials {
+    let credentials = Credentials {
         auth_salt: fresh.auth_salt,
         verify_hash: fresh.verify_hash,
         wrap_wrap_kb: fresh.wrap_wrap_kb,
         new_keys: Some((fresh.ka, fresh.keys_changed_at)),
         new_email: None,
-    })
+    };
+    store.set_credentials(uid, &credentials).await.map_err(account_error)?;
+    Ok(())
 }
 
 async fn create(State(state): State<AppState>, Query(q): Query<KeysQuery>, body: Bytes) -> Result<Json<Value>> {
@@ -837,7 +849,7 @@ async fn authorization(State(state): State<AppState>, SessionAuth(s): SessionAut
     state
         .identities
         .put_code(&AuthCode {
-            code_hash: HEXLOWER.encode(&onepw::sha256(&code)),
+            code_hash: hashed_id(&code),
             uid: s.uid,
             client_id: b.client_id,
             // The code remembers whether a refresh token was asked for.
@@ -902,7 +914,7 @@ async fn token(
                 .ok_or(AccountsError::BadParameter("code_verifier"))?;
             let grant = state
                 .identities
-                .take_code(&HEXLOWER.encode(&onepw::sha256(&code)))
+                .take_code(&hashed_id(&code))
                 .await?
                 .ok_or(AccountsError::BadCode)?;
             let challenge = BASE64URL_NOPAD.encode(&onepw::sha256(verifier.as_bytes()));
@@ -916,7 +928,7 @@ async fn token(
             };
             let mut out = access(&state, srv, &grant.uid, client_id, &scope, ttl).await?;
             if offline {
-                out["refresh_token"] = new_refresh(&state, &grant.uid, client_id, &scope).await?.into();
+                out["refresh_token"] = new_refresh(&state, &grant.uid, client_id, &scope).await?.0.into();
             }
             if scope.split_whitespace().any(|s| s == SESSION_SCOPE) {
                 out["session_token"] = new_session(&state, &grant.uid).await?.into();
@@ -931,7 +943,7 @@ async fn token(
             let scope = b.scope.unwrap_or_default();
             let mut out = access(&state, srv, &s.uid, client_id, &scope, ttl).await?;
             if b.access_type.as_deref() == Some("offline") {
-                out["refresh_token"] = new_refresh(&state, &s.uid, client_id, &scope).await?.into();
+                out["refresh_token"] = new_refresh(&state, &s.uid, client_id, &scope).await?.0.into();
             }
             Ok(Json(out))
         }
@@ -939,7 +951,7 @@ async fn token(
             let raw = hex32(b.refresh_token.as_deref().unwrap_or(""), "refresh_token")?;
             let token = state
                 .identities
-                .token(&HEXLOWER.encode(&onepw::sha256(&raw)), TokenKind::Refresh)
+                .token(&hashed_id(&raw), TokenKind::Refresh)
                 .await?
                 .ok_or(AccountsError::InvalidToken)?;
             let token = live(&state, token).await?;
@@ -973,7 +985,7 @@ async fn token_exchange(state: &AppState, srv: &AccountServer, b: &TokenBody, tt
     let raw = hex32(b.subject_token.as_deref().unwrap_or(""), "subject_token")?;
     let old = state
         .identities
-        .token(&HEXLOWER.encode(&onepw::sha256(&raw)), TokenKind::Refresh)
+        .token(&hashed_id(&raw), TokenKind::Refresh)
         .await?
         .ok_or(AccountsError::InvalidToken)?;
     let old = live(state, old).await?;
@@ -990,8 +1002,7 @@ async fn token_exchange(state: &AppState, srv: &AccountServer, b: &TokenBody, tt
     let scope = scopes.join(" ");
     let client_id = old.client_id.clone().unwrap_or_default();
     let mut out = access(state, srv, &old.uid, &client_id, &scope, ttl).await?;
-    let refresh = new_refresh(state, &old.uid, &client_id, &scope).await?;
-    let new_id = HEXLOWER.encode(&onepw::sha256(&HEXLOWER.decode(refresh.as_bytes()).unwrap_or_default()));
+    let (refresh, new_id) = new_refresh(state, &old.uid, &client_id, &scope).await?;
     for mut d in state.identities.devices(&old.uid).await? {
         if d.token_id.as_deref() == Some(old.id.as_str()) {
             d.token_id = Some(new_id.clone());
@@ -1037,12 +1048,7 @@ async fn introspect(State(state): State<AppState>, body: Bytes) -> Result<Json<V
         }
     }
     let found = match hex32(&b.token, "token") {
-        Ok(raw) => {
-            state
-                .identities
-                .token(&HEXLOWER.encode(&onepw::sha256(&raw)), TokenKind::Refresh)
-                .await?
-        }
+        Ok(raw) => state.identities.token(&hashed_id(&raw), TokenKind::Refresh).await?,
         Err(_) => None,
     };
     let found = match found {
@@ -1101,12 +1107,14 @@ async fn access(
     }))
 }
 
-async fn new_refresh(state: &AppState, uid: &str, client_id: &str, scope: &str) -> Result<String> {
+/// A new refresh token: the token (hex) for the client, and the id it is kept by.
+async fn new_refresh(state: &AppState, uid: &str, client_id: &str, scope: &str) -> Result<(String, String)> {
     let raw = random::<32>();
+    let id = hashed_id(&raw);
     state
         .identities
         .put_token(&AuthToken {
-            id: HEXLOWER.encode(&onepw::sha256(&raw)),
+            id: id.clone(),
             kind: TokenKind::Refresh,
             uid: uid.to_string(),
             data: scope.to_string(),
@@ -1115,7 +1123,7 @@ async fn new_refresh(state: &AppState, uid: &str, client_id: &str, scope: &str) 
             expires_at: None,
         })
         .await?;
-    Ok(HEXLOWER.encode(&raw))
+    Ok((HEXLOWER.encode(&raw), id))
 }
 
 #[derive(Deserialize)]
@@ -1133,10 +1141,7 @@ async fn destroy(State(state): State<AppState>, body: Bytes) -> Result<Json<Valu
     let b: DestroyBody = parse(&body)?;
     if let Some(t) = b.refresh_token.or(b.token) {
         if let Ok(raw) = hex32(&t, "token") {
-            state
-                .identities
-                .delete_token(&HEXLOWER.encode(&onepw::sha256(&raw)))
-                .await?;
+            state.identities.delete_token(&hashed_id(&raw)).await?;
         }
     }
     Ok(Json(json!({})))
@@ -1204,6 +1209,14 @@ struct DeviceBody {
     push_auth_key: Option<String>,
 }
 
+/// The caller's own device among the account's: the one registered with the token the
+/// request came with.
+fn own_device<'a>(devices: &'a [Device], token: &AuthToken) -> Option<&'a Device> {
+    devices
+        .iter()
+        .find(|d| d.token_id.as_deref() == Some(token.id.as_str()))
+}
+
 fn device_json(d: &Device, current: Option<&str>) -> Value {
     json!({
         "id": d.id,
@@ -1230,10 +1243,7 @@ async fn device(State(state): State<AppState>, SessionAuth(s): SessionAuth, body
                 .cloned()
                 .ok_or(AccountsError::UnknownDevice)?,
         ),
-        None => mine
-            .iter()
-            .find(|d| d.token_id.as_deref() == Some(s.id.as_str()))
-            .cloned(),
+        None => own_device(&mine, &s).cloned(),
     };
     let limit = |v: Option<String>, max: usize, what| match v {
         Some(v) if v.len() > max => Err(AccountsError::BadParameter(what)),
@@ -1345,26 +1355,18 @@ const COMMANDS_PENDING: u64 = 500;
 /// How long a command waits for its device unless the sender says less (and at most).
 const COMMAND_TTL_SECONDS: u64 = 30 * 24 * 3600;
 
-/// The caller's own device: the one registered with the token the request came with.
-async fn own_device(state: &AppState, token: &AuthToken) -> Result<Option<Device>> {
-    Ok(state
-        .identities
-        .devices(&token.uid)
-        .await?
-        .into_iter()
-        .find(|d| d.token_id.as_deref() == Some(token.id.as_str())))
-}
-
 /// Commands queued for the caller's device from `index` on. There is no push service, so
-/// devices learn of commands only by polling (Firefox desktop each sync, Firefox for
-/// Android when the app comes to the foreground). Any valid session gets 200: a 403 here
-/// closes Firefox for Android.
+/// devices learn of commands only by polling (Firefox desktop at most once a day during a
+/// scheduled sync, `identity.fxaccounts.commands.missed.fetch_interval`; the mobile apps
+/// when they look for commands themselves). Any valid session gets 200: a 403 here closes
+/// Firefox for Android.
 async fn commands(
     State(state): State<AppState>,
     SessionAuth(s): SessionAuth,
     Query(q): Query<CommandsQuery>,
 ) -> Result<Json<Value>> {
-    let Some(device) = own_device(&state, &s).await? else {
+    let devices = state.identities.devices(&s.uid).await?;
+    let Some(device) = own_device(&devices, &s) else {
         return Ok(Json(json!({ "index": 0, "last": true, "messages": [] })));
     };
     let limit = q.limit.unwrap_or(COMMANDS_PAGE).clamp(1, COMMANDS_PAGE);
@@ -1421,10 +1423,7 @@ async fn invoke_command(
     if !supported {
         return Err(AccountsError::UnavailableCommand);
     }
-    let sender = devices
-        .iter()
-        .find(|d| d.token_id.as_deref() == Some(s.id.as_str()))
-        .map(|d| d.id.clone());
+    let sender = own_device(&devices, &s).map(|d| d.id.clone());
     let ttl = b.ttl.unwrap_or(COMMAND_TTL_SECONDS).clamp(1, COMMAND_TTL_SECONDS);
     let command = DeviceCommand {
         index: 0,
@@ -1478,7 +1477,7 @@ fn reset_code_id(code: &str) -> String {
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    HEXLOWER.encode(&onepw::sha256(normal.as_bytes()))
+    hashed_id(normal.as_bytes())
 }
 
 /// A one-time code that lets the account's owner choose a new password (and so new keys),
@@ -1579,12 +1578,7 @@ async fn account_reset(
         .await?
         .ok_or(AccountsError::BadResetCode)?;
     srv.pairs.success(&pair);
-    let credentials = reset_credentials(&state.weave.hasher, auth_pw).await?;
-    state
-        .identities
-        .set_credentials(&identity.uid, &credentials)
-        .await
-        .map_err(account_error)?;
+    reset_keys(state.identities.as_ref(), &state.weave.hasher, &identity.uid, auth_pw).await?;
     tracing::info!(uid = %identity.uid, "account reset with a code");
     Ok(Json(json!({})))
 }
@@ -1630,11 +1624,7 @@ pub async fn reset_account(
         .await?
         .ok_or(AccountsError::UnknownAccount)?;
     let keys = onepw::stretch(&email, password);
-    let credentials = reset_credentials(pool, keys.auth_pw.to_vec()).await?;
-    store
-        .set_credentials(&identity.uid, &credentials)
-        .await
-        .map_err(account_error)?;
+    reset_keys(store, pool, &identity.uid, keys.auth_pw.to_vec()).await?;
     store
         .identity(&identity.uid)
         .await?

@@ -122,22 +122,6 @@ impl Marionette {
         let backend = if super::on_postgres() { "postgres" } else { "sqlite" };
         std::fs::write(dir.join(format!("{backend}-{name}.png")), png).unwrap();
     }
-
-    /// Waits for the page's `data-state` to leave "busy"; answers it with the status text.
-    pub fn page_outcome(&mut self) -> (String, String) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let v = self.js(
-                "return [document.body.dataset.state || '', document.getElementById('status').textContent];",
-                json!([]),
-            );
-            let state = v[0].as_str().unwrap().to_string();
-            if !(state.is_empty() || state == "busy") || Instant::now() > deadline {
-                return (state, v[1].as_str().unwrap().to_string());
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
 }
 
 /// A headless Firefox on a profile of its own, ended when dropped.
@@ -230,7 +214,7 @@ impl Firefox {
         self.m.type_into("#email", email);
         self.m.type_into("#password", password);
         self.m.click("#submit");
-        let (state, text) = self.m.page_outcome();
+        let (state, text) = self.m.wait_state("signed-in");
         assert_eq!(state, "signed-in", "the sign-in page says: {text}");
     }
 
