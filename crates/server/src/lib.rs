@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod acme;
 pub mod admin;
 pub mod auth;
+mod body;
 pub mod config;
 pub mod error;
 pub mod headers;

@@ -34,6 +34,15 @@ impl Hasher {
         verify_with(password, phc, &mut Vec::new())
     }
 
+    /// A PHC string with this cost that no password matches: its output is random, not
+    /// computed (which would take the full work memory at startup, the process's peak
+    /// until then). Checking a password against it costs what a real check costs.
+    pub fn unmatchable(&self) -> String {
+        let mut out = [0u8; OUTPUT_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut out);
+        self.phc(out)
+    }
+
     fn hash_with(&self, password: &str, memory: &mut Vec<Block>) -> String {
         let mut salt = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
@@ -42,7 +51,17 @@ impl Hasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
             .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks)
             .expect("Argon2 hashes any password with valid parameters");
-        let salt = SaltString::encode_b64(&salt).expect("16 bytes are a valid salt");
+        self.phc_salted(&salt, out)
+    }
+
+    fn phc(&self, out: [u8; OUTPUT_BYTES]) -> String {
+        let mut salt = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+        self.phc_salted(&salt, out)
+    }
+
+    fn phc_salted(&self, salt: &[u8; 16], out: [u8; OUTPUT_BYTES]) -> String {
+        let salt = SaltString::encode_b64(salt).expect("16 bytes are a valid salt");
         PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
@@ -243,6 +262,22 @@ mod tests {
         assert!(h.verify("correct horse", &phc));
         assert!(!h.verify("wrong horse", &phc));
         assert!(!h.verify("x", "not a hash"));
+    }
+
+    // S9: an unknown user's check costs what a known one's does, against a hash that has
+    // the configured cost and that no password matches.
+    #[test]
+    fn the_unmatchable_hash_has_the_configured_cost_and_matches_nothing() {
+        let h = Hasher::new(64, 3);
+        let phc = h.unmatchable();
+        let parsed = PasswordHash::new(&phc).expect("a valid PHC string");
+        let params = Params::try_from(&parsed).expect("argon2 parameters");
+        assert_eq!((params.m_cost(), params.t_cost(), params.p_cost()), (64, 3, 1));
+        assert_eq!(parsed.algorithm, Algorithm::Argon2id.ident());
+        for guess in ["", "not a password anyone has", "correct horse"] {
+            assert!(!h.verify(guess, &phc));
+        }
+        assert_ne!(phc, h.unmatchable(), "salt and output are random");
     }
 
     #[test]

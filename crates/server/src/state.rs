@@ -17,10 +17,11 @@ use crate::serve::ServeError;
 use crate::{oauth, passwords, tokenserver};
 
 /// Process-wide state that changes while the server runs.
-#[derive(Default)]
 pub struct Runtime {
     pub(crate) maintenance: AtomicBool,
     pub(crate) inflight: AtomicUsize,
+    /// Large request bodies being read or written, in KiB: see [`crate::body`].
+    pub(crate) bodies: crate::body::Budget,
 }
 
 #[derive(Clone)]
@@ -67,7 +68,11 @@ impl AppState {
             ),
             verified: Default::default(),
         };
-        let runtime = Runtime::default();
+        let runtime = Runtime {
+            maintenance: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            bodies: crate::body::Budget::new(settings.limits.max_request_bytes),
+        };
         runtime.maintenance.store(settings.maintenance, Ordering::Relaxed);
         let admin = settings
             .admin_token

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -222,7 +221,7 @@ async fn get_collection(
             let skip = q.offset.filter(|_| q.limit.is_some()).unwrap_or(0);
             let mut sent = 0u64;
             let mut out = open.to_vec();
-            // Later reads take about 1 MiB of records, by the size of the last ones.
+            // Later reads take a chunk's worth of records, by the size of the last ones.
             let mut take = 64u64;
             // Newest- and oldest-first listings continue from the last key sent; an index
             // listing (whose key an id-only listing does not carry) by offset.
@@ -251,7 +250,7 @@ async fn get_collection(
                 sent += wbos.len() as u64;
                 last = wbos.last().map(|w| (w.modified, w.id.clone()));
                 let each = (out.len() / wbos.len()).max(1) as u64;
-                take = ((1 << 20) / each).clamp(1, CHUNK);
+                take = (crate::streaming::CHUNK_BYTES as u64 / each).clamp(1, CHUNK);
                 if !tx.send(std::mem::take(&mut out)).await {
                     return;
                 }
@@ -305,9 +304,11 @@ async fn put_item(
     user: WeaveUser,
     Path((_, coll, id)): Path<(String, String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, WeaveError> {
     let since = unmodified_since(&headers)?;
+    let body = crate::body::read(&state, &headers, body).await?;
+    let body = &body.bytes;
     let value =
         syncstead_proto::json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let Value::Object(obj) = value else {
@@ -347,10 +348,12 @@ async fn post_collection(
     user: WeaveUser,
     Path((_, coll)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, WeaveError> {
     let bucket = user.bucket();
     let since = unmodified_since(&headers)?;
+    let read = crate::body::read(&state, &headers, body).await?;
+    let body = &read.bytes;
     let parse_failure = |_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE);
     let newlines = headers
         .get(header::CONTENT_TYPE)

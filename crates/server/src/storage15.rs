@@ -223,8 +223,8 @@ async fn get_collection(
 
 /// Records the first read of a listing asks for: most reads (`newer=` the last sync) are
 /// answered by it alone. Later chunks aim at [`CHUNK_BYTES`].
-const FIRST_CHUNK: u32 = 256;
-const CHUNK_BYTES: usize = 1 << 20;
+const FIRST_CHUNK: u32 = 100;
+use crate::streaming::CHUNK_BYTES;
 
 /// A listing that fitted the first read.
 async fn small_body(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format) -> Result<Body, ApiError> {
@@ -374,25 +374,6 @@ fn body_type(headers: &HeaderMap, allow_newlines: bool) -> Result<BodyType, ApiE
     }
 }
 
-/// Reads the body, refusing anything over `max_request_bytes` with 413 before reading it
-/// when the length is declared (S15-088, S15-101).
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
-    let limit = state.settings.limits.max_request_bytes;
-    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(ApiError::BadRequest(respcode::NONE))?;
-        if len > limit {
-            return Err(ApiError::PayloadTooLarge);
-        }
-    }
-    axum::body::to_bytes(body, limit as usize)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge)
-}
-
 async fn put_bso(
     State(state): State<AppState>,
     ctx: HawkUser,
@@ -400,8 +381,8 @@ async fn put_bso(
     body: Body,
 ) -> Result<Response, ApiError> {
     body_type(&headers, false)?;
-    let body = read_body(&state, &headers, body).await?;
-    let mut bso = parse_put_body(&body)?;
+    let body = crate::body::read(&state, &headers, body).await?;
+    let mut bso = parse_put_body(&body.bytes)?;
     if bso.payload_len() as u64 > state.settings.limits.max_record_payload_bytes {
         return Err(ApiError::BadRequest(respcode::INVALID_WBO));
     }
@@ -476,14 +457,15 @@ async fn post_collection(
     let kind = body_type(&headers, true)?;
     let query = PostQuery::parse(query.as_deref().unwrap_or(""))?;
     check_declared_limits(&state, &headers)?;
-    let body = read_body(&state, &headers, body).await?;
+    let crate::body::Read { bytes, room: _room } = crate::body::read(&state, &headers, body).await?;
     let newlines = kind == BodyType::Newlines;
-    let items = if body.len() > OFFLOAD_BYTES {
-        tokio::task::spawn_blocking(move || parse_post_body(&body, newlines))
+    // The raw body goes once parsed; its share of the budget stays until the write is done.
+    let items = if bytes.len() > OFFLOAD_BYTES {
+        tokio::task::spawn_blocking(move || parse_post_body(&bytes, newlines))
             .await
             .map_err(ApiError::internal)??
     } else {
-        parse_post_body(&body, newlines)?
+        parse_post_body(&bytes, newlines)?
     };
     if ctx.collection == "crypto"
         && items

@@ -271,8 +271,11 @@ fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResu
     }
     // A reader's page cache is thrown away whenever another connection commits, and
     // dropping a large cache costs more than re-reading pages from the OS cache: keep
-    // readers' caches small, the writer's (which stays valid) larger. Sizes in KiB.
-    conn.pragma_update(None, "cache_size", if read_only { -1024 } else { -8192 })?;
+    // readers' caches small, the writer's (which stays valid) larger. Sizes in KiB. The
+    // writer's 2 MiB hold the tables' upper levels; what a cache of 8 MiB kept beyond
+    // that was a quarter of the server's heap under load for no measurable gain (the OS
+    // cache has the pages anyway: docs/benchmarks.md, "Memory at 32 clients").
+    conn.pragma_update(None, "cache_size", if read_only { -1024 } else { -2048 })?;
     Ok(conn)
 }
 

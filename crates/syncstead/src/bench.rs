@@ -41,9 +41,11 @@ pub struct BenchArgs {
     /// record in twenty expiring within the hour), their uids spread below --uid-base.
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
-    /// Simulated clients running at once.
-    #[arg(long, short = 'c', default_value_t = 8)]
-    clients: usize,
+    /// Simulated clients running at once. A list (`8,16,32,64`) runs one load per level,
+    /// each with users of its own, and ends with a table of the levels: where requests/s
+    /// stops rising is the server's limit, provided the tool's own CPU is not the limit.
+    #[arg(long, short = 'c', default_value = "8", value_delimiter = ',')]
+    clients: Vec<usize>,
     /// Seconds of load (at most 1800).
     #[arg(long, short = 'd', default_value_t = 60)]
     duration: u64,
@@ -65,6 +67,10 @@ pub struct BenchArgs {
     /// Process id of the server, to report its CPU time and peak RSS (Linux).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Also count the CPU time of every process of this name (Linux), e.g. `postgres`
+    /// for a PostgreSQL on the same machine: its work per request is the server's too.
+    #[arg(long, value_name = "NAME")]
+    db_comm: Option<String>,
     /// Users get uids from here upwards.
     #[arg(long, default_value_t = 1_000_000_000)]
     uid_base: u64,
@@ -77,10 +83,26 @@ struct Stats {
     errors: BTreeMap<String, u64>,
     verify_errors: u64,
     records_up: u64,
+    /// Requests made within the measured window, once it has ended (sync mode's final
+    /// read-back comes after it).
+    window: Option<usize>,
 }
 
 impl Stats {
+    fn count(&self) -> usize {
+        self.latencies.values().map(Vec::len).sum()
+    }
+
+    fn window_ended(&mut self) {
+        self.window = Some(self.count());
+    }
+
+    fn measured(&self) -> usize {
+        self.window.unwrap_or_else(|| self.count())
+    }
+
     fn merge(&mut self, other: Stats) {
+        self.window = Some(self.measured() + other.measured());
         for (k, mut v) in other.latencies {
             self.latencies.entry(k).or_default().append(&mut v);
         }
@@ -167,21 +189,44 @@ impl Client {
         result
     }
 
+    /// A record payload shaped as Firefox's (ciphertext, IV, HMAC). Random bytes mapped
+    /// onto the alphabet: drawing each character on its own made payloads a large part
+    /// of the tool's CPU.
     fn payload(&mut self, min: usize, max: usize) -> String {
-        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let len = self.rng.gen_range(min..=max).saturating_sub(110).max(16);
-        let ct: String = (0..len).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect();
-        let iv: String = (0..22).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect();
-        let hmac: String = (0..64)
-            .map(|_| char::from_digit(self.rng.gen_range(0..16), 16).unwrap_or('0'))
-            .collect();
-        json!({"ciphertext": ct, "IV": format!("{iv}=="), "hmac": hmac}).to_string()
+        let ct = self.chars(len, BASE64);
+        let iv = self.chars(22, BASE64);
+        let hmac = self.chars(64, b"0123456789abcdef");
+        format!(r#"{{"ciphertext":"{ct}","IV":"{iv}==","hmac":"{hmac}"}}"#)
     }
 
     fn guid(&mut self) -> String {
-        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        (0..12).map(|_| CHARS[self.rng.gen_range(0..64)] as char).collect()
+        self.chars(12, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     }
+
+    /// `n` characters of `alphabet`, whose length is a power of two.
+    fn chars(&mut self, n: usize, alphabet: &[u8]) -> String {
+        let mask = alphabet.len() - 1;
+        let mut bytes = vec![0u8; n];
+        self.rng.fill(&mut bytes[..]);
+        bytes.iter().map(|b| alphabet[*b as usize & mask] as char).collect()
+    }
+}
+
+const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// A record as read back, borrowed from the response: parsing whole pages into
+/// `serde_json::Value`s was the other large part of the tool's CPU.
+#[derive(serde::Deserialize)]
+struct Item<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    payload: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn parse_items(text: &str) -> Option<Vec<Item<'_>>> {
+    serde_json::from_str(text).ok()
 }
 
 fn now_secs() -> f64 {
@@ -358,16 +403,15 @@ impl SyncUser {
             if status == StatusCode::PRECONDITION_FAILED {
                 return;
             }
-            let Some(Value::Array(items)) = parse_json(&text) else {
+            let Some(items) = parse_items(&text) else {
                 self.client.stats.verify_errors += 1;
                 return;
             };
             let exp = self.expected.get(coll);
             for item in &items {
-                let id = item["id"].as_str().unwrap_or("");
                 let ok = exp
-                    .and_then(|e| e.get(id))
-                    .is_some_and(|p| item["payload"].as_str() == Some(p.as_str()));
+                    .and_then(|e| e.get(item.id.as_ref()))
+                    .is_some_and(|p| item.payload.as_deref() == Some(p.as_str()));
                 if !ok {
                     self.client.stats.verify_errors += 1;
                 }
@@ -496,13 +540,13 @@ impl SyncUser {
                     self.client.stats.verify_errors += 1;
                     break;
                 };
-                let Some(Value::Array(items)) = parse_json(&text) else {
+                let Some(items) = parse_items(&text) else {
                     self.client.stats.verify_errors += 1;
                     break;
                 };
                 for i in items {
-                    if let (Some(id), Some(p)) = (i["id"].as_str(), i["payload"].as_str()) {
-                        got.insert(id.to_string(), p.to_string());
+                    if let Some(p) = i.payload {
+                        got.insert(i.id.into_owned(), p.into_owned());
                     }
                 }
                 offset = h
@@ -557,25 +601,89 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     if args.mode == "populate" {
         return populate(args, http).await;
     }
+    let mut levels = Vec::new();
+    let mut failed = false;
+    for (n, &clients) in args.clients.iter().enumerate() {
+        // Each level's users are new ones, so every level starts with first syncs.
+        let uid_base = args.uid_base + n as u64 * 1_000_000;
+        let level = run_level(args.clone(), http.clone(), clients, uid_base, duration).await?;
+        failed |= level.failed;
+        levels.push(level);
+    }
+    if levels.len() > 1 {
+        summarize(&levels);
+    }
+    if failed {
+        return Err(CliError::Refused("errors during the run (see above)".into()));
+    }
+    Ok(())
+}
+
+/// CPU seconds of every process named `comm` (e.g. all of a PostgreSQL's backends).
+fn comm_cpu(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0.0;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if head.split_once('(').map(|(_, c)| c) != Some(comm) {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks += field(11) + field(12);
+    }
+    ticks / 100.0
+}
+
+/// What one load level measured.
+struct Level {
+    clients: usize,
+    requests: usize,
+    secs: f64,
+    server_cpu: Option<f64>,
+    db_cpu: Option<f64>,
+    tool_cpu: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    /// p99 in ms of the request types the summary shows.
+    p99: BTreeMap<&'static str, f64>,
+    failed: bool,
+}
+
+async fn run_level(
+    args: Arc<BenchArgs>,
+    http: reqwest::Client,
+    clients: usize,
+    uid_base: u64,
+    duration: Duration,
+) -> CliResult<Level> {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(Mutex::new(Stats::default()));
     let before = args.server_pid.and_then(proc_stats);
+    let db_before = args.db_comm.as_deref().map(comm_cpu);
     // The load tool's own CPU, reported beside the server's: on a small machine the two
     // share the cores, and a saturated tool measures itself, not the server.
     let own_before = proc_stats(std::process::id());
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..args.clients {
+    for i in 0..clients {
         let (args, http, stop, total) = (args.clone(), http.clone(), stop.clone(), total.clone());
         tasks.push(tokio::spawn(async move {
-            let uid = args.uid_base + i as u64;
+            let uid = uid_base + i as u64;
             let base = args.url.trim_end_matches('/').to_string();
             let creds = credentials(&args.secret, &base, uid);
             let storage = StorageClient::new(http, &format!("{base}/1.5/{uid}"), creds).expect("valid URL");
             let client = Client {
                 storage,
                 stats: Stats::default(),
-                rng: StdRng::seed_from_u64(args.seed.wrapping_mul(1000).wrapping_add(i as u64)),
+                rng: StdRng::seed_from_u64(args.seed.wrapping_mul(1000).wrapping_add(uid)),
             };
             let stats = if args.mode == "hot" {
                 hot_loop(client, &stop).await
@@ -597,6 +705,8 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
                 while !stop.load(Ordering::Relaxed) {
                     user.incremental_sync(&args).await;
                 }
+                // The final read-back is outside the measured window.
+                user.client.stats.window_ended();
                 user.verify_all().await;
                 user.client.stats
             };
@@ -605,25 +715,75 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     }
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let load_secs = start.elapsed().as_secs_f64();
+    let secs = start.elapsed().as_secs_f64();
     let after = args.server_pid.and_then(proc_stats);
+    let db_after = args.db_comm.as_deref().map(comm_cpu);
     let own_after = proc_stats(std::process::id());
     for t in tasks {
         t.await?;
     }
     let mut stats = std::mem::take(&mut *total.lock().expect("stats lock"));
-    report(&args, &mut stats, load_secs, before, after);
-    if let (Some((c0, _)), Some((c1, _))) = (own_before, own_after) {
-        println!(
-            "load tool CPU: {:.1} s over the run ({:.0} % of one core)",
-            c1 - c0,
-            (c1 - c0) * 100.0 / load_secs
+    let requests = stats.measured();
+    let mut level = Level {
+        clients,
+        requests,
+        secs,
+        server_cpu: before.zip(after).map(|(b, a)| a.0 - b.0),
+        db_cpu: db_before.zip(db_after).map(|(b, a)| a - b),
+        tool_cpu: own_before.zip(own_after).map(|(b, a)| a.0 - b.0),
+        peak_rss_kib: after.map(|a| a.1),
+        p99: BTreeMap::new(),
+        failed: stats.verify_errors > 0 || !stats.errors.is_empty(),
+    };
+    report(&args, &mut stats, &mut level);
+    Ok(level)
+}
+
+/// The levels side by side. Saturation: the first level whose requests/s is less than
+/// 5 % above the previous one's.
+fn summarize(levels: &[Level]) {
+    println!();
+    println!("levels (requests/s over the measured window; CPU as % of one core)");
+    let kinds: Vec<&'static str> = levels[0].p99.keys().copied().collect();
+    print!(
+        "{:>8} {:>9} {:>8} {:>8} {:>8} {:>11}",
+        "clients", "req/s", "server", "database", "tool", "CPU ms/req"
+    );
+    for k in &kinds {
+        print!(" {:>14}", format!("p99 {k}"));
+    }
+    println!();
+    for l in levels {
+        let pct = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{:.0} %", c * 100.0 / l.secs));
+        let cpu = l.server_cpu.map(|s| s + l.db_cpu.unwrap_or(0.0));
+        print!(
+            "{:>8} {:>9.0} {:>8} {:>8} {:>8} {:>11}",
+            l.clients,
+            l.requests as f64 / l.secs,
+            pct(l.server_cpu),
+            pct(l.db_cpu),
+            pct(l.tool_cpu),
+            cpu.map_or("-".to_string(), |c| format!(
+                "{:.3}",
+                c * 1000.0 / l.requests.max(1) as f64
+            )),
         );
+        for k in &kinds {
+            print!(" {:>14}", l.p99.get(k).map_or("-".to_string(), |v| format!("{v:.1}")));
+        }
+        println!();
     }
-    if stats.verify_errors > 0 || !stats.errors.is_empty() {
-        return Err(CliError::Refused("errors during the run (see above)".into()));
+    let rate = |l: &Level| l.requests as f64 / l.secs;
+    match levels.windows(2).find(|w| rate(&w[1]) < rate(&w[0]) * 1.05) {
+        Some(w) => println!(
+            "saturated: {} clients gave {:.0} req/s, less than 5 % above {} clients' {:.0}",
+            w[1].clients,
+            rate(&w[1]),
+            w[0].clients,
+            rate(&w[0])
+        ),
+        None => println!("not saturated: requests/s still rose at the last level"),
     }
-    Ok(())
 }
 
 /// Records of one populated user, by collection: history-heavy, as Firefox profiles are.
@@ -654,7 +814,7 @@ async fn populate(args: Arc<BenchArgs>, http: reqwest::Client) -> CliResult<()> 
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let users_estimate = (args.records / 2000).max(1);
     let mut tasks = Vec::new();
-    for worker in 0..args.clients.max(1) {
+    for worker in 0..args.clients.first().copied().unwrap_or(1).max(1) {
         let (args, http) = (args.clone(), http.clone());
         let (stored, next_user, errors) = (stored.clone(), next_user.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
@@ -832,9 +992,12 @@ async fn heavy_loop(mut client: Client, stop: &AtomicBool) -> Stats {
     client.stats
 }
 
-fn report(args: &BenchArgs, stats: &mut Stats, secs: f64, before: Option<(f64, u64)>, after: Option<(f64, u64)>) {
-    let requests: usize = stats.latencies.values().map(Vec::len).sum();
-    println!("mode {}, {} clients, {:.1} s", args.mode, args.clients, secs);
+/// The request types the levels' summary compares.
+const SUMMARY_KINDS: [&str; 4] = ["info/collections", "get newer", "batch commit", "put item"];
+
+fn report(args: &BenchArgs, stats: &mut Stats, level: &mut Level) {
+    let (requests, secs) = (level.requests, level.secs);
+    println!("mode {}, {} clients, {:.1} s", args.mode, level.clients, secs);
     println!(
         "requests: {requests} ({:.0} req/s), records uploaded: {} ({:.0}/s)",
         requests as f64 / secs,
@@ -847,21 +1010,42 @@ fn report(args: &BenchArgs, stats: &mut Stats, secs: f64, before: Option<(f64, u
     );
     for (kind, lat) in stats.latencies.iter_mut() {
         lat.sort_unstable();
+        let p99 = percentile(lat, 0.99);
+        if SUMMARY_KINDS.contains(kind) {
+            level.p99.insert(kind, p99);
+        }
         println!(
             "{:<24} {:>9} {:>9.2} {:>9.2} {:>9.2}",
             kind,
             lat.len(),
             percentile(lat, 0.5),
-            percentile(lat, 0.99),
+            p99,
             percentile(lat, 1.0)
         );
     }
-    if let (Some((cpu0, _)), Some((cpu1, hwm))) = (before, after) {
-        let cpu = cpu1 - cpu0;
+    if let (Some(cpu), Some(hwm)) = (level.server_cpu, level.peak_rss_kib) {
         println!(
             "server CPU: {cpu:.1} s over the run ({:.3} ms per request); peak RSS {:.1} MiB",
             cpu * 1000.0 / requests.max(1) as f64,
             hwm as f64 / 1024.0
+        );
+    }
+    if let (Some(db), Some(name)) = (level.db_cpu, args.db_comm.as_deref()) {
+        println!(
+            "database CPU ({name} processes): {db:.1} s ({:.3} ms per request)",
+            db * 1000.0 / requests.max(1) as f64
+        );
+        if let Some(cpu) = level.server_cpu {
+            println!(
+                "server + database CPU: {:.3} ms per request",
+                (cpu + db) * 1000.0 / requests.max(1) as f64
+            );
+        }
+    }
+    if let Some(own) = level.tool_cpu {
+        println!(
+            "load tool CPU: {own:.1} s over the run ({:.0} % of one core)",
+            own * 100.0 / secs
         );
     }
     println!("HTTP errors: {}", stats.errors.values().sum::<u64>());

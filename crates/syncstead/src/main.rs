@@ -377,8 +377,8 @@ fn limit_malloc_arenas() {
     // buffer (a password hash's work memory, a listing chunk) its own mapping, returned to
     // the system when freed: memory goes back down after a burst.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }
 
