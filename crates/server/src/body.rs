@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
+use syncstead_proto::respcode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use syncstead_proto::respcode;
 
 /// Bodies up to this size are not counted.
 const SMALL: u64 = 64 << 10;

@@ -73,6 +73,8 @@ pub async fn purge_task(state: AppState) {
                 bsos = r.bsos,
                 batches = r.batches,
                 collection_names = r.collections,
+                delete_ms = r.deleting.as_millis() as u64,
+                reclaim_ms = r.reclaiming.as_millis() as u64,
                 "purged expired data"
             ),
             Err(e) => tracing::error!(error = %e, "purge failed"),
@@ -117,6 +119,12 @@ fn prometheus() -> &'static PrometheusHandle {
             .set_buckets(&[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ])
+            .expect("static buckets are valid")
+            // Counts, not seconds: how many writes one SQLite commit covered.
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_jobs".into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            )
             .expect("static buckets are valid")
             .install_recorder()
             .expect("metrics recorder installs once")

@@ -310,7 +310,7 @@ async fn put_item(
     let body = crate::body::read(&state, &headers, body).await?;
     let body = &body.bytes;
     let value =
-        syncstead_proto::json::from_slice(&body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
+        syncstead_proto::json::from_slice(body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let Value::Object(obj) = value else {
         return Err(ApiError::BadRequest(respcode::INVALID_WBO).into());
     };
@@ -364,9 +364,9 @@ async fn post_collection(
                 .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/newlines"))
         });
     let elements = if newlines {
-        syncstead_proto::json::from_lines(&body).map_err(parse_failure)?
+        syncstead_proto::json::from_lines(body).map_err(parse_failure)?
     } else {
-        match syncstead_proto::json::from_slice(&body).map_err(parse_failure)? {
+        match syncstead_proto::json::from_slice(body).map_err(parse_failure)? {
             Value::Array(items) => items,
             // A single object is a PUT of that object (S11-080).
             Value::Object(obj) => {

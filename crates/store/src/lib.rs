@@ -93,6 +93,10 @@ pub struct PurgeReport {
     pub batches: u64,
     /// Custom collection names released because nothing used them any more.
     pub collections: u64,
+    /// Time spent deleting, and then giving free pages back (SQLite's incremental vacuum;
+    /// nothing on PostgreSQL, whose autovacuum does it).
+    pub deleting: std::time::Duration,
+    pub reclaiming: std::time::Duration,
 }
 
 /// What `syncstead doctor` reads of a database, without changing it.

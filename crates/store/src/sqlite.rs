@@ -312,6 +312,7 @@ const GROUP_BYTES: usize = 1 << 20;
 struct Queued {
     bytes: usize,
     job: Job,
+    queued: std::time::Instant,
 }
 
 /// The database file as it was opened. A file deleted or replaced under a running server
@@ -442,20 +443,80 @@ fn sidecars_writable(db: &Path) -> StoreResult<()> {
     Ok(())
 }
 
+/// Writes of at most this many payload bytes take the small lane: a tabs record, a few
+/// history visits, meta/global, a delete by ids.
+const SMALL_JOB: usize = 64 << 10;
+
+/// The writer's queue in two lanes. A small write used to wait behind whatever groups of
+/// first-sync uploads were ahead of it, and in a group with them; now small writes go in
+/// groups of their own, and the lanes take turns, so a small write waits for at most one
+/// group of large ones (and a large one for at most one group of small ones).
+#[derive(Default)]
+struct Lanes {
+    small: std::collections::VecDeque<Queued>,
+    large: std::collections::VecDeque<Queued>,
+    small_last: bool,
+}
+
+impl Lanes {
+    fn push(&mut self, q: Queued) {
+        if q.bytes <= SMALL_JOB {
+            self.small.push_back(q);
+        } else {
+            self.large.push_back(q);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.large.is_empty()
+    }
+
+    /// The next group: up to [`MAX_GROUP`] jobs and about [`GROUP_BYTES`], from one lane.
+    fn next_group(&mut self) -> (&'static str, Vec<Queued>) {
+        let take_large = !self.large.is_empty() && (self.small.is_empty() || self.small_last);
+        self.small_last = !take_large;
+        let (lane, queue) = if take_large {
+            ("large", &mut self.large)
+        } else {
+            ("small", &mut self.small)
+        };
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        while let Some(q) = queue.front() {
+            if !group.is_empty() && (group.len() >= MAX_GROUP || bytes + q.bytes > GROUP_BYTES) {
+                break;
+            }
+            bytes += q.bytes;
+            group.extend(queue.pop_front());
+        }
+        (lane, group)
+    }
+}
+
 fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: FileGuard) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
-    while let Ok(first) = jobs.recv() {
-        let mut bytes = first.bytes;
-        let mut group = vec![first.job];
-        while group.len() < MAX_GROUP && bytes < GROUP_BYTES {
-            match jobs.try_recv() {
-                Ok(q) => {
-                    bytes += q.bytes;
-                    group.push(q.job);
-                }
-                Err(_) => break,
+    let mut lanes = Lanes::default();
+    loop {
+        if lanes.is_empty() {
+            match jobs.recv() {
+                Ok(q) => lanes.push(q),
+                Err(_) => return,
             }
         }
+        while let Ok(q) = jobs.try_recv() {
+            lanes.push(q);
+        }
+        let (lane, queued) = lanes.next_group();
+        let started = std::time::Instant::now();
+        let mut group = Vec::with_capacity(queued.len());
+        for q in queued {
+            // Where a write waits: for the writer (this), in its group (the store's own
+            // timing of the operation has the rest), for the commit's fsync (below).
+            metrics::histogram!("syncstead_sqlite_write_wait_seconds", "lane" => lane)
+                .record(started.duration_since(q.queued).as_secs_f64());
+            group.push(q.job);
+        }
+        metrics::histogram!("syncstead_sqlite_group_jobs", "lane" => lane).record(group.len() as f64);
         if let Err(e) = guard.shared_memory() {
             // Each dropped job answers its caller that the database is unavailable.
             drop(group);
@@ -481,12 +542,16 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: Fil
         } else if let Err(e) = guard.check() {
             Some(e.to_string())
         } else {
-            conn.batch("COMMIT").err().map(|e| e.to_string())
+            let commit = std::time::Instant::now();
+            let r = conn.batch("COMMIT").err().map(|e| e.to_string());
+            metrics::histogram!("syncstead_sqlite_commit_seconds").record(commit.elapsed().as_secs_f64());
+            r
         };
         if let Some(e) = &failure {
             tracing::error!(error = %e, "group commit failed");
             let _ = conn.batch("ROLLBACK");
         }
+        metrics::histogram!("syncstead_sqlite_group_seconds", "lane" => lane).record(started.elapsed().as_secs_f64());
         for d in done {
             d(failure.as_deref());
         }
@@ -616,7 +681,11 @@ impl SqliteEngine {
             })
         });
         self.writer
-            .send(Queued { bytes, job })
+            .send(Queued {
+                bytes,
+                job,
+                queued: std::time::Instant::now(),
+            })
             .map_err(|_| unavailable("the writer has stopped"))?;
         answer.await.map_err(|_| unavailable("the writer dropped a job"))?
     }
@@ -826,4 +895,63 @@ pub fn inspect(path: &Path) -> StoreResult<Option<crate::Inspection>> {
         nodes,
         autovacuum: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(bytes: usize) -> Queued {
+        Queued {
+            bytes,
+            job: Box::new(|_| Box::new(|_| {})),
+            queued: std::time::Instant::now(),
+        }
+    }
+
+    fn sizes(group: &[Queued]) -> Vec<usize> {
+        group.iter().map(|q| q.bytes).collect()
+    }
+
+    // Issue 16, item 4: a small write waits for at most one group of large ones, and is
+    // never in a group with them; large ones are not starved by a stream of small ones.
+    #[test]
+    fn small_writes_go_in_their_own_groups_and_the_lanes_take_turns() {
+        let mut lanes = Lanes::default();
+        for bytes in [300_000, 300_000, 300_000, 300_000, 100, 200] {
+            lanes.push(job(bytes));
+        }
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, sizes(&g)), ("small", vec![100, 200]));
+        let (lane, g) = lanes.next_group();
+        assert_eq!(
+            (lane, sizes(&g)),
+            ("large", vec![300_000, 300_000, 300_000]),
+            "about GROUP_BYTES"
+        );
+        lanes.push(job(50));
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, sizes(&g)), ("small", vec![50]));
+        lanes.push(job(60));
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, sizes(&g)), ("large", vec![300_000]), "the large lane's turn");
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, sizes(&g)), ("small", vec![60]));
+        assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn a_job_larger_than_a_group_still_runs_alone() {
+        let mut lanes = Lanes::default();
+        lanes.push(job(5 << 20));
+        lanes.push(job(5 << 20));
+        let (_, g) = lanes.next_group();
+        assert_eq!(sizes(&g), vec![5 << 20]);
+        let small = (0..100).map(|_| job(10)).collect::<Vec<_>>();
+        for q in small {
+            lanes.push(q);
+        }
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, g.len()), ("small", MAX_GROUP));
+    }
 }

@@ -1105,6 +1105,7 @@ impl<E: Engine> Store for Db<E> {
 
     async fn purge_expired(&self) -> StoreResult<PurgeReport> {
         let mut report = PurgeReport::default();
+        let started = std::time::Instant::now();
         loop {
             let (bsos, batches, nonces) = self
                 .write("purge_expired", HEAVY, |tx| {
@@ -1119,7 +1120,10 @@ impl<E: Engine> Store for Db<E> {
         }
         // Expired batches and deleted buckets may have been a name's last users.
         report.collections = self.release_collections(None).await;
+        report.deleting = started.elapsed();
+        let reclaim = std::time::Instant::now();
         self.engine.reclaim_space().await?;
+        report.reclaiming = reclaim.elapsed();
         Ok(report)
     }
 

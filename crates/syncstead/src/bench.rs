@@ -619,15 +619,17 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     Ok(())
 }
 
-/// CPU seconds of every process named `comm` (e.g. all of a PostgreSQL's backends).
-fn comm_cpu(comm: &str) -> f64 {
+/// CPU ticks of every process named `comm` (e.g. all of a PostgreSQL's backends), by pid.
+fn comm_cpu(comm: &str) -> HashMap<u32, f64> {
+    let mut ticks = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return ticks;
     };
-    let mut ticks = 0.0;
     for entry in dir.flatten() {
-        let path = entry.path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
         let Some((head, rest)) = stat.rsplit_once(')') else {
@@ -638,9 +640,20 @@ fn comm_cpu(comm: &str) -> f64 {
         }
         let f: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks += field(11) + field(12);
+        ticks.insert(pid, field(11) + field(12));
     }
-    ticks / 100.0
+    ticks
+}
+
+/// CPU seconds the processes alive at the end spent since `before` (a process that
+/// started meanwhile counts whole; one that ended meanwhile is not seen, as with any
+/// sampling of /proc).
+fn comm_cpu_since(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> f64 {
+    after
+        .iter()
+        .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        / 100.0
 }
 
 /// What one load level measured.
@@ -729,7 +742,7 @@ async fn run_level(
         requests,
         secs,
         server_cpu: before.zip(after).map(|(b, a)| a.0 - b.0),
-        db_cpu: db_before.zip(db_after).map(|(b, a)| a - b),
+        db_cpu: db_before.zip(db_after).map(|(b, a)| comm_cpu_since(&b, &a)),
         tool_cpu: own_before.zip(own_after).map(|(b, a)| a.0 - b.0),
         peak_rss_kib: after.map(|a| a.1),
         p99: BTreeMap::new(),

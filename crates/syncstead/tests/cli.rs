@@ -906,6 +906,52 @@ fn bench_populate_fills_the_server() {
     stop(child);
 }
 
+/// Issue 16, item 3: `syncstead bench -c 1,2` runs one load per level, each with users of
+/// its own, and ends with the levels side by side, the tool's own CPU among them, and
+/// whether requests/s stopped rising.
+#[test]
+fn bench_levels_are_summarized_with_the_tools_own_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(dir.path(), &[]);
+    let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
+    let out = bin()
+        .args([
+            "bench",
+            "-c",
+            "1,2",
+            "-d",
+            "2",
+            "--first-min",
+            "20",
+            "--first-max",
+            "40",
+            "--url",
+        ])
+        .arg(format!("http://{addr}"))
+        .args(["--secret", secret.trim(), "--server-pid", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("mode sync, 1 clients") && text.contains("mode sync, 2 clients"),
+        "{text}"
+    );
+    let table = text.split("levels (").nth(1).expect("a levels table");
+    assert!(table.contains("tool") && table.contains("CPU ms/req"), "{table}");
+    assert!(table.contains("saturated"), "{table}");
+    assert_eq!(text.matches("verification errors: 0").count(), 2, "{text}");
+    // Each simulated user deletes its storage before its first sync and after its final
+    // read-back: twice for the one user of the first level, four times in the second.
+    let deletes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("delete storage"))
+        .map(|l| l.split_whitespace().nth(2).unwrap_or(""))
+        .collect();
+    assert_eq!(deletes, ["2", "4"], "{text}");
+    stop(child);
+}
+
 /// `syncstead doctor` says when PostgreSQL's autovacuum is off (dead rows and stale planner
 /// statistics slow a growing database down, docs/benchmarks.md), and not when it is on.
 #[test]
