@@ -94,7 +94,10 @@ mod tests {
         let a = budget.reserve(3 << 20).await;
         assert!(a.is_some());
         let second = tokio::time::timeout(std::time::Duration::from_millis(50), budget.reserve(2 << 20)).await;
-        assert!(second.is_err(), "4 MiB budget, 3 MiB taken: 2 MiB more must wait");
+        assert!(
+            second.is_err(),
+            "a body larger than the budget takes all of it: the next must wait"
+        );
         let small = tokio::time::timeout(std::time::Duration::from_millis(50), budget.reserve(SMALL)).await;
         assert!(matches!(small, Ok(None)), "a small body never waits");
         drop(a);

@@ -38,9 +38,10 @@ impl Hasher {
     /// computed (which would take the full work memory at startup, the process's peak
     /// until then). Checking a password against it costs what a real check costs.
     pub fn unmatchable(&self) -> String {
-        let mut out = [0u8; OUTPUT_BYTES];
+        let (mut salt, mut out) = ([0u8; 16], [0u8; OUTPUT_BYTES]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut out);
-        self.phc(out)
+        self.phc(&salt, out)
     }
 
     fn hash_with(&self, password: &str, memory: &mut Vec<Block>) -> String {
@@ -51,16 +52,10 @@ impl Hasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
             .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks)
             .expect("Argon2 hashes any password with valid parameters");
-        self.phc_salted(&salt, out)
+        self.phc(&salt, out)
     }
 
-    fn phc(&self, out: [u8; OUTPUT_BYTES]) -> String {
-        let mut salt = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
-        self.phc_salted(&salt, out)
-    }
-
-    fn phc_salted(&self, salt: &[u8; 16], out: [u8; OUTPUT_BYTES]) -> String {
+    fn phc(&self, salt: &[u8; 16], out: [u8; OUTPUT_BYTES]) -> String {
         let salt = SaltString::encode_b64(salt).expect("16 bytes are a valid salt");
         PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),

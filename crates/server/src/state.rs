@@ -1,7 +1,7 @@
 //! The state every handler shares: the stores, settings, verifiers, and what changes
 //! while the server runs; and how it is built from the settings (policies included).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -69,11 +69,10 @@ impl AppState {
             verified: Default::default(),
         };
         let runtime = Runtime {
-            maintenance: AtomicBool::new(false),
+            maintenance: AtomicBool::new(settings.maintenance),
             inflight: AtomicUsize::new(0),
             bodies: crate::body::Budget::new(settings.limits.max_request_bytes),
         };
-        runtime.maintenance.store(settings.maintenance, Ordering::Relaxed);
         let admin = settings
             .admin_token
             .clone()

@@ -307,8 +307,8 @@ async fn put_item(
     body: axum::body::Body,
 ) -> Result<Response, WeaveError> {
     let since = unmodified_since(&headers)?;
-    let body = crate::body::read(&state, &headers, body).await?;
-    let body = &body.bytes;
+    let read = crate::body::read(&state, &headers, body).await?;
+    let body = &read.bytes;
     let value =
         syncstead_proto::json::from_slice(body).map_err(|_| ApiError::BadRequest(respcode::JSON_PARSE_FAILURE))?;
     let Value::Object(obj) = value else {

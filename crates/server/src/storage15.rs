@@ -18,6 +18,7 @@ use crate::auth::HawkUser;
 use crate::error::ApiError;
 use crate::headers::*;
 use crate::state::AppState;
+use crate::streaming::CHUNK_BYTES;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -224,7 +225,6 @@ async fn get_collection(
 /// Records the first read of a listing asks for: most reads (`newer=` the last sync) are
 /// answered by it alone. Later chunks aim at [`CHUNK_BYTES`].
 const FIRST_CHUNK: u32 = 100;
-use crate::streaming::CHUNK_BYTES;
 
 /// A listing that fitted the first read.
 async fn small_body(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format) -> Result<Body, ApiError> {

@@ -425,11 +425,7 @@ impl PgEngine {
         }
         tx.commit().await?;
         if !autovacuum_on(&c).await? {
-            tracing::warn!(
-                "PostgreSQL's autovacuum is off: dead rows pile up and the planner keeps the \
-                 statistics of a young, nearly empty database, so requests slow down as data \
-                 grows. Turn it on (autovacuum = on, the default) or run VACUUM ANALYZE on a schedule"
-            );
+            tracing::warn!("{AUTOVACUUM_OFF}: {AUTOVACUUM_FIX}");
         }
         Ok(())
     }
@@ -499,6 +495,12 @@ impl Engine for PgEngine {
 
 /// Looks at a database without changing it (`syncstead doctor`): its schema version and
 /// nodes; a connection failure names where it tried.
+/// What an autovacuum that is off does, and the fix: said by `serve` and by `doctor`.
+pub const AUTOVACUUM_OFF: &str = "PostgreSQL's autovacuum is off: dead rows pile up and the planner keeps the \
+     statistics of a young, nearly empty database, so requests slow down as data grows";
+pub const AUTOVACUUM_FIX: &str =
+    "set autovacuum = on in postgresql.conf (the default), or run VACUUM ANALYZE on a schedule";
+
 /// Whether the server vacuums and analyzes on its own (`autovacuum`, on by default).
 async fn autovacuum_on(client: &tokio_postgres::Client) -> StoreResult<bool> {
     let row = client.query_one("SHOW autovacuum", &[]).await?;

@@ -274,7 +274,8 @@ fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResu
     // readers' caches small, the writer's (which stays valid) larger. Sizes in KiB. The
     // writer's 2 MiB hold the tables' upper levels; what a cache of 8 MiB kept beyond
     // that was a quarter of the server's heap under load for no measurable gain (the OS
-    // cache has the pages anyway: docs/benchmarks.md, "Memory at 32 clients").
+    // cache has the pages anyway: docs/benchmarks.md, "Memory, CPU per request and tail
+    // latency beside Mozilla's server").
     conn.pragma_update(None, "cache_size", if read_only { -1024 } else { -2048 })?;
     Ok(conn)
 }
@@ -508,12 +509,12 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: Fil
         }
         let (lane, queued) = lanes.next_group();
         let started = std::time::Instant::now();
+        // Where a write waits: for the writer (this), in its group (the store's own
+        // timing of the operation has the rest), for the commit's fsync (below).
+        let wait = metrics::histogram!("syncstead_sqlite_write_wait_seconds", "lane" => lane);
         let mut group = Vec::with_capacity(queued.len());
         for q in queued {
-            // Where a write waits: for the writer (this), in its group (the store's own
-            // timing of the operation has the rest), for the commit's fsync (below).
-            metrics::histogram!("syncstead_sqlite_write_wait_seconds", "lane" => lane)
-                .record(started.duration_since(q.queued).as_secs_f64());
+            wait.record(started.duration_since(q.queued).as_secs_f64());
             group.push(q.job);
         }
         metrics::histogram!("syncstead_sqlite_group_jobs", "lane" => lane).record(group.len() as f64);

@@ -567,10 +567,18 @@ impl SyncUser {
     }
 }
 
+/// A process's name and CPU seconds (user + system) from its `/proc/<pid>/stat`.
+fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((name, ticks / 100.0))
+}
+
 fn proc_stats(pid: u32) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let (_, cpu) = stat_cpu(&stat)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let hwm = status
         .lines()
@@ -579,7 +587,7 @@ fn proc_stats(pid: u32) -> Option<(f64, u64)> {
         .nth(1)?
         .parse()
         .ok()?;
-    Some((ticks / 100.0, hwm))
+    Some((cpu, hwm))
 }
 
 pub async fn run(args: BenchArgs) -> CliResult<()> {
@@ -619,30 +627,19 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     Ok(())
 }
 
-/// CPU ticks of every process named `comm` (e.g. all of a PostgreSQL's backends), by pid.
+/// CPU seconds of every process named `comm` (e.g. all of a PostgreSQL's backends), by pid.
 fn comm_cpu(comm: &str) -> HashMap<u32, f64> {
-    let mut ticks = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return ticks;
+        return HashMap::new();
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if head.split_once('(').map(|(_, c)| c) != Some(comm) {
-            continue;
-        }
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks.insert(pid, field(11) + field(12));
-    }
-    ticks
+    dir.flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (name, cpu) = stat_cpu(&stat)?;
+            (name == comm).then_some((pid, cpu))
+        })
+        .collect()
 }
 
 /// CPU seconds the processes alive at the end spent since `before` (a process that
@@ -652,8 +649,7 @@ fn comm_cpu_since(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> f64 
     after
         .iter()
         .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
-        .sum::<f64>()
-        / 100.0
+        .sum()
 }
 
 /// What one load level measured.

@@ -249,12 +249,8 @@ async fn database(r: &mut Report, s: &Settings) -> Option<Vec<String>> {
                 r.ok("database", format!("{} at schema {}", s.database_display(), i.schema));
             }
             if i.autovacuum == Some(false) {
-                r.warn(
-                    "database",
-                    "PostgreSQL's autovacuum is off: dead rows pile up and the planner keeps the statistics \
-                     of a young, nearly empty database, so requests slow down as data grows",
-                    "set autovacuum = on in postgresql.conf (the default), or run VACUUM ANALYZE on a schedule",
-                );
+                use syncstead_store::postgres::{AUTOVACUUM_FIX, AUTOVACUUM_OFF};
+                r.warn("database", AUTOVACUUM_OFF, AUTOVACUUM_FIX);
             }
             Some(i.nodes)
         }

@@ -367,8 +367,8 @@ fn token(uid: u64, ttl: u64, layer: ConfigLayer) -> CliResult<()> {
 }
 
 /// glibc gives every thread that allocates its own memory arena (up to 8 per core) and
-/// rarely hands freed memory back; two arenas keep the server's footprint flat under
-/// concurrency at no measurable cost in speed.
+/// rarely hands freed memory back; one arena keeps the server's footprint flat under
+/// concurrency at no measurable cost in speed (docs/benchmarks.md).
 #[allow(unsafe_code)]
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
