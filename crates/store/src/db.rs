@@ -30,7 +30,7 @@ pub enum Read {
 }
 
 /// What a backend provides: transactions to run rules in.
-pub trait Engine: Send + Sync + 'static {
+pub trait Engine: Clone + Send + Sync + 'static {
     #[doc(hidden)]
     type Tx: Tx;
 
@@ -54,6 +54,17 @@ pub trait Engine: Send + Sync + 'static {
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t Self::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static;
+
+    /// [`Engine::write`] for clean-up that nobody waits for: a backend that orders its
+    /// writes runs it after those that requests wait for.
+    #[doc(hidden)]
+    fn write_idle<R, F>(&self, f: F) -> impl Future<Output = StoreResult<R>> + Send
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t Self::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
+    {
+        self.write(0, f)
+    }
 
     /// A bucket's storage time if the backend knows it without asking the database.
     fn cached_storage_time(&self, _user: UserId) -> Option<SyncTimestamp> {
@@ -82,8 +93,10 @@ pub struct Db<E> {
     collections: RwLock<HashMap<String, i64>>,
 }
 
-/// Payload estimate of jobs whose size is unknown up front (batch commits, bulk deletes).
-pub(crate) const HEAVY: usize = 256 * 1024;
+/// Payload estimate of jobs whose size is unknown up front (batch commits, bulk deletes):
+/// a whole group's worth on SQLite, so such a job commits alone and a small write never
+/// waits behind several of them in one group.
+pub(crate) const HEAVY: usize = 1 << 20;
 
 impl<E: Engine> Db<E> {
     /// Wraps an opened engine and loads the collection names.
@@ -147,6 +160,33 @@ impl<E: Engine> Db<E> {
         };
         record(op, start);
         out
+    }
+
+    /// Runs a clean-up rule in the background, again for as long as it answers true (one
+    /// bounded chunk at a time), each run timed as `op`. A failure is logged and ends it:
+    /// the purge catches up with what is left.
+    pub(crate) fn write_later<F>(&self, op: &'static str, f: F)
+    where
+        F: for<'t> Fn(&'t E::Tx) -> BoxFuture<'t, StoreResult<bool>> + Send + Sync + 'static,
+    {
+        let engine = self.engine.clone();
+        let f = Arc::new(f);
+        tokio::spawn(async move {
+            loop {
+                let f = f.clone();
+                let start = Instant::now();
+                let out = engine.write_idle(move |tx| f(tx)).await;
+                record(op, start);
+                match out {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::debug!(op, error = %e, "clean-up write failed; the purge catches up");
+                        break;
+                    }
+                }
+            }
+        });
     }
 
     fn cached_collection(&self, name: &str) -> Option<i64> {

@@ -360,6 +360,7 @@ async fn later_than(last: SyncTimestamp) -> SyncTimestamp {
 }
 
 /// The PostgreSQL side of [`Db`]: a pool of connections.
+#[derive(Clone)]
 pub struct PgEngine {
     pool: Pool,
 }

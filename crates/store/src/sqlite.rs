@@ -265,8 +265,8 @@ fn open_connection(path: &Path, read_only: bool, sync: Synchronous) -> StoreResu
         conn.pragma_update(None, "synchronous", sync)?;
         // Savepoints (one per request in a group commit) journal pages; keep that in memory.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // The checkpoint thread keeps the log short; this is only the backstop if it lags.
-        conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+        // The checkpoint thread keeps the log short (see there); no commit checkpoints.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     }
     // A reader's page cache is thrown away whenever another connection commits, and
@@ -312,6 +312,8 @@ const GROUP_BYTES: usize = 1 << 20;
 /// A job with an estimate of the payload bytes it writes.
 struct Queued {
     bytes: usize,
+    /// Clean-up nobody waits for: it runs when no other write is queued.
+    later: bool,
     job: Job,
     queued: std::time::Instant,
 }
@@ -451,17 +453,21 @@ const SMALL_JOB: usize = 64 << 10;
 /// The writer's queue in two lanes. A small write used to wait behind whatever groups of
 /// first-sync uploads were ahead of it, and in a group with them; now small writes go in
 /// groups of their own, and the lanes take turns, so a small write waits for at most one
-/// group of large ones (and a large one for at most one group of small ones).
+/// group of large ones (and a large one for at most one group of small ones). Clean-up
+/// (`later`) waits until both are empty, and then goes one job at a time.
 #[derive(Default)]
 struct Lanes {
     small: std::collections::VecDeque<Queued>,
     large: std::collections::VecDeque<Queued>,
+    later: std::collections::VecDeque<Queued>,
     small_last: bool,
 }
 
 impl Lanes {
     fn push(&mut self, q: Queued) {
-        if q.bytes <= SMALL_JOB {
+        if q.later {
+            self.later.push_back(q);
+        } else if q.bytes <= SMALL_JOB {
             self.small.push_back(q);
         } else {
             self.large.push_back(q);
@@ -469,11 +475,14 @@ impl Lanes {
     }
 
     fn is_empty(&self) -> bool {
-        self.small.is_empty() && self.large.is_empty()
+        self.small.is_empty() && self.large.is_empty() && self.later.is_empty()
     }
 
     /// The next group: up to [`MAX_GROUP`] jobs and about [`GROUP_BYTES`], from one lane.
     fn next_group(&mut self) -> (&'static str, Vec<Queued>) {
+        if self.small.is_empty() && self.large.is_empty() {
+            return ("later", self.later.pop_front().into_iter().collect());
+        }
         let take_large = !self.large.is_empty() && (self.small.is_empty() || self.small_last);
         self.small_last = !take_large;
         let (lane, queue) = if take_large {
@@ -559,16 +568,63 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: Fil
     }
 }
 
-/// Copies the write-ahead log into the database twice a second, on its own connection, so
-/// the writer never pays for checkpoints inside a request. PASSIVE never blocks the writer
-/// or readers.
+/// Frames of write-ahead log (4 KiB each) past which the checkpoint thread starts the
+/// log over: 32 MiB.
+const RESTART_FRAMES: i64 = 8192;
+
+/// Frames that may arrive during the last PASSIVE copy for RESTART to go ahead: RESTART
+/// copies them while it holds the writer.
+const RESTART_LEFT: i64 = 256;
+
+/// Copies the write-ahead log into the database four times a second, on its own
+/// connection, so the writer never pays for checkpoints inside a request. PASSIVE never
+/// blocks the writer or readers. Under steady writes a PASSIVE checkpoint is never
+/// complete (new frames arrive while it copies), so the log would only grow: once it is
+/// long, a RESTART right after the PASSIVE copies the few frames that arrived meanwhile
+/// and starts the log over, holding the writer for that short while. Before, the writer
+/// did this itself at its autocheckpoint, and copied up to half a second of log inside a
+/// request's commit: the slowest small writes waited 50–80 ms behind it.
 fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>, guard: FileGuard) {
     use std::sync::mpsc::RecvTimeoutError;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(500)) {
+    // What RESTART holds the writer for at most: waiting for it to finish a group, and for
+    // readers of the old log. When it cannot have both in time it gives up until next turn.
+    if let Err(e) = conn.busy_timeout(std::time::Duration::from_millis(50)) {
+        tracing::warn!(error = %e, "cannot set the checkpoint's busy timeout");
+    }
+    // (frames in the log, frames copied into the database)
+    let checkpoint = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+    };
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(250)) {
         if guard.shared_memory().is_err() {
             continue;
         }
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        let mut pass = checkpoint("PASSIVE");
+        // Only when no reader held the copy back: then none holds RESTART up either. The
+        // database's fsync after a copy of half a second of log takes 50 ms on a plain
+        // disk; RESTART must not hold the writer for that, so PASSIVE runs again until
+        // what is left to copy is a few commits' worth.
+        for _ in 0..3 {
+            match &pass {
+                Ok((frames, copied)) if *frames >= RESTART_FRAMES && copied == frames => {}
+                _ => break,
+            }
+            let before = pass.as_ref().map_or(0, |p| p.0);
+            pass = checkpoint("PASSIVE");
+            if let Ok((frames, copied)) = &pass {
+                if copied == frames && frames - before <= RESTART_LEFT {
+                    let started = std::time::Instant::now();
+                    if let Err(e) = checkpoint("RESTART") {
+                        tracing::debug!(error = %e, "log restart put off");
+                    }
+                    metrics::histogram!("syncstead_sqlite_restart_seconds").record(started.elapsed().as_secs_f64());
+                    break;
+                }
+            }
+        }
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "checkpoint failed");
         }
     }
@@ -583,17 +639,15 @@ fn unavailable(what: &'static str) -> StoreError {
 }
 
 /// The SQLite side of [`Db`]: the writer thread, the readers and a cache of storage times.
+/// A copy shares them all (a clean-up write outliving its request holds one).
+#[derive(Clone)]
 pub struct SqliteEngine {
     path: PathBuf,
     guard: FileGuard,
-    writer: std::sync::mpsc::Sender<Queued>,
+    writer: WriteQueue,
     readers: Arc<Mutex<Vec<Conn>>>,
     reader_slots: Arc<Semaphore>,
-    /// Storage timestamps of buckets written since start, kept by the writer thread right
-    /// after each commit (before anyone hears of the write), so polling
-    /// `info/collections` with X-If-Modified-Since needs no database round trip.
-    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
-    /// Dropping the store drops this and so stops the checkpoint thread.
+    /// Dropping the store's last copy drops this and so stops the checkpoint thread.
     _checkpoint_stop: std::sync::mpsc::Sender<()>,
 }
 
@@ -631,17 +685,31 @@ impl SqliteEngine {
         Ok(SqliteEngine {
             guard,
             path: options.path,
-            writer: sender,
+            writer: WriteQueue {
+                sender,
+                storage_times: Arc::new(Mutex::new(HashMap::new())),
+            },
             _checkpoint_stop: checkpoint_stop,
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
-            storage_times: Arc::new(Mutex::new(HashMap::new())),
         })
     }
+}
 
+/// The way to the writer thread.
+#[derive(Clone)]
+struct WriteQueue {
+    sender: std::sync::mpsc::Sender<Queued>,
+    /// Storage timestamps of buckets written since start, kept by the writer thread right
+    /// after each commit (before anyone hears of the write), so polling
+    /// `info/collections` with X-If-Modified-Since needs no database round trip.
+    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
+}
+
+impl WriteQueue {
     /// Runs `f` on the writer, in its own savepoint of the current group transaction.
     /// The answer arrives after the group has committed.
-    async fn submit<R, F>(&self, bytes: usize, f: F) -> StoreResult<R>
+    async fn submit<R, F>(&self, bytes: usize, later: bool, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
@@ -681,9 +749,10 @@ impl SqliteEngine {
                 let _ = done.send(result);
             })
         });
-        self.writer
+        self.sender
             .send(Queued {
                 bytes,
+                later,
                 job,
                 queued: std::time::Instant::now(),
             })
@@ -736,11 +805,20 @@ impl Engine for SqliteEngine {
         R: Send + 'static,
         F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
-        self.submit(cost, f).await
+        self.writer.submit(cost, false, f).await
+    }
+
+    async fn write_idle<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
+    {
+        self.writer.submit(0, true, f).await
     }
 
     fn cached_storage_time(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.storage_times
+        self.writer
+            .storage_times
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
@@ -752,7 +830,8 @@ impl Engine for SqliteEngine {
     async fn reclaim_space(&self) -> StoreResult<()> {
         for _ in 0..256 {
             let left = self
-                .submit(HEAVY, |conn| {
+                .writer
+                .submit(HEAVY, false, |conn| {
                     Box::pin(std::future::ready((|| {
                         let c = conn.guard();
                         // The pragma frees one page per step: step it to the end.
@@ -904,6 +983,7 @@ mod tests {
 
     fn job(bytes: usize) -> Queued {
         Queued {
+            later: false,
             bytes,
             job: Box::new(|_| Box::new(|_| {})),
             queued: std::time::Instant::now(),
