@@ -591,43 +591,46 @@ fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>, guar
     if let Err(e) = conn.busy_timeout(std::time::Duration::from_millis(50)) {
         tracing::warn!(error = %e, "cannot set the checkpoint's busy timeout");
     }
-    // (frames in the log, frames copied into the database)
-    let checkpoint = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })
-    };
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(250)) {
         if guard.shared_memory().is_err() {
             continue;
         }
-        let mut pass = checkpoint("PASSIVE");
-        // Only when no reader held the copy back: then none holds RESTART up either. The
-        // database's fsync after a copy of half a second of log takes 50 ms on a plain
-        // disk; RESTART must not hold the writer for that, so PASSIVE runs again until
-        // what is left to copy is a few commits' worth.
-        for _ in 0..3 {
-            match &pass {
-                Ok((frames, copied)) if *frames >= RESTART_FRAMES && copied == frames => {}
-                _ => break,
-            }
-            let before = pass.as_ref().map_or(0, |p| p.0);
-            pass = checkpoint("PASSIVE");
-            if let Ok((frames, copied)) = &pass {
-                if copied == frames && frames - before <= RESTART_LEFT {
-                    let started = std::time::Instant::now();
-                    if let Err(e) = checkpoint("RESTART") {
-                        tracing::debug!(error = %e, "log restart put off");
-                    }
-                    metrics::histogram!("syncstead_sqlite_restart_seconds").record(started.elapsed().as_secs_f64());
-                    break;
-                }
-            }
-        }
-        if let Err(e) = pass {
+        let copied = checkpoint(&conn, "PASSIVE").and_then(|pass| restart_log(&conn, pass));
+        if let Err(e) = copied {
             tracing::warn!(error = %e, "checkpoint failed");
         }
     }
+}
+
+/// One `PRAGMA wal_checkpoint`: (frames in the log, frames copied into the database).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })
+}
+
+/// Starts a long log over after a complete PASSIVE copy `pass`: only when no reader held
+/// that copy back, for then none holds RESTART up either. The database's fsync after a
+/// copy of half a second of log takes 50 ms on a plain disk; RESTART must not hold the
+/// writer for that, so PASSIVE runs again (up to three times) until what is left to copy
+/// is a few commits' worth.
+fn restart_log(conn: &Connection, mut pass: (i64, i64)) -> rusqlite::Result<()> {
+    for _ in 0..3 {
+        let (frames, copied) = pass;
+        if frames < RESTART_FRAMES || copied != frames {
+            return Ok(());
+        }
+        pass = checkpoint(conn, "PASSIVE")?;
+        if pass.1 == pass.0 && pass.0 - frames <= RESTART_LEFT {
+            let started = std::time::Instant::now();
+            if let Err(e) = checkpoint(conn, "RESTART") {
+                tracing::debug!(error = %e, "log restart put off");
+            }
+            metrics::histogram!("syncstead_sqlite_restart_seconds").record(started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 fn join_err(e: tokio::task::JoinError) -> StoreError {
@@ -644,7 +647,12 @@ fn unavailable(what: &'static str) -> StoreError {
 pub struct SqliteEngine {
     path: PathBuf,
     guard: FileGuard,
-    writer: WriteQueue,
+    /// The way to the writer thread.
+    writer: std::sync::mpsc::Sender<Queued>,
+    /// Storage timestamps of buckets written since start, kept by the writer thread right
+    /// after each commit (before anyone hears of the write), so polling
+    /// `info/collections` with X-If-Modified-Since needs no database round trip.
+    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
     readers: Arc<Mutex<Vec<Conn>>>,
     reader_slots: Arc<Semaphore>,
     /// Dropping the store's last copy drops this and so stops the checkpoint thread.
@@ -685,10 +693,8 @@ impl SqliteEngine {
         Ok(SqliteEngine {
             guard,
             path: options.path,
-            writer: WriteQueue {
-                sender,
-                storage_times: Arc::new(Mutex::new(HashMap::new())),
-            },
+            writer: sender,
+            storage_times: Arc::new(Mutex::new(HashMap::new())),
             _checkpoint_stop: checkpoint_stop,
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
@@ -696,17 +702,7 @@ impl SqliteEngine {
     }
 }
 
-/// The way to the writer thread.
-#[derive(Clone)]
-struct WriteQueue {
-    sender: std::sync::mpsc::Sender<Queued>,
-    /// Storage timestamps of buckets written since start, kept by the writer thread right
-    /// after each commit (before anyone hears of the write), so polling
-    /// `info/collections` with X-If-Modified-Since needs no database round trip.
-    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
-}
-
-impl WriteQueue {
+impl SqliteEngine {
     /// Runs `f` on the writer, in its own savepoint of the current group transaction.
     /// The answer arrives after the group has committed.
     async fn submit<R, F>(&self, bytes: usize, later: bool, f: F) -> StoreResult<R>
@@ -749,7 +745,7 @@ impl WriteQueue {
                 let _ = done.send(result);
             })
         });
-        self.sender
+        self.writer
             .send(Queued {
                 bytes,
                 later,
@@ -805,7 +801,7 @@ impl Engine for SqliteEngine {
         R: Send + 'static,
         F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
-        self.writer.submit(cost, false, f).await
+        self.submit(cost, false, f).await
     }
 
     async fn write_idle<R, F>(&self, f: F) -> StoreResult<R>
@@ -813,12 +809,11 @@ impl Engine for SqliteEngine {
         R: Send + 'static,
         F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
-        self.writer.submit(0, true, f).await
+        self.submit(0, true, f).await
     }
 
     fn cached_storage_time(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.writer
-            .storage_times
+        self.storage_times
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
@@ -830,7 +825,6 @@ impl Engine for SqliteEngine {
     async fn reclaim_space(&self) -> StoreResult<()> {
         for _ in 0..256 {
             let left = self
-                .writer
                 .submit(HEAVY, false, |conn| {
                     Box::pin(std::future::ready((|| {
                         let c = conn.guard();
@@ -990,6 +984,15 @@ mod tests {
         }
     }
 
+    fn clean_up(bytes: usize) -> Queued {
+        Queued {
+            later: true,
+            bytes,
+            job: Box::new(|_| Box::new(|_| {})),
+            queued: std::time::Instant::now(),
+        }
+    }
+
     fn sizes(group: &[Queued]) -> Vec<usize> {
         group.iter().map(|q| q.bytes).collect()
     }
@@ -1034,5 +1037,31 @@ mod tests {
         }
         let (lane, g) = lanes.next_group();
         assert_eq!((lane, g.len()), ("small", MAX_GROUP));
+    }
+
+    // Issue 16, item 4: the sweep of a committed batch's staged records never delays a
+    // request's write: it waits for both lanes to be empty, and goes one job at a time.
+    #[test]
+    fn clean_up_waits_for_both_lanes_and_goes_alone() {
+        let mut lanes = Lanes::default();
+        lanes.push(clean_up(0));
+        lanes.push(clean_up(0));
+        lanes.push(job(100));
+        lanes.push(job(300_000));
+        assert_eq!(lanes.next_group().0, "small");
+        lanes.push(job(200));
+        assert_eq!(lanes.next_group().0, "large");
+        assert_eq!(lanes.next_group().0, "small");
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, g.len()), ("later", 1));
+        lanes.push(job(300));
+        assert_eq!(
+            lanes.next_group().0,
+            "small",
+            "a request's write goes before the rest of the clean-up"
+        );
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, g.len()), ("later", 1));
+        assert!(lanes.is_empty());
     }
 }
