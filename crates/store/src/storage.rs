@@ -632,12 +632,20 @@ async fn spend_batch<T: Tx>(tx: &T, id: i64) -> StoreResult<()> {
     Ok(())
 }
 
-/// Staged records removed per clean-up write: a few milliseconds of SQLite's writer.
+/// Staged records removed per clean-up write on SQLite: a few milliseconds of its one
+/// writer.
 const SWEEP_CHUNK: i64 = 500;
 
-/// Removes up to [`SWEEP_CHUNK`] of a spent batch's staged records, and the batch with the
-/// last of them; true while some are left.
+/// Removes a spent batch's staged records, and the batch with the last of them; true while
+/// some are left. SQLite takes [`SWEEP_CHUNK`] at a time, so that a request's write never
+/// waits long behind the sweep. PostgreSQL takes them all at once: nobody waits for it
+/// there, and every extra transaction is its CPU (in chunks the
+/// sweep cost PostgreSQL about 0.2 ms per request of the load, 1.34 against 1.12 ms).
 async fn sweep_batch<T: Tx>(tx: &T, id: i64) -> StoreResult<bool> {
+    if tx.dialect() == Dialect::Postgres {
+        delete_batches(tx, vec![id]).await?;
+        return Ok(false);
+    }
     let removed = tx
         .execute(
             "DELETE FROM batch_items WHERE batch_id = $1 AND id IN (SELECT id FROM batch_items WHERE batch_id = $1 LIMIT $2)",
