@@ -162,6 +162,19 @@ impl<E: Engine> Db<E> {
         out
     }
 
+    /// Runs a clean-up rule that a caller waits for but no request does (the purge),
+    /// after the writes that requests wait for, timed as `op`.
+    pub(crate) async fn write_idle<R, F>(&self, op: &'static str, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
+    {
+        let start = Instant::now();
+        let out = self.engine.write_idle(f).await;
+        record(op, start);
+        out
+    }
+
     /// Runs a clean-up rule in the background, again for as long as it answers true (one
     /// bounded chunk at a time), each run timed as `op`. A failure is logged and ends it:
     /// the purge catches up with what is left.

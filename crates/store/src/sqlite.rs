@@ -491,11 +491,16 @@ fn sidecars_writable(db: &Path) -> StoreResult<()> {
 /// history visits, meta/global, a delete by ids.
 const SMALL_JOB: usize = 64 << 10;
 
+/// Clean-up waits for the lanes of requests at most this long, so that a writer busy
+/// without a pause still purges (one step at a time).
+const LATER_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The writer's queue in two lanes. A small write used to wait behind whatever groups of
 /// first-sync uploads were ahead of it, and in a group with them; now small writes go in
 /// groups of their own, and the lanes take turns, so a small write waits for at most one
 /// group of large ones (and a large one for at most one group of small ones). Clean-up
-/// (`later`) waits until both are empty, and then goes one job at a time.
+/// (`later`) waits until both are empty, or a second at most, and then goes one job at a
+/// time.
 #[derive(Default)]
 struct Lanes {
     small: std::collections::VecDeque<Queued>,
@@ -521,7 +526,8 @@ impl Lanes {
 
     /// The next group: up to [`MAX_GROUP`] jobs and about [`GROUP_BYTES`], from one lane.
     fn next_group(&mut self) -> (&'static str, Vec<Queued>) {
-        if self.small.is_empty() && self.large.is_empty() {
+        let starved = self.later.front().is_some_and(|q| q.queued.elapsed() >= LATER_MAX_WAIT);
+        if starved || (self.small.is_empty() && self.large.is_empty()) {
             return ("later", self.later.pop_front().into_iter().collect());
         }
         let take_large = !self.large.is_empty() && (self.small.is_empty() || self.small_last);
@@ -1102,6 +1108,22 @@ mod tests {
         let (lane, g) = lanes.next_group();
         assert_eq!((lane, g.len()), ("later", 1));
         assert!(lanes.is_empty());
+    }
+
+    // A writer that is never idle still runs the purge: clean-up that has waited a second
+    // goes before the requests' writes.
+    #[test]
+    fn clean_up_is_not_starved() {
+        let mut lanes = Lanes::default();
+        let mut old = clean_up(0);
+        old.queued -= LATER_MAX_WAIT;
+        lanes.push(job(100));
+        lanes.push(old);
+        lanes.push(clean_up(0));
+        let (lane, g) = lanes.next_group();
+        assert_eq!((lane, g.len()), ("later", 1));
+        assert_eq!(lanes.next_group().0, "small", "the clean-up that has not waited long");
+        assert_eq!(lanes.next_group().0, "later");
     }
 
     // Issue 16, item 4: a wait for a lock tries again every 100 µs at first, and gives

@@ -257,6 +257,32 @@ async fn s15_047_ttl_expiry_and_purge() {
     assert_eq!(s.get_bso(6, "clients", "soon", NONE).await.unwrap().payload, "back");
 }
 
+/// S15-047, issue 16: the purge deletes in short steps (200 records on SQLite) and goes
+/// on until nothing expired is left.
+#[tokio::test]
+async fn s15_047_purge_takes_as_many_steps_as_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    for chunk in 0..5 {
+        let records = (0..100)
+            .map(|i| BsoInput {
+                ttl: Some(1),
+                ..bso(&format!("r{chunk}-{i}"), "x")
+            })
+            .collect();
+        s.post_bsos(7, "history", records, NONE, NO_LIMITS).await.unwrap();
+    }
+    s.post_bsos(7, "history", vec![bso("kept", "here")], NONE, NO_LIMITS)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let purged = s.purge_expired().await.unwrap();
+    assert_eq!(purged.bsos, 500);
+    let (_, usage) = s.collection_usage(7, NONE).await.unwrap();
+    assert_eq!(usage[0].count, 1);
+    assert_eq!(s.purge_expired().await.unwrap().bsos, 0);
+}
+
 /// S15-140…143: deleting a collection moves the storage time; deleting storage empties
 /// the bucket.
 #[tokio::test]

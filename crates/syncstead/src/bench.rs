@@ -74,6 +74,14 @@ pub struct BenchArgs {
     /// Users get uids from here upwards.
     #[arg(long, default_value_t = 1_000_000_000)]
     uid_base: u64,
+    /// Sync mode on a schedule (open loop): this many incremental syncs a second over all
+    /// clients, each client's every clients/rate seconds. The measured window starts once
+    /// every first sync is done. A client whose sync overran its slot starts the next at
+    /// once, and the report counts those as late: while none are late, every server
+    /// gets the same load. Without it each client syncs again as soon as it is done
+    /// (closed loop), so a faster server gets more load, and its queues grow with it.
+    #[arg(long, value_name = "SYNCS_PER_SECOND")]
+    rate: Option<f64>,
 }
 
 /// Latencies per request type, in microseconds.
@@ -83,6 +91,10 @@ struct Stats {
     errors: BTreeMap<String, u64>,
     verify_errors: u64,
     records_up: u64,
+    /// Incremental syncs in the measured window, and those that started after their slot
+    /// (with `--rate`).
+    syncs: u64,
+    late: u64,
     /// Requests made within the measured window, once it has ended (sync mode's final
     /// read-back comes after it).
     window: Option<usize>,
@@ -91,6 +103,12 @@ struct Stats {
 impl Stats {
     fn count(&self) -> usize {
         self.latencies.values().map(Vec::len).sum()
+    }
+
+    /// The measured window starts now: what came before counts only if it went wrong.
+    fn window_started(&mut self) {
+        self.latencies.clear();
+        self.records_up = 0;
     }
 
     fn window_ended(&mut self) {
@@ -111,6 +129,8 @@ impl Stats {
         }
         self.verify_errors += other.verify_errors;
         self.records_up += other.records_up;
+        self.syncs += other.syncs;
+        self.late += other.late;
     }
 }
 
@@ -609,6 +629,13 @@ pub async fn run(args: BenchArgs) -> CliResult<()> {
     if args.mode == "populate" {
         return populate(args, http).await;
     }
+    if let Some(rate) = args.rate {
+        if args.mode != "sync" || !(rate > 0.0 && rate.is_finite()) {
+            return Err(CliError::Refused(
+                "--rate takes a positive number of syncs a second, in sync mode".into(),
+            ));
+        }
+    }
     let mut levels = Vec::new();
     let mut failed = false;
     for (n, &clients) in args.clients.iter().enumerate() {
@@ -675,15 +702,13 @@ async fn run_level(
 ) -> CliResult<Level> {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(Mutex::new(Stats::default()));
-    let before = args.server_pid.and_then(proc_stats);
-    let db_before = args.db_comm.as_deref().map(comm_cpu);
-    // The load tool's own CPU, reported beside the server's: on a small machine the two
-    // share the cores, and a saturated tool measures itself, not the server.
-    let own_before = proc_stats(std::process::id());
-    let start = Instant::now();
+    // With --rate, the window opens when every client has done its first sync.
+    let paced = args.rate.map(|rate| Duration::from_secs_f64(clients as f64 / rate));
+    let first_syncs_done = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut tasks = Vec::new();
     for i in 0..clients {
         let (args, http, stop, total) = (args.clone(), http.clone(), stop.clone(), total.clone());
+        let first_syncs_done = first_syncs_done.clone();
         tasks.push(tokio::spawn(async move {
             let uid = uid_base + i as u64;
             let base = args.url.trim_end_matches('/').to_string();
@@ -711,8 +736,30 @@ async fn run_level(
                     .call("delete storage", Method::DELETE, "/storage", &[], None)
                     .await;
                 user.first_sync(&args).await;
-                while !stop.load(Ordering::Relaxed) {
-                    user.incremental_sync(&args).await;
+                if let Some(every) = paced {
+                    first_syncs_done.wait().await;
+                    user.client.stats.window_started();
+                    // The clients' slots are spread evenly over one period.
+                    let mut slot = Instant::now() + every.mul_f64(i as f64 / clients as f64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = Instant::now();
+                        if slot > now {
+                            tokio::time::sleep(slot - now).await;
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        } else if now - slot > Duration::from_millis(1) {
+                            user.client.stats.late += 1;
+                        }
+                        slot += every;
+                        user.incremental_sync(&args).await;
+                        user.client.stats.syncs += 1;
+                    }
+                } else {
+                    while !stop.load(Ordering::Relaxed) {
+                        user.incremental_sync(&args).await;
+                        user.client.stats.syncs += 1;
+                    }
                 }
                 // The final read-back is outside the measured window.
                 user.client.stats.window_ended();
@@ -722,6 +769,15 @@ async fn run_level(
             total.lock().expect("stats lock").merge(stats);
         }));
     }
+    if paced.is_some() {
+        first_syncs_done.wait().await;
+    }
+    let before = args.server_pid.and_then(proc_stats);
+    let db_before = args.db_comm.as_deref().map(comm_cpu);
+    // The load tool's own CPU, reported beside the server's: on a small machine the two
+    // share the cores, and a saturated tool measures itself, not the server.
+    let own_before = proc_stats(std::process::id());
+    let start = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let secs = start.elapsed().as_secs_f64();
@@ -1056,6 +1112,19 @@ fn report(args: &BenchArgs, stats: &mut Stats, level: &mut Level) {
             "load tool CPU: {own:.1} s over the run ({:.0} % of one core)",
             own * 100.0 / secs
         );
+    }
+    match args.rate {
+        Some(rate) => println!(
+            "incremental syncs: {} ({:.1}/s, scheduled {rate}/s), {} of them late",
+            stats.syncs,
+            stats.syncs as f64 / secs,
+            stats.late
+        ),
+        None => println!(
+            "incremental syncs: {} ({:.1}/s)",
+            stats.syncs,
+            stats.syncs as f64 / secs
+        ),
     }
     println!("HTTP errors: {}", stats.errors.values().sum::<u64>());
     for (e, n) in &stats.errors {

@@ -952,6 +952,68 @@ fn bench_levels_are_summarized_with_the_tools_own_cpu() {
     stop(child);
 }
 
+/// Issue 16, item 4: `syncstead bench --rate` offers every server the same load: syncs
+/// start on a schedule, not as soon as the previous one is done. Two clients at 10 syncs a
+/// second for 2 s make at most 20 (and one more each at the end), where the closed loop
+/// makes hundreds against this server; the window opens after the first syncs.
+#[test]
+fn bench_rate_paces_the_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(dir.path(), &[]);
+    let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
+    let run = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "bench",
+                "-c",
+                "2",
+                "-d",
+                "2",
+                "--first-min",
+                "20",
+                "--first-max",
+                "40",
+                "--url",
+            ])
+            .arg(format!("http://{addr}"))
+            .args(["--secret", secret.trim()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let syncs: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("incremental syncs: "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no sync count in {text}"));
+        (syncs, text)
+    };
+    // Each user deletes its storage before its first sync and after its final read-back:
+    // with --rate the first of these is outside the window, like the first sync.
+    let deletes = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("delete storage"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(str::to_string)
+    };
+    let (paced, text) = run(&["--rate", "10"]);
+    assert!((1..=22).contains(&paced), "{paced} syncs: {text}");
+    assert!(text.contains("scheduled 10/s"), "{text}");
+    assert_eq!(deletes(&text).as_deref(), Some("2"), "{text}");
+    let (closed, text) = run(&[]);
+    assert!(closed > 2 * paced, "closed loop {closed} against paced {paced}: {text}");
+    assert_eq!(deletes(&text).as_deref(), Some("4"), "{text}");
+    let refused = bin()
+        .args(["bench", "--mode", "hot", "--rate", "5", "--secret", "x", "--url"])
+        .arg(format!("http://{addr}"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    stop(child);
+}
+
 /// `syncstead doctor` says when PostgreSQL's autovacuum is off (dead rows and stale planner
 /// statistics slow a growing database down, docs/benchmarks.md), and not when it is on.
 #[test]
