@@ -156,6 +156,7 @@ impl<E: Engine> Db<E> {
                 break out;
             }
             attempt += 1;
+            metrics::counter!("syncstead_store_tick_waits_total", "op" => op).increment(1);
             next_tick().await;
         };
         record(op, start);

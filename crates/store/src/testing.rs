@@ -91,14 +91,19 @@ impl Drop for ScratchSchema {
                 tokio::spawn(conn);
                 let drop = format!("SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
                 if client.batch_execute(&drop).await.is_err() {
-                    // A test that failed mid-transaction, on a runtime now blocked in this
-                    // drop, still holds locks in the schema: end those sessions.
+                    // A test that failed mid-transaction (or a clean-up task it left
+                    // behind), on a runtime now blocked in this drop, still holds locks
+                    // in the schema: end those sessions, and only those (other tests run
+                    // at the same time, in schemas of their own).
                     let _ = client
-                        .batch_execute(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                             WHERE datname = current_database() AND pid <> pg_backend_pid()
-                               AND state LIKE 'idle in transaction%'",
-                        )
+                        .batch_execute(&format!(
+                            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+                             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+                               AND a.pid IN (SELECT l.pid FROM pg_locks l
+                                 JOIN pg_class c ON c.oid = l.relation
+                                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname = '{schema}')"
+                        ))
                         .await;
                     client.batch_execute(&drop).await.ok()?;
                 }
