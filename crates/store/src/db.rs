@@ -170,10 +170,7 @@ impl<E: Engine> Db<E> {
         R: Send + 'static,
         F: for<'t> FnOnce(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
-        let start = Instant::now();
-        let out = self.engine.write_idle(f).await;
-        record(op, start);
-        out
+        idle_write(&self.engine, op, f).await
     }
 
     /// Runs a clean-up rule in the background, again for as long as it answers true (one
@@ -188,10 +185,7 @@ impl<E: Engine> Db<E> {
         tokio::spawn(async move {
             loop {
                 let f = f.clone();
-                let start = Instant::now();
-                let out = engine.write_idle(move |tx| f(tx)).await;
-                record(op, start);
-                match out {
+                match idle_write(&engine, op, move |tx| f(tx)).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
@@ -292,6 +286,19 @@ impl<E: Engine> Db<E> {
             }
         }
     }
+}
+
+/// [`Engine::write_idle`], timed as `op`.
+async fn idle_write<E, R, F>(engine: &E, op: &'static str, f: F) -> StoreResult<R>
+where
+    E: Engine,
+    R: Send + 'static,
+    F: for<'t> FnOnce(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
+{
+    let start = Instant::now();
+    let out = engine.write_idle(f).await;
+    record(op, start);
+    out
 }
 
 fn record(op: &'static str, start: Instant) {

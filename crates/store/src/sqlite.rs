@@ -634,7 +634,7 @@ const RESTART_LEFT: i64 = 256;
 fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>, guard: FileGuard) {
     use std::sync::mpsc::RecvTimeoutError;
     if let Err(e) = conn.busy_handler(Some(brief)) {
-        tracing::warn!(error = %e, "cannot set the checkpoint's busy timeout");
+        tracing::warn!(error = %e, "cannot set the checkpoint's busy handler");
     }
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(250)) {
         if guard.shared_memory().is_err() {
@@ -745,9 +745,7 @@ impl SqliteEngine {
             reader_slots: Arc::new(Semaphore::new(readers)),
         })
     }
-}
 
-impl SqliteEngine {
     /// Runs `f` on the writer, in its own savepoint of the current group transaction.
     /// The answer arrives after the group has committed.
     async fn submit<R, F>(&self, bytes: usize, later: bool, f: F) -> StoreResult<R>

@@ -674,6 +674,7 @@ fn purge_chunk(d: Dialect) -> u64 {
 /// deleted, and whether some may be left.
 async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64, bool)> {
     const EXPIRED: &str = "SELECT {row} FROM bsos WHERE expiry < 9223372036854775800 AND expiry <= $1 LIMIT $2";
+    let chunk = purge_chunk(tx.dialect());
     let sql = match tx.dialect() {
         Dialect::Sqlite => format!(
             "DELETE FROM bsos WHERE rowid IN ({})",
@@ -685,9 +686,7 @@ async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64,
             EXPIRED.replace("{row}", "ctid")
         ),
     };
-    let bsos = tx
-        .execute(&sql, &[now.into(), (purge_chunk(tx.dialect()) as i64).into()])
-        .await?;
+    let bsos = tx.execute(&sql, &[now.into(), (chunk as i64).into()]).await?;
     let expired = tx
         .query("SELECT id FROM batches WHERE expiry <= $1 LIMIT 100", &[now.into()])
         .await?
@@ -699,11 +698,7 @@ async fn purge_step<T: Tx>(tx: &T, now: SyncTimestamp) -> StoreResult<(u64, u64,
         delete_batches(tx, expired).await?;
     }
     let nonces = crate::nonces::purge_nonces(tx, now).await?;
-    Ok((
-        bsos,
-        batches,
-        bsos == purge_chunk(tx.dialect()) || batches == 100 || nonces == 10_000,
-    ))
+    Ok((bsos, batches, bsos == chunk || batches == 100 || nonces == 10_000))
 }
 
 #[async_trait]

@@ -736,30 +736,22 @@ async fn run_level(
                     .call("delete storage", Method::DELETE, "/storage", &[], None)
                     .await;
                 user.first_sync(&args).await;
+                // With --rate, the next sync's slot; the clients' slots are spread evenly
+                // over one period.
+                let mut slot = None;
                 if let Some(every) = paced {
                     first_syncs_done.wait().await;
                     user.client.stats.window_started();
-                    // The clients' slots are spread evenly over one period.
-                    let mut slot = Instant::now() + every.mul_f64(i as f64 / clients as f64);
-                    while !stop.load(Ordering::Relaxed) {
-                        let now = Instant::now();
-                        if slot > now {
-                            tokio::time::sleep(slot - now).await;
-                            if stop.load(Ordering::Relaxed) {
-                                break;
-                            }
-                        } else if now - slot > Duration::from_millis(1) {
-                            user.client.stats.late += 1;
+                    slot = Some((Instant::now() + every.mul_f64(i as f64 / clients as f64), every));
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some((at, every)) = slot.as_mut() {
+                        if !wait_for_slot(at, *every, &mut user.client.stats, &stop).await {
+                            break;
                         }
-                        slot += every;
-                        user.incremental_sync(&args).await;
-                        user.client.stats.syncs += 1;
                     }
-                } else {
-                    while !stop.load(Ordering::Relaxed) {
-                        user.incremental_sync(&args).await;
-                        user.client.stats.syncs += 1;
-                    }
+                    user.incremental_sync(&args).await;
+                    user.client.stats.syncs += 1;
                 }
                 // The final read-back is outside the measured window.
                 user.client.stats.window_ended();
@@ -802,6 +794,22 @@ async fn run_level(
     };
     report(&args, &mut stats, &mut level);
     Ok(level)
+}
+
+/// Waits for a paced client's slot and moves it one period on; a slot already past counts
+/// as late (the previous sync overran it). False when the run stopped meanwhile.
+async fn wait_for_slot(slot: &mut Instant, every: Duration, stats: &mut Stats, stop: &AtomicBool) -> bool {
+    let now = Instant::now();
+    if *slot > now {
+        tokio::time::sleep(*slot - now).await;
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+    } else if now - *slot > Duration::from_millis(1) {
+        stats.late += 1;
+    }
+    *slot += every;
+    true
 }
 
 /// The levels side by side. Saturation: the first level whose requests/s is less than

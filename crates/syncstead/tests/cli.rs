@@ -906,6 +906,21 @@ fn bench_populate_fills_the_server() {
     stop(child);
 }
 
+/// Runs `syncstead bench` for 2 s with small first syncs against the server at `addr`, and
+/// answers what it printed; it must succeed.
+fn small_bench(addr: &str, secret: &str, extra: &[&str]) -> String {
+    let out = bin()
+        .args(["bench", "-d", "2", "--first-min", "20", "--first-max", "40", "--url"])
+        .arg(format!("http://{addr}"))
+        .args(["--secret", secret.trim()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
 /// Issue 16, item 3: `syncstead bench -c 1,2` runs one load per level, each with users of
 /// its own, and ends with the levels side by side, the tool's own CPU among them, and
 /// whether requests/s stopped rising.
@@ -914,25 +929,7 @@ fn bench_levels_are_summarized_with_the_tools_own_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let (child, addr) = spawn_server(dir.path(), &[]);
     let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
-    let out = bin()
-        .args([
-            "bench",
-            "-c",
-            "1,2",
-            "-d",
-            "2",
-            "--first-min",
-            "20",
-            "--first-max",
-            "40",
-            "--url",
-        ])
-        .arg(format!("http://{addr}"))
-        .args(["--secret", secret.trim(), "--server-pid", &child.id().to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let text = small_bench(&addr, &secret, &["-c", "1,2", "--server-pid", &child.id().to_string()]);
     assert!(
         text.contains("mode sync, 1 clients") && text.contains("mode sync, 2 clients"),
         "{text}"
@@ -962,26 +959,7 @@ fn bench_rate_paces_the_syncs() {
     let (child, addr) = spawn_server(dir.path(), &[]);
     let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
     let run = |extra: &[&str]| {
-        let out = bin()
-            .args([
-                "bench",
-                "-c",
-                "2",
-                "-d",
-                "2",
-                "--first-min",
-                "20",
-                "--first-max",
-                "40",
-                "--url",
-            ])
-            .arg(format!("http://{addr}"))
-            .args(["--secret", secret.trim()])
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let text = small_bench(&addr, &secret, &[&["-c", "2"], extra].concat());
         let syncs: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix("incremental syncs: "))
