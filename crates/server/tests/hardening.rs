@@ -540,3 +540,67 @@ async fn every_interface_needs_a_public_url() {
             .await;
     assert!(ok.is_ok());
 }
+
+/// Posts `n` records of 2,000 bytes to a user's history, 100 a request.
+async fn fill_history(u: &User, n: usize) {
+    let payload = "p".repeat(2000);
+    for chunk in 0..n.div_ceil(100) {
+        let items: Vec<serde_json::Value> = (0..100.min(n - chunk * 100))
+            .map(|i| serde_json::json!({"id": format!("r{chunk:04}-{i:02}"), "payload": payload}))
+            .collect();
+        assert_eq!(
+            u.post("/storage/history", serde_json::Value::Array(items)).await.status,
+            200
+        );
+    }
+}
+
+/// Reads a whole listing as it streams in; its record count.
+async fn drain(r: reqwest::Response) -> usize {
+    let body = r.bytes().await.unwrap();
+    serde_json::from_slice::<Vec<serde_json::Value>>(&body).unwrap().len()
+}
+
+/// A long listing (S15-081 streams it) holds no database connection while its client does
+/// not read: even with a single connection (1 SQLite reader, a PostgreSQL pool of 1),
+/// other long listings and short reads go on beside a stalled one, and the stalled one
+/// still comes out whole once its client reads again. (A build that kept the connection
+/// from chunk to chunk, without giving it back to a client that stopped reading, failed
+/// this.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_download_does_not_keep_a_database_connection() {
+    let s = TestServer::start_with(|c| {
+        c.sqlite_readers = Some(1);
+        c.postgres_pool_size = Some(1);
+    })
+    .await;
+    let (stalling, others) = (s.client(1), s.client(2));
+    // 20 MB: more than the socket buffers between the server and the client hold.
+    fill_history(&stalling, 10_000).await;
+    fill_history(&others, 1_000).await;
+    let stalled = stalling
+        .req(reqwest::Method::GET, "/storage/history?full=1&newer=0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    assert_eq!(stalled.headers()["x-weave-records"], "10000");
+    // Until the socket buffers are full and the listing waits for its client, with nobody
+    // else waiting for its connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let meanwhile = async {
+        for _ in 0..3 {
+            let r = others
+                .req(reqwest::Method::GET, "/storage/history?full=1&newer=0")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(drain(r).await, 1_000);
+            assert_eq!(others.get("/info/collections").await.status, 200);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), meanwhile)
+        .await
+        .expect("other listings went on while one client did not read");
+    assert_eq!(drain(stalled).await, 10_000);
+}
