@@ -962,10 +962,7 @@ impl Settings {
             strict_usernames: layer.strict_usernames.unwrap_or(true),
             argon2_memory_kib: layer.argon2_memory_kib.unwrap_or(19_456),
             argon2_iterations: layer.argon2_iterations.unwrap_or(2),
-            password_hash_concurrency: layer
-                .password_hash_concurrency
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-                .max(1),
+            password_hash_concurrency: layer.password_hash_concurrency.unwrap_or_else(cpu_cores).max(1),
             smtp_url: layer.smtp_url.filter(|u| !u.is_empty()),
             smtp_from: layer.smtp_from.filter(|f| !f.is_empty()),
             accounts: layer.accounts.unwrap_or(true),
@@ -1083,10 +1080,15 @@ impl Settings {
 /// Two PostgreSQL connections per core: with more, the extra queries only wait inside
 /// the database for a CPU, and a burst of long listings then slows every request. On
 /// two cores, 4 connections instead of 16 cut the p99 of every request type by 11–55 %
-/// at the same load, and 2 were worse than 4 (docs/benchmarks.md, "PostgreSQL's pool
-/// size").
+/// at the same load, and 2 were worse than 4 (docs/benchmarks.md, "Long listings and
+/// PostgreSQL's pool size").
 fn default_pool_size() -> usize {
-    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+    2 * cpu_cores()
+}
+
+/// The cores this process may run on (2 if the system will not say).
+fn cpu_cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 fn read_secret_file(path: &Path) -> Result<String, ConfigError> {

@@ -541,20 +541,6 @@ async fn every_interface_needs_a_public_url() {
     assert!(ok.is_ok());
 }
 
-/// Posts `n` records of 2,000 bytes to a user's history, 100 a request.
-async fn fill_history(u: &User, n: usize) {
-    let payload = "p".repeat(2000);
-    for chunk in 0..n.div_ceil(100) {
-        let items: Vec<serde_json::Value> = (0..100.min(n - chunk * 100))
-            .map(|i| serde_json::json!({"id": format!("r{chunk:04}-{i:02}"), "payload": payload}))
-            .collect();
-        assert_eq!(
-            u.post("/storage/history", serde_json::Value::Array(items)).await.status,
-            200
-        );
-    }
-}
-
 /// Reads a whole listing as it streams in; its record count.
 async fn drain(r: reqwest::Response) -> usize {
     let body = r.bytes().await.unwrap();

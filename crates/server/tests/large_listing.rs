@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
 const RECORDS: usize = 25_000;
@@ -18,13 +18,7 @@ const RECORDS: usize = 25_000;
 async fn s15_081_a_full_download_of_25000_records_is_whole_and_streamed() {
     let s = TestServer::start().await;
     let u = s.client(1);
-    let payload = "p".repeat(2000);
-    for chunk in 0..RECORDS / 100 {
-        let items: Vec<Value> = (0..100)
-            .map(|i| json!({"id": format!("r{chunk:03}-{i:02}"), "payload": payload}))
-            .collect();
-        assert_eq!(u.post("/storage/history", Value::Array(items)).await.status, 200);
-    }
+    fill_history(&u, RECORDS).await;
     let baseline = rss_bytes();
     let sampler = PeakRss::start();
     // Read as the body arrives, keeping only the ids, so the client side holds little.

@@ -216,6 +216,17 @@ pub async fn raw_chunked(s: &TestServer, u: &User, method: &str, path: &str, bod
 
 /// Compares a two-decimal timestamp header with a JSON number (which may have lost a
 /// trailing zero when parsed).
+/// Posts `n` records with 2,000-byte payloads to a user's history, 100 a request.
+pub async fn fill_history(u: &User, n: usize) {
+    let payload = "p".repeat(2000);
+    for chunk in 0..n.div_ceil(100) {
+        let items: Vec<Value> = (0..100.min(n - chunk * 100))
+            .map(|i| serde_json::json!({"id": format!("r{chunk:04}-{i:02}"), "payload": payload}))
+            .collect();
+        assert_eq!(u.post("/storage/history", Value::Array(items)).await.status, 200);
+    }
+}
+
 pub fn assert_ts(header: &str, v: &Value) {
     let h: f64 = header.parse().unwrap_or_else(|_| panic!("bad timestamp {header:?}"));
     let j = v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
