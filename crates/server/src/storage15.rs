@@ -168,40 +168,24 @@ async fn get_collection(
     let cap = state.settings.limits.max_total_records.min(u32::MAX as u64) as u32;
     query.limit = query.limit.map(|l| l.min(cap));
     let format = negotiate(&headers)?;
-    let wanted = query.limit;
-    let first = CollectionQuery {
-        limit: Some(wanted.map_or(FIRST_CHUNK, |l| l.min(FIRST_CHUNK))),
-        ..query.clone()
-    };
-    let page = state
+    let (page, extent) = state
         .store
-        .get_collection(ctx.bucket, &ctx.collection, &first, ctx.pre)
+        .open_listing(ctx.bucket, &ctx.collection, &query, FIRST_CHUNK, ctx.pre)
         .await?;
     let modified = page.modified;
     let content_type = match format {
         Format::Json => "application/json",
         Format::Newlines => "application/newlines",
     };
-    let (body, records, next_offset) = match page.next_offset {
-        // More than the first read held, and the client asked for more: stream it.
-        Some(cursor) if wanted.is_none_or(|l| l > FIRST_CHUNK) => {
-            // The listing is what the collection held at the first read: counted as of
-            // then (`older` is strict; times move in 10 ms ticks), and streamed until that
-            // many records have gone out.
-            let bound = SyncTimestamp::from_millis(modified.as_millis() + 10);
-            let as_of_first = CollectionQuery {
-                older: Some(query.older.map_or(bound, |o| o.min(bound))),
-                ..query.clone()
-            };
-            let (total, next) = state
-                .store
-                .collection_extent(ctx.bucket, &ctx.collection, &as_of_first)
-                .await?;
-            let body = stream_listing(state, ctx, query, page.bsos, cursor, total, format);
-            (body, total, next)
+    let (body, records, next_offset) = match (extent, page.next_offset) {
+        // More than the first read held, and the client asked for more: stream it, until
+        // as many records have gone out as the extent (read with the first) counted.
+        (Some(extent), Some(cursor)) => {
+            let body = stream_listing(state, ctx, query, page.bsos, cursor, extent.records, format);
+            (body, extent.records, extent.next_offset)
         }
         // The first read held everything asked for (and its token, if the limit cut it).
-        next => {
+        (_, next) => {
             let n = page.bsos.len() as u64;
             (small_body(page.bsos, query.full, format).await?, n, next)
         }
@@ -274,18 +258,14 @@ fn stream_listing(
                 limit: Some(limit.min((total - sent).min(u32::MAX as u64) as u32)),
                 ..query.clone()
             };
-            let page = match state
-                .store
-                .get_collection(ctx.bucket, &ctx.collection, &q, syncstead_store::Precondition::None)
-                .await
-            {
-                Ok(p) => p,
+            let (bsos, next) = match state.store.listing_chunk(ctx.bucket, &ctx.collection, &q).await {
+                Ok(c) => c,
                 Err(e) => return out.fail(crate::streaming::Cut(e.to_string())).await,
             };
-            sent += page.bsos.len() as u64;
-            limit = chunk_limit(&page.bsos);
-            render_chunk(&mut chunk, page.bsos, full, format, false);
-            cursor = page.next_offset;
+            sent += bsos.len() as u64;
+            limit = chunk_limit(&bsos);
+            render_chunk(&mut chunk, bsos, full, format, false);
+            cursor = next;
         }
         render_close(&mut chunk, format);
         out.send(chunk).await;

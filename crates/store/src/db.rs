@@ -66,6 +66,9 @@ pub trait Engine: Clone + Send + Sync + 'static {
         self.write(0, f)
     }
 
+    /// How many reads can run at once (SQLite's readers, PostgreSQL's pool).
+    fn read_slots(&self) -> usize;
+
     /// A bucket's storage time if the backend knows it without asking the database.
     fn cached_storage_time(&self, _user: UserId) -> Option<SyncTimestamp> {
         None
@@ -91,6 +94,10 @@ pub struct Db<E> {
     /// The standard collections' ids, which are never released. Custom names are looked
     /// up each time: any process may release one when no bucket uses it any more.
     collections: RwLock<HashMap<String, i64>>,
+    /// Bulk reads (the chunks of long listings) take one of these first: one read slot
+    /// fewer than the backend has, so a burst of downloads never takes every connection
+    /// and a short request waits behind at most the bulk reads already running.
+    bulk: tokio::sync::Semaphore,
 }
 
 /// Payload estimate of jobs whose size is unknown up front (batch commits, bulk deletes):
@@ -101,9 +108,11 @@ pub(crate) const HEAVY: usize = 1 << 20;
 impl<E: Engine> Db<E> {
     /// Wraps an opened engine and loads the collection names.
     pub(crate) async fn new(engine: E) -> StoreResult<Self> {
+        let bulk = tokio::sync::Semaphore::new(engine.read_slots().saturating_sub(1).max(1));
         let db = Db {
             engine,
             collections: RwLock::new(HashMap::new()),
+            bulk,
         };
         // Through the writer: SQLite then opens its read connections only when requests come.
         let names = db
@@ -133,6 +142,22 @@ impl<E: Engine> Db<E> {
     {
         let start = Instant::now();
         let out = self.engine.read(mode, f).await;
+        record(op, start);
+        out
+    }
+
+    /// Runs a single-statement read of many rows, timed as `op` (its wait for a bulk slot
+    /// included).
+    pub(crate) async fn read_bulk<R, F>(&self, op: &'static str, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
+    {
+        let start = Instant::now();
+        let out = match self.bulk.acquire().await {
+            Ok(_slot) => self.engine.read(Read::Statement, f).await,
+            Err(_) => Err(StoreError::Unavailable("the store is closed".into())),
+        };
         record(op, start);
         out
     }

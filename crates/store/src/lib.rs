@@ -63,6 +63,14 @@ impl Precondition {
     }
 }
 
+/// How many records a listing returns and, when its `limit` cuts it, the paging token
+/// after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    pub records: u64,
+    pub next_offset: Option<String>,
+}
+
 /// Live records and payload bytes of one collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectionUsage {
@@ -155,15 +163,27 @@ pub trait Store: Send + Sync + 'static {
         query: &CollectionQuery,
         pre: Precondition,
     ) -> StoreResult<Page>;
-    /// How many records `get_collection` with `query` would return, and (when its
-    /// `limit` cuts the listing) the paging token after them, without reading payloads:
-    /// what a response streamed in chunks announces in its headers.
-    async fn collection_extent(
+    /// The first read of a listing that may be streamed: `get_collection` cut at `first`
+    /// records and, when more follow and `query` asks for more than those, the extent of
+    /// the whole listing, read in the same snapshot without payloads: what a response
+    /// streamed in chunks announces in its headers.
+    async fn open_listing(
         &self,
         user: UserId,
         collection: &str,
         query: &CollectionQuery,
-    ) -> StoreResult<(u64, Option<String>)>;
+        first: u32,
+        pre: Precondition,
+    ) -> StoreResult<(Page, Option<Extent>)>;
+    /// The next records of a listing being streamed, from the paging token in
+    /// `query.offset`: a single statement, with no collection time and no precondition
+    /// (the first read checked those).
+    async fn listing_chunk(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &CollectionQuery,
+    ) -> StoreResult<(Vec<Bso>, Option<String>)>;
     async fn get_bso(&self, user: UserId, collection: &str, id: &str, pre: Precondition) -> StoreResult<Bso>;
     /// Upserts one BSO (S15-093); returns the write time.
     async fn put_bso(

@@ -432,16 +432,31 @@ impl PgEngine {
     }
 }
 
+impl PgEngine {
+    /// A pooled connection; the wait for it is what a request spends queuing when the
+    /// pool is too small for the load.
+    async fn connection(&self) -> StoreResult<Object> {
+        let start = std::time::Instant::now();
+        let client = self.pool.get().await?;
+        metrics::histogram!("syncstead_postgres_pool_wait_seconds").record(start.elapsed().as_secs_f64());
+        Ok(client)
+    }
+}
+
 impl Engine for PgEngine {
     type Tx = PgTx;
     const SHARED_BY_PROCESSES: bool = true;
+
+    fn read_slots(&self) -> usize {
+        self.pool.status().max_size
+    }
 
     async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t PgTx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
-        let client = self.pool.get().await?;
+        let client = self.connection().await?;
         // One statement in autocommit: also how a shared nonce is recorded in a single
         // round trip (nonces.rs).
         if mode == Read::Statement {
@@ -463,7 +478,7 @@ impl Engine for PgEngine {
         R: Send + 'static,
         F: for<'t> FnOnce(&'t PgTx) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
-        let tx = PgTx::begin(self.pool.get().await?, "BEGIN").await?;
+        let tx = PgTx::begin(self.connection().await?, "BEGIN").await?;
         let out = f(&tx).await;
         match out {
             Ok(v) => {

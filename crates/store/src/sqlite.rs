@@ -700,6 +700,7 @@ pub struct SqliteEngine {
     storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
     readers: Arc<Mutex<Vec<Conn>>>,
     reader_slots: Arc<Semaphore>,
+    readers_max: usize,
     /// Dropping the store's last copy drops this and so stops the checkpoint thread.
     _checkpoint_stop: std::sync::mpsc::Sender<()>,
 }
@@ -743,6 +744,7 @@ impl SqliteEngine {
             _checkpoint_stop: checkpoint_stop,
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
+            readers_max: readers,
         })
     }
 
@@ -803,6 +805,10 @@ impl SqliteEngine {
 impl Engine for SqliteEngine {
     type Tx = Conn;
     const SHARED_BY_PROCESSES: bool = false;
+
+    fn read_slots(&self) -> usize {
+        self.readers_max
+    }
 
     async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>
     where

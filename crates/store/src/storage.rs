@@ -10,8 +10,8 @@ use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 use crate::db::{Db, Engine, Read, HEAVY};
 use crate::sql::{query_one, Arg, Dialect, Row, Sql, Tx};
 use crate::{
-    CollectionUsage, DeletedCollection, Page, Precondition, PurgeReport, Store, StoreError, StoreResult, StoreStats,
-    UserId, WriteLimits, BATCH_LIFETIME_MS,
+    CollectionUsage, DeletedCollection, Extent, Page, Precondition, PurgeReport, Store, StoreError, StoreResult,
+    StoreStats, UserId, WriteLimits, BATCH_LIFETIME_MS,
 };
 
 fn first_time(row: Option<Row>) -> StoreResult<Option<SyncTimestamp>> {
@@ -558,6 +558,32 @@ fn empty_page(modified: SyncTimestamp) -> Page {
     }
 }
 
+/// The extent of a listing without its payloads. A limited listing is at most
+/// max_total_records keys: they are read and the paging rule makes the token. An
+/// unlimited one is counted.
+async fn listing_extent<T: Tx>(
+    tx: &T,
+    user: UserId,
+    coll: i64,
+    query: CollectionQuery,
+    now: SyncTimestamp,
+) -> StoreResult<Extent> {
+    let query = CollectionQuery { full: false, ..query };
+    if query.limit.is_some() {
+        let (keys, next_offset) = query_page(tx, user, coll, &query, now).await?;
+        return Ok(Extent {
+            records: keys.len() as u64,
+            next_offset,
+        });
+    }
+    let rows = page_query(tx.dialect(), user, coll, &query, now);
+    let count = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({}) AS page", rows.text);
+    Ok(Extent {
+        records: query_one(tx, &count, &rows.args).await?.count(0)?,
+        next_offset: None,
+    })
+}
+
 /// A commit whose staged records all carry a payload (what clients send): one statement
 /// inside the database, no record passing through the server's memory. The rules are
 /// UPSERT_MANY_PG's.
@@ -815,32 +841,68 @@ impl<E: Engine> Store for Db<E> {
         .await
     }
 
-    async fn collection_extent(
+    async fn open_listing(
         &self,
         user: UserId,
         collection: &str,
         query: &CollectionQuery,
-    ) -> StoreResult<(u64, Option<String>)> {
+        first: u32,
+        pre: Precondition,
+    ) -> StoreResult<(Page, Option<Extent>)> {
         let Some(coll) = self.find_collection(collection).await? else {
-            return Ok((0, None));
+            pre.check(SyncTimestamp::ZERO)?;
+            return Ok((empty_page(SyncTimestamp::ZERO), None));
         };
-        // A limited listing is at most max_total_records keys: read them and let the paging
-        // rule make the token. An unlimited one is counted.
-        let query = CollectionQuery {
-            full: false,
-            ..query.clone()
-        };
-        self.read("collection_extent", Read::Statement, move |tx| {
+        let query = query.clone();
+        // One visit to a reader (a pooled connection) for the first records and the
+        // extent: in a burst of long downloads each visit queues behind the others'.
+        self.read("open_listing", Read::Snapshot, move |tx| {
             Box::pin(async move {
                 let now = SyncTimestamp::now();
-                if query.limit.is_some() {
-                    let (keys, next) = query_page(tx, user, coll, &query, now).await?;
-                    return Ok((keys.len() as u64, next));
+                let head = CollectionQuery {
+                    limit: Some(query.limit.map_or(first, |l| l.min(first))),
+                    ..query.clone()
+                };
+                let (modified, (bsos, next_offset)) =
+                    pipelined(collection_time(tx, user, coll), query_page(tx, user, coll, &head, now)).await?;
+                let modified = modified.unwrap_or_default();
+                pre.check(modified)?;
+                if modified == SyncTimestamp::ZERO {
+                    return Ok((empty_page(modified), None));
                 }
-                let rows = page_query(tx.dialect(), user, coll, &query, now);
-                let count = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM ({}) AS page", rows.text);
-                Ok((query_one(tx, &count, &rows.args).await?.count(0)?, None))
+                let more = next_offset.is_some() && query.limit.is_none_or(|l| l > first);
+                let extent = if more {
+                    Some(listing_extent(tx, user, coll, query, now).await?)
+                } else {
+                    None
+                };
+                Ok((
+                    Page {
+                        modified,
+                        bsos,
+                        next_offset,
+                    },
+                    extent,
+                ))
             })
+        })
+        .await
+    }
+
+    async fn listing_chunk(
+        &self,
+        user: UserId,
+        collection: &str,
+        query: &CollectionQuery,
+    ) -> StoreResult<(Vec<Bso>, Option<String>)> {
+        let Some(coll) = self.find_collection(collection).await? else {
+            return Ok((Vec::new(), None));
+        };
+        let query = query.clone();
+        // Each chunk is a snapshot of its own whatever the transaction, so it needs none:
+        // one round trip instead of three on PostgreSQL.
+        self.read_bulk("listing_chunk", move |tx| {
+            Box::pin(async move { query_page(tx, user, coll, &query, SyncTimestamp::now()).await })
         })
         .await
     }
@@ -1275,6 +1337,70 @@ mod tests {
         };
         let db = PgStore::open(&scratch.url, 2).await.unwrap();
         released_id_is_refused(&db).await;
+    }
+
+    /// Bulk reads (long listings' chunks) leave a read slot for short requests: with one
+    /// bulk read holding a connection of two, a second waits for it, while a short read is
+    /// served.
+    async fn bulk_reads_leave_a_slot<E: Engine>(db: Arc<Db<E>>) {
+        assert_eq!(db.engine.read_slots(), 2);
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.read_bulk("test", move |_| {
+                    Box::pin(async move {
+                        let _ = started.send(());
+                        // Blocks this thread (a tokio worker on PostgreSQL): the test
+                        // runtime has others.
+                        let _ = gate.recv();
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+        let mut second = tokio::spawn({
+            let db = db.clone();
+            async move { db.read_bulk("test", |_| Box::pin(async { Ok(()) })).await }
+        });
+        // Without the lane it would take the free connection and be done at once.
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut second).await;
+        assert!(waited.is_err(), "a second bulk read waits for the first");
+        let short = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            db.get_collection(1, "history", &CollectionQuery::default(), Precondition::None),
+        )
+        .await;
+        assert!(matches!(short, Ok(Ok(_))), "a short read is served beside a bulk one");
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), second)
+            .await
+            .expect("the second bulk read runs once the first is done")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn bulk_reads_leave_a_slot_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            readers: 2,
+            ..SqliteOptions::new(dir.path().join("t.db"))
+        };
+        bulk_reads_leave_a_slot(Arc::new(SqliteStore::open(options).await.unwrap())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_bulk_reads_leave_a_slot() {
+        let Some(scratch) = ScratchSchema::create().await else {
+            eprintln!("SKIPPED: {} is not set", crate::testing::POSTGRES_URL_VAR);
+            return;
+        };
+        bulk_reads_leave_a_slot(Arc::new(PgStore::open(&scratch.url, 2).await.unwrap())).await;
     }
 
     fn records(from: usize, n: usize) -> Vec<BsoInput> {

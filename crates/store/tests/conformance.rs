@@ -136,6 +136,76 @@ async fn s15_080_paging_visits_every_record_once() {
     assert_eq!(ids, ["B", "_", "a", "b"]);
 }
 
+/// S15-035, S15-081: a listing opened with a short first read announces its extent (how
+/// many records, the token after them) from that read's snapshot, and the chunks read from
+/// its tokens return exactly the listing `get_collection` returns in one read.
+#[tokio::test]
+async fn s15_081_a_streamed_listing_matches_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    for chunk in 0..3 {
+        let records: Vec<BsoInput> = (0..9)
+            .map(|i| BsoInput {
+                sortindex: Some((chunk * 9 + i) % 4),
+                ..bso(&format!("id{chunk}{i}"), &format!("payload {chunk} {i}"))
+            })
+            .collect();
+        s.post_bsos(7, "bookmarks", records, NONE, NO_LIMITS).await.unwrap();
+    }
+    for sort in [Sort::Newest, Sort::Oldest, Sort::Index] {
+        for limit in [None, Some(20), Some(27), Some(40)] {
+            let whole = s
+                .get_collection(7, "bookmarks", &query(sort, limit, None), NONE)
+                .await
+                .unwrap();
+            let (head, extent) = s
+                .open_listing(7, "bookmarks", &query(sort, limit, None), 5, NONE)
+                .await
+                .unwrap();
+            assert_eq!(head.modified, whole.modified);
+            assert_eq!(head.bsos[..], whole.bsos[..5], "{sort:?} {limit:?}");
+            let extent = extent.expect("more than the first read holds: an extent");
+            assert_eq!(extent.records, whole.bsos.len() as u64, "{sort:?} {limit:?}");
+            assert_eq!(extent.next_offset, whole.next_offset, "{sort:?} {limit:?}");
+            let mut got = head.bsos;
+            let mut cursor = head.next_offset;
+            while let Some(at) = cursor.take().filter(|_| (got.len() as u64) < extent.records) {
+                let left = (extent.records - got.len() as u64) as u32;
+                let (bsos, next) = s
+                    .listing_chunk(7, "bookmarks", &query(sort, Some(left.min(7)), Some(at)))
+                    .await
+                    .unwrap();
+                got.extend(bsos);
+                cursor = next;
+            }
+            assert_eq!(got, whole.bsos, "{sort:?} {limit:?}");
+        }
+    }
+    // No extent when the first read holds everything, or all the client asked for.
+    let (head, extent) = s
+        .open_listing(7, "bookmarks", &query(Sort::Newest, None, None), 27, NONE)
+        .await
+        .unwrap();
+    assert_eq!((head.bsos.len(), extent), (27, None));
+    let (head, extent) = s
+        .open_listing(7, "bookmarks", &query(Sort::Newest, Some(3), None), 5, NONE)
+        .await
+        .unwrap();
+    assert_eq!((head.bsos.len(), head.next_offset.is_some(), extent), (3, true, None));
+    // The precondition is checked by the first read (S15-055).
+    let stale = SyncTimestamp::from_millis(head.modified.as_millis() - 10);
+    let out = s
+        .open_listing(
+            7,
+            "bookmarks",
+            &query(Sort::Newest, None, None),
+            5,
+            Precondition::IfUnmodifiedSince(stale),
+        )
+        .await;
+    assert!(matches!(out, Err(StoreError::PreconditionFailed(_))), "{out:?}");
+}
+
 /// S15-120…125: staged records are invisible until the commit applies them all at one time.
 #[tokio::test]
 async fn s15_125_batches_apply_whole_at_commit() {
