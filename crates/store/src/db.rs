@@ -96,7 +96,9 @@ pub struct Db<E> {
     collections: RwLock<HashMap<String, i64>>,
     /// Bulk reads (the chunks of long listings) take one of these first: one read slot
     /// fewer than the backend has, so a burst of downloads never takes every connection
-    /// and a short request waits behind at most the bulk reads already running.
+    /// and a short request waits behind at most the bulk reads already running; and no
+    /// more than one per core, as each keeps a core busy (reading, then rendering) and
+    /// more would only queue for the CPUs.
     bulk: tokio::sync::Semaphore,
 }
 
@@ -108,7 +110,8 @@ pub(crate) const HEAVY: usize = 1 << 20;
 impl<E: Engine> Db<E> {
     /// Wraps an opened engine and loads the collection names.
     pub(crate) async fn new(engine: E) -> StoreResult<Self> {
-        let bulk = tokio::sync::Semaphore::new(engine.read_slots().saturating_sub(1).max(1));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let bulk = tokio::sync::Semaphore::new(engine.read_slots().saturating_sub(1).min(cores).max(1));
         let db = Db {
             engine,
             collections: RwLock::new(HashMap::new()),
