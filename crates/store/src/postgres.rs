@@ -430,9 +430,7 @@ impl PgEngine {
         }
         Ok(())
     }
-}
 
-impl PgEngine {
     /// A pooled connection; the wait for it is what a request spends queuing when the
     /// pool is too small for the load.
     async fn connection(&self) -> StoreResult<Object> {

@@ -558,6 +558,31 @@ fn empty_page(modified: SyncTimestamp) -> Page {
     }
 }
 
+/// A page of `GET /storage/{c}` with the collection's time, the precondition checked
+/// against it (S15-055). Both statements go out together (PostgreSQL pipelines them); run
+/// in a snapshot, they agree.
+async fn checked_page<T: Tx>(
+    tx: &T,
+    user: UserId,
+    coll: i64,
+    query: &CollectionQuery,
+    pre: Precondition,
+    now: SyncTimestamp,
+) -> StoreResult<Page> {
+    let (modified, (bsos, next_offset)) =
+        pipelined(collection_time(tx, user, coll), query_page(tx, user, coll, query, now)).await?;
+    let modified = modified.unwrap_or_default();
+    pre.check(modified)?;
+    if modified == SyncTimestamp::ZERO {
+        return Ok(empty_page(modified));
+    }
+    Ok(Page {
+        modified,
+        bsos,
+        next_offset,
+    })
+}
+
 /// The extent of a listing without its payloads. A limited listing is at most
 /// max_total_records keys: they are read and the paging rule makes the token. An
 /// unlimited one is counted.
@@ -819,24 +844,7 @@ impl<E: Engine> Store for Db<E> {
         };
         let query = query.clone();
         self.read("get_collection", Read::Snapshot, move |tx| {
-            Box::pin(async move {
-                // Both statements go out together (PostgreSQL pipelines them) in one snapshot.
-                let (modified, (bsos, next_offset)) = pipelined(
-                    collection_time(tx, user, coll),
-                    query_page(tx, user, coll, &query, SyncTimestamp::now()),
-                )
-                .await?;
-                let modified = modified.unwrap_or_default();
-                pre.check(modified)?;
-                if modified == SyncTimestamp::ZERO {
-                    return Ok(empty_page(modified));
-                }
-                Ok(Page {
-                    modified,
-                    bsos,
-                    next_offset,
-                })
-            })
+            Box::pin(async move { checked_page(tx, user, coll, &query, pre, SyncTimestamp::now()).await })
         })
         .await
     }
@@ -863,27 +871,14 @@ impl<E: Engine> Store for Db<E> {
                     limit: Some(query.limit.map_or(first, |l| l.min(first))),
                     ..query.clone()
                 };
-                let (modified, (bsos, next_offset)) =
-                    pipelined(collection_time(tx, user, coll), query_page(tx, user, coll, &head, now)).await?;
-                let modified = modified.unwrap_or_default();
-                pre.check(modified)?;
-                if modified == SyncTimestamp::ZERO {
-                    return Ok((empty_page(modified), None));
-                }
-                let more = next_offset.is_some() && query.limit.is_none_or(|l| l > first);
+                let page = checked_page(tx, user, coll, &head, pre, now).await?;
+                let more = page.next_offset.is_some() && query.limit.is_none_or(|l| l > first);
                 let extent = if more {
                     Some(listing_extent(tx, user, coll, query, now).await?)
                 } else {
                     None
                 };
-                Ok((
-                    Page {
-                        modified,
-                        bsos,
-                        next_offset,
-                    },
-                    extent,
-                ))
+                Ok((page, extent))
             })
         })
         .await
