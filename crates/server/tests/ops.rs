@@ -250,3 +250,64 @@ async fn idle_connections_are_closed_and_connections_are_capped() {
     drop(b);
     s.stop().await;
 }
+
+/// S15-042/043/046: a write that gives the bucket a new time waits for a tick its bucket
+/// has not used, and waits for it before it reaches the store (counted in
+/// `syncstead_store_tick_waits_total`, on both backends); a batch's create and appends
+/// move no time, so they never wait for a tick, even one the bucket has just used.
+#[tokio::test]
+async fn s15_043_only_writes_that_move_the_time_wait_for_the_next_tick() {
+    let s = TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = s.running.as_ref().unwrap().metrics_addr.unwrap();
+    let u = s.client(7);
+    let record = |id: &str| json!([{"id": id, "payload": "x"}]);
+    let waits = |text: &str, op: &str| text.contains(&format!("syncstead_store_tick_waits_total{{op=\"{op}\"}}"));
+    // Stages that arrived in the tick of the bucket's last write: those would have waited.
+    let mut staged_in_used_tick = 0;
+    let mut text = String::new();
+    for i in 0..200 {
+        let put = u.put(&format!("/storage/tabs/t{i}"), json!({"payload": "x"})).await;
+        assert_eq!(put.status, 200);
+        let last = put.ts("x-last-modified");
+        let create = send(u.req(Method::POST, "/storage/bookmarks?batch=true").json(&record("a"))).await;
+        assert_eq!(create.status, 202, "{}", create.text);
+        let batch = create.json()["batch"].as_str().unwrap().to_string();
+        let append = send(
+            u.req(Method::POST, &format!("/storage/bookmarks?batch={batch}"))
+                .json(&record("b")),
+        )
+        .await;
+        assert_eq!(append.status, 202, "{}", append.text);
+        for r in [&create, &append] {
+            if r.ts("x-weave-timestamp") == last {
+                staged_in_used_tick += 1;
+            }
+        }
+        let commit = send(
+            u.req(Method::POST, &format!("/storage/bookmarks?batch={batch}&commit=true"))
+                .json(&json!([])),
+        )
+        .await;
+        assert_eq!(commit.status, 200, "{}", commit.text);
+        assert!(
+            commit.ts("x-last-modified") > last,
+            "S15-043: a later time than the bucket's last write"
+        );
+        text = send(s.http.get(format!("http://{addr}/metrics"))).await.text;
+        if staged_in_used_tick >= 3 && waits(&text, "commit_batch") {
+            break;
+        }
+    }
+    assert!(
+        staged_in_used_tick >= 3,
+        "no batch write arrived in a tick its bucket had used"
+    );
+    assert!(
+        waits(&text, "commit_batch"),
+        "a commit in a used tick waited, and was counted: {text}"
+    );
+    assert!(!waits(&text, "create_batch"), "{text}");
+    assert!(!waits(&text, "append_batch"), "{text}");
+    let got = u.get("/storage/bookmarks?full=1").await.json();
+    assert_eq!(got.as_array().map(Vec::len), Some(2));
+}

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID;
 use syncstead_proto::SyncTimestamp;
@@ -72,6 +72,13 @@ pub trait Engine: Clone + Send + Sync + 'static {
     /// A bucket's storage time if the backend knows it without asking the database.
     fn cached_storage_time(&self, _user: UserId) -> Option<SyncTimestamp> {
         None
+    }
+
+    /// The time of the bucket's last write as far as this process knows, which may be
+    /// behind the database's: used only to wait for the next tick before a write rather
+    /// than inside it.
+    fn last_write_hint(&self, user: UserId) -> Option<SyncTimestamp> {
+        self.cached_storage_time(user)
     }
 
     /// Gives space freed by deletes back to the file system, where the backend must be
@@ -189,6 +196,28 @@ impl<E: Engine> Db<E> {
         };
         record(op, start);
         out
+    }
+
+    /// [`Db::write`] for a rule that gives `user`'s bucket a new time
+    /// ([`Tx::lock_bucket`]). When the bucket's last write, as far as this process knows,
+    /// already has this tick's time, it waits for the next tick first, outside the
+    /// backend: on SQLite the write then visits the writer thread once instead of being
+    /// turned away and queued again, and on PostgreSQL it does not sit out the tick
+    /// holding a pooled connection and the bucket's lock.
+    pub(crate) async fn write_bucket<R, F>(&self, op: &'static str, user: UserId, cost: usize, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: for<'t> Fn(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + Sync + 'static,
+    {
+        if let Some(wait) = self
+            .engine
+            .last_write_hint(user)
+            .and_then(|last| tick_wait(last, std::time::SystemTime::now()))
+        {
+            metrics::counter!("syncstead_store_tick_waits_total", "op" => op).increment(1);
+            tokio::time::sleep(wait).await;
+        }
+        self.write(op, cost, f).await
     }
 
     /// Runs a clean-up rule that a caller waits for but no request does (the purge),
@@ -333,16 +362,64 @@ fn record(op: &'static str, start: Instant) {
     metrics::histogram!("syncstead_store_seconds", "op" => op).record(start.elapsed().as_secs_f64());
 }
 
+/// How far past a tick's start a wait for it ends, so that the clock read right after
+/// surely shows the new tick.
+const TICK_MARGIN: Duration = Duration::from_micros(200);
+
 /// Sleeps until the clock has reached the next centisecond.
 pub(crate) async fn next_tick() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let into_tick = (now.as_micros() % 10_000) as u64;
-    tokio::time::sleep(std::time::Duration::from_micros(10_000 - into_tick + 200)).await;
+    let into_tick = Duration::from_micros((now.as_micros() % 10_000) as u64);
+    tokio::time::sleep(Duration::from_millis(10) - into_tick + TICK_MARGIN).await;
+}
+
+/// How long a write must wait at `now` for a tick later than `last` (its bucket's last
+/// write time): `None` when the clock is past `last`'s tick already, or when `last` is
+/// more than a second ahead (another server's clock; the backend's rule deals with it
+/// rather than have the write sleep).
+pub(crate) fn tick_wait(last: SyncTimestamp, now: std::time::SystemTime) -> Option<Duration> {
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let next = Duration::from_millis(u64::try_from(last.as_millis()).ok()? + 10);
+    let wait = next.checked_sub(now).filter(|w| !w.is_zero())?;
+    (wait <= Duration::from_secs(1)).then_some(wait + TICK_MARGIN)
 }
 
 /// The current time in milliseconds, for bookkeeping columns (`created_at`, …).
 pub(crate) fn now_ms() -> i64 {
     SyncTimestamp::now().as_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn at(ms: u64, us: u64) -> std::time::SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms) + Duration::from_micros(us)
+    }
+
+    // S15-042/043: a write of a bucket whose last write has this tick's time waits for
+    // the next tick; one in a later tick does not wait.
+    #[test]
+    fn s15_043_a_write_waits_only_for_a_tick_its_bucket_has_used() {
+        let last = SyncTimestamp::from_millis(1_700_000_000_120);
+        let wait = |ms, us| tick_wait(last, at(ms, us));
+        assert_eq!(
+            wait(1_700_000_000_123, 500),
+            Some(Duration::from_micros(6_500) + TICK_MARGIN)
+        );
+        assert_eq!(
+            wait(1_700_000_000_120, 0),
+            Some(Duration::from_millis(10) + TICK_MARGIN)
+        );
+        assert_eq!(wait(1_700_000_000_130, 0), None);
+        assert_eq!(wait(1_700_000_005_000, 0), None);
+        // A time ahead of this clock by more than a second is another server's: no sleep.
+        assert_eq!(wait(1_700_000_000_120 - 2_000, 0), None);
+        assert!(wait(1_700_000_000_120 - 900, 0).is_some());
+        assert_eq!(tick_wait(SyncTimestamp::ZERO, at(1_700_000_000_000, 0)), None);
+    }
 }

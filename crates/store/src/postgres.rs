@@ -9,6 +9,9 @@
 //! are the same code (`storage.rs` and the others), so timestamps, paging keys, batches,
 //! TTLs and quota behave alike to the letter; the conformance tests run against both.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use bytes::BytesMut;
 use deadpool_postgres::{Object, Pool};
 use syncstead_proto::SyncTimestamp;
@@ -27,6 +30,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../migrations/postgres/0006_identities.sql")),
     (7, include_str!("../migrations/postgres/0007_device_commands.sql")),
 ];
+
+/// How many buckets' last write times a process keeps as hints before it forgets all but
+/// the current tick's.
+const MAX_RECENT: usize = 10_000;
 
 /// Advisory-lock namespaces (the two-key form, which never meets the bucket locks that
 /// use the one-key form).
@@ -221,6 +228,9 @@ fn row(r: &tokio_postgres::Row) -> StoreResult<Row> {
 pub struct PgTx {
     client: Option<Object>,
     in_transaction: bool,
+    /// The buckets this transaction wrote and their new times, for [`PgEngine::recent`]
+    /// once it has committed.
+    written: Mutex<Vec<(UserId, SyncTimestamp)>>,
 }
 
 impl PgTx {
@@ -229,7 +239,27 @@ impl PgTx {
         Ok(PgTx {
             client: Some(client),
             in_transaction: true,
+            written: Default::default(),
         })
+    }
+
+    /// The bucket's user_storage row is its write lock: FOR UPDATE waits for a concurrent
+    /// writer and then reads the row as that writer left it, so one statement both locks
+    /// and reads the last write time.
+    async fn lock_row(&self, user: UserId) -> StoreResult<SyncTimestamp> {
+        const LOCK: &str = "SELECT modified FROM user_storage WHERE user_id = $1 FOR UPDATE";
+        match self.query_opt(LOCK, &[user.into()]).await? {
+            Some(r) => r.time(0),
+            None => {
+                // A first write: make the row (a concurrent first write waits on it), then lock it.
+                self.execute(
+                    "INSERT INTO user_storage (user_id, modified) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                    &[user.into()],
+                )
+                .await?;
+                crate::sql::query_one(self, LOCK, &[user.into()]).await?.time(0)
+            }
+        }
     }
 
     fn client(&self) -> StoreResult<&Object> {
@@ -297,24 +327,16 @@ impl Tx for PgTx {
         c.query_opt(&st, &params(args)).await?.as_ref().map(row).transpose()
     }
 
-    /// The bucket's user_storage row is its write lock: FOR UPDATE waits for a concurrent
-    /// writer and then reads the row as that writer left it, so one statement both locks
-    /// and reads the last write time.
+    /// Waits for the first clock tick after the bucket's last write (at most a tick).
     async fn lock_bucket(&self, user: UserId) -> StoreResult<SyncTimestamp> {
-        const LOCK: &str = "SELECT modified FROM user_storage WHERE user_id = $1 FOR UPDATE";
-        let last = match self.query_opt(LOCK, &[user.into()]).await? {
-            Some(r) => r.time(0)?,
-            None => {
-                // A first write: make the row (a concurrent first write waits on it), then lock it.
-                self.execute(
-                    "INSERT INTO user_storage (user_id, modified) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-                    &[user.into()],
-                )
-                .await?;
-                crate::sql::query_one(self, LOCK, &[user.into()]).await?.time(0)?
-            }
-        };
-        Ok(later_than(last).await)
+        let now = later_than(self.lock_row(user).await?).await;
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).push((user, now));
+        Ok(now)
+    }
+
+    async fn lock_bucket_to_stage(&self, user: UserId) -> StoreResult<SyncTimestamp> {
+        self.lock_row(user).await?;
+        Ok(SyncTimestamp::now())
     }
 
     async fn lock(&self, lock: Lock<'_>) -> StoreResult<()> {
@@ -363,6 +385,10 @@ async fn later_than(last: SyncTimestamp) -> SyncTimestamp {
 #[derive(Clone)]
 pub struct PgEngine {
     pool: Pool,
+    /// The times this process last gave the buckets it wrote: a hint only (other
+    /// processes may write the same buckets), so that a write which would wait for the
+    /// next tick under the bucket's lock waits before it takes a connection.
+    recent: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
 }
 
 impl Db<PgEngine> {
@@ -385,7 +411,10 @@ impl Db<PgEngine> {
             .create_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
             .map_err(|e| StoreError::Internal(Box::new(e)))?;
-        let engine = PgEngine { pool };
+        let engine = PgEngine {
+            pool,
+            recent: Default::default(),
+        };
         // The first connection: its failure names where it tried.
         engine.migrate().await.map_err(|e| at(&target, e))?;
         Db::new(engine).await
@@ -449,6 +478,14 @@ impl Engine for PgEngine {
         self.pool.status().max_size
     }
 
+    fn last_write_hint(&self, user: UserId) -> Option<SyncTimestamp> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .copied()
+    }
+
     async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
@@ -461,6 +498,7 @@ impl Engine for PgEngine {
             let tx = PgTx {
                 client: Some(client),
                 in_transaction: false,
+                written: Default::default(),
             };
             return f(&tx).await;
         }
@@ -480,7 +518,17 @@ impl Engine for PgEngine {
         let out = f(&tx).await;
         match out {
             Ok(v) => {
+                let written = std::mem::take(&mut *tx.written.lock().unwrap_or_else(|p| p.into_inner()));
                 tx.finish(true).await?;
+                if !written.is_empty() {
+                    let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                    // Only the last tick's entries matter: the others never make a write wait.
+                    if recent.len() >= MAX_RECENT {
+                        let tick = SyncTimestamp::now();
+                        recent.retain(|_, t| *t >= tick);
+                    }
+                    recent.extend(written);
+                }
                 Ok(v)
             }
             Err(e) => {

@@ -210,6 +210,11 @@ pub trait Tx: Sync {
     /// retries the whole transaction at the next clock tick.
     fn lock_bucket(&self, user: UserId) -> impl Future<Output = StoreResult<SyncTimestamp>> + Send;
 
+    /// Takes the bucket's write lock for a write that moves no timestamp (a batch's
+    /// create and appends only stage records, S15-046) and returns the current time, for
+    /// expiries: such a write never waits for the next clock tick.
+    fn lock_bucket_to_stage(&self, user: UserId) -> impl Future<Output = StoreResult<SyncTimestamp>> + Send;
+
     /// Holds `lock` until the transaction ends.
     fn lock(&self, lock: Lock<'_>) -> impl Future<Output = StoreResult<()>> + Send;
 }

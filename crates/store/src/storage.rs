@@ -938,7 +938,7 @@ impl<E: Engine> Store for Db<E> {
         let bso = Arc::new(bso);
         self.in_collection(collection, |coll| {
             let bso = bso.clone();
-            self.write("put_bso", cost, move |tx| {
+            self.write_bucket("put_bso", user, cost, move |tx| {
                 let bso = bso.clone();
                 Box::pin(async move {
                     let now = tx.lock_bucket(user).await?;
@@ -969,7 +969,7 @@ impl<E: Engine> Store for Db<E> {
         let bsos = Arc::new(bsos);
         self.in_collection(collection, |coll| {
             let bsos = bsos.clone();
-            self.write("post_bsos", cost, move |tx| {
+            self.write_bucket("post_bsos", user, cost, move |tx| {
                 let bsos = bsos.clone();
                 Box::pin(async move {
                     let now = tx.lock_bucket(user).await?;
@@ -995,7 +995,7 @@ impl<E: Engine> Store for Db<E> {
             return Err(StoreError::NotFound);
         };
         let id: Arc<str> = id.into();
-        self.write("delete_bso", 0, move |tx| {
+        self.write_bucket("delete_bso", user, 0, move |tx| {
             let id = id.clone();
             Box::pin(async move {
                 let now = tx.lock_bucket(user).await?;
@@ -1033,7 +1033,7 @@ impl<E: Engine> Store for Db<E> {
         let ids = Arc::new(ids);
         self.in_collection(collection, |coll| {
             let ids = ids.clone();
-            self.write("delete_bsos", 0, move |tx| {
+            self.write_bucket("delete_bsos", user, 0, move |tx| {
                 let ids = ids.clone();
                 Box::pin(async move {
                     let now = tx.lock_bucket(user).await?;
@@ -1059,7 +1059,7 @@ impl<E: Engine> Store for Db<E> {
         pre: Precondition,
     ) -> StoreResult<DeletedCollection> {
         let coll = self.find_collection(collection).await?;
-        let deleted = self.write("delete_collection", HEAVY, move |tx| {
+        let deleted = self.write_bucket("delete_collection", user, HEAVY, move |tx| {
             Box::pin(async move {
                 let now = tx.lock_bucket(user).await?;
                 let previous = match coll {
@@ -1096,7 +1096,7 @@ impl<E: Engine> Store for Db<E> {
 
     async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
         let (previous, custom) = self
-            .write("delete_storage", HEAVY, move |tx| {
+            .write_bucket("delete_storage", user, HEAVY, move |tx| {
                 Box::pin(async move {
                     let previous = storage_time(tx, user).await?;
                     pre.check(previous)?;
@@ -1125,7 +1125,7 @@ impl<E: Engine> Store for Db<E> {
             self.write("create_batch", cost, move |tx| {
                 let bsos = bsos.clone();
                 Box::pin(async move {
-                    let now = tx.lock_bucket(user).await?;
+                    let now = tx.lock_bucket_to_stage(user).await?;
                     let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
                     pre.check(modified)?;
                     check_batch_size(limits, (0, 0), &bsos)?;
@@ -1162,7 +1162,7 @@ impl<E: Engine> Store for Db<E> {
         self.write("append_batch", cost, move |tx| {
             let (batch, bsos) = (batch.clone(), bsos.clone());
             Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
+                let now = tx.lock_bucket_to_stage(user).await?;
                 let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
                 pre.check(modified)?;
                 let id = live_batch(tx, user, coll, &batch, now).await?;
@@ -1189,7 +1189,7 @@ impl<E: Engine> Store for Db<E> {
             return Err(StoreError::BatchNotFound);
         };
         let (batch, bsos): (Arc<str>, _) = (batch.into(), Arc::new(bsos));
-        self.write("commit_batch", HEAVY, move |tx| {
+        self.write_bucket("commit_batch", user, HEAVY, move |tx| {
             let (batch, bsos) = (batch.clone(), bsos.clone());
             Box::pin(async move {
                 let now = tx.lock_bucket(user).await?;
