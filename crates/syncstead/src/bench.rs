@@ -88,6 +88,9 @@ pub struct BenchArgs {
 #[derive(Default)]
 struct Stats {
     latencies: BTreeMap<&'static str, Vec<u32>>,
+    /// The same, of the answers that succeeded (2xx, 304): a server that refuses a
+    /// request quickly (503 and Retry-After) looks fast in `latencies` alone.
+    succeeded: BTreeMap<&'static str, Vec<u32>>,
     errors: BTreeMap<String, u64>,
     verify_errors: u64,
     records_up: u64,
@@ -108,6 +111,7 @@ impl Stats {
     /// The measured window starts now: what came before counts only if it went wrong.
     fn window_started(&mut self) {
         self.latencies.clear();
+        self.succeeded.clear();
         self.records_up = 0;
     }
 
@@ -123,6 +127,9 @@ impl Stats {
         self.window = Some(self.measured() + other.measured());
         for (k, mut v) in other.latencies {
             self.latencies.entry(k).or_default().append(&mut v);
+        }
+        for (k, mut v) in other.succeeded {
+            self.succeeded.entry(k).or_default().append(&mut v);
         }
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
@@ -188,13 +195,12 @@ impl Client {
                 None
             }
         };
-        self.stats
-            .latencies
-            .entry(kind)
-            .or_default()
-            .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        let micros = start.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        self.stats.latencies.entry(kind).or_default().push(micros);
         if let Some((status, _, text)) = &result {
-            if !status.is_success() && *status != StatusCode::NOT_MODIFIED {
+            if status.is_success() || *status == StatusCode::NOT_MODIFIED {
+                self.stats.succeeded.entry(kind).or_default().push(micros);
+            } else {
                 *self
                     .stats
                     .errors
@@ -1077,9 +1083,11 @@ fn report(args: &BenchArgs, stats: &mut Stats, level: &mut Level) {
         stats.records_up,
         stats.records_up as f64 / secs
     );
+    // "failed" counts answers that were errors (a 503 included) and requests that got
+    // none; "p99 ok" is over the answers that succeeded only.
     println!(
-        "{:<24} {:>9} {:>9} {:>9} {:>9}",
-        "request", "count", "p50 ms", "p99 ms", "max ms"
+        "{:<24} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "request", "count", "failed", "p50 ms", "p99 ms", "p99 ok", "max ms"
     );
     for (kind, lat) in stats.latencies.iter_mut() {
         lat.sort_unstable();
@@ -1087,12 +1095,16 @@ fn report(args: &BenchArgs, stats: &mut Stats, level: &mut Level) {
         if SUMMARY_KINDS.contains(kind) {
             level.p99.insert(kind, p99);
         }
+        let ok = stats.succeeded.entry(kind).or_default();
+        ok.sort_unstable();
         println!(
-            "{:<24} {:>9} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<24} {:>9} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             kind,
             lat.len(),
+            lat.len() - ok.len(),
             percentile(lat, 0.5),
             p99,
+            percentile(ok, 0.99),
             percentile(lat, 1.0)
         );
     }

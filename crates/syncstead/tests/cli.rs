@@ -949,6 +949,43 @@ fn bench_levels_are_summarized_with_the_tools_own_cpu() {
     stop(child);
 }
 
+/// Issue 16, item 4: a refused request is not a fast answer. Against a server in
+/// maintenance (503 + Retry-After for every storage request) each row counts all its
+/// requests as failed, and its p99 over successful answers is empty (0.00); the run
+/// ends in failure.
+#[test]
+fn bench_counts_refusals_apart_from_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(dir.path(), &["--maintenance", "true"]);
+    let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
+    let out = bin()
+        .args(["bench", "--mode", "light", "-c", "1", "-d", "1", "--url"])
+        .arg(format!("http://{addr}"))
+        .args(["--secret", secret.trim()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // A run with errors says so in its exit status.
+    assert!(!out.status.success(), "{text}");
+    let header = text.lines().find(|l| l.starts_with("request ")).expect("a table");
+    assert!(header.contains("failed") && header.contains("p99 ok"), "{header}");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("light "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(!rows.is_empty(), "{text}");
+    for row in rows {
+        // kind (two words), count, failed, p50, p99, p99 ok, max
+        assert_eq!(row.len(), 8, "{row:?}");
+        assert!(row[2].parse::<u64>().unwrap() > 0, "{row:?}");
+        assert_eq!(row[2], row[3], "every request failed: {row:?}");
+        assert_eq!(row[6], "0.00", "no successful answer: {row:?}");
+    }
+    assert!(text.contains("HTTP 503"), "{text}");
+    stop(child);
+}
+
 /// Issue 16, item 4: `syncstead bench --rate` offers every server the same load: syncs
 /// start on a schedule, not as soon as the previous one is done. Two clients at 10 syncs a
 /// second for 2 s make at most 20 (and one more each at the end), where the closed loop
