@@ -362,6 +362,44 @@ fn record(op: &'static str, start: Instant) {
     metrics::histogram!("syncstead_store_seconds", "op" => op).record(start.elapsed().as_secs_f64());
 }
 
+/// The last write times of buckets as this process saw them commit, at most `max` of them:
+/// a full map forgets all but the current tick's (a bucket forgotten is asked of the
+/// database again, or simply not waited for).
+#[derive(Clone)]
+pub(crate) struct WriteTimes {
+    times: Arc<std::sync::Mutex<HashMap<UserId, SyncTimestamp>>>,
+    max: usize,
+}
+
+impl WriteTimes {
+    pub(crate) fn new(max: usize) -> Self {
+        WriteTimes {
+            times: Default::default(),
+            max,
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, SyncTimestamp>> {
+        self.times.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, user: UserId) -> Option<SyncTimestamp> {
+        self.map().get(&user).copied()
+    }
+
+    pub(crate) fn record(&self, written: Vec<(UserId, SyncTimestamp)>) {
+        if written.is_empty() {
+            return;
+        }
+        let mut times = self.map();
+        if times.len() >= self.max {
+            let tick = SyncTimestamp::now();
+            times.retain(|_, t| *t >= tick);
+        }
+        times.extend(written);
+    }
+}
+
 /// How far past a tick's start a wait for it ends, so that the clock read right after
 /// surely shows the new tick.
 const TICK_MARGIN: Duration = Duration::from_micros(200);

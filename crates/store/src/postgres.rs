@@ -9,15 +9,14 @@
 //! are the same code (`storage.rs` and the others), so timestamps, paging keys, batches,
 //! TTLs and quota behave alike to the letter; the conformance tests run against both.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::BytesMut;
 use deadpool_postgres::{Object, Pool};
 use syncstead_proto::SyncTimestamp;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
-use crate::db::{Db, Engine, Read};
+use crate::db::{Db, Engine, Read, WriteTimes};
 use crate::sql::{Arg, BoxFuture, Dialect, Lock, Row, Tx, Value};
 use crate::{StoreError, StoreResult, UserId};
 
@@ -31,8 +30,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../migrations/postgres/0007_device_commands.sql")),
 ];
 
-/// How many buckets' last write times a process keeps as hints before it forgets all but
-/// the current tick's.
+/// How many buckets' last write times a process keeps as hints (only the current tick's
+/// matter).
 const MAX_RECENT: usize = 10_000;
 
 /// Advisory-lock namespaces (the two-key form, which never meets the bucket locks that
@@ -388,7 +387,7 @@ pub struct PgEngine {
     /// The times this process last gave the buckets it wrote: a hint only (other
     /// processes may write the same buckets), so that a write which would wait for the
     /// next tick under the bucket's lock waits before it takes a connection.
-    recent: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
+    recent: WriteTimes,
 }
 
 impl Db<PgEngine> {
@@ -413,7 +412,7 @@ impl Db<PgEngine> {
             .map_err(|e| StoreError::Internal(Box::new(e)))?;
         let engine = PgEngine {
             pool,
-            recent: Default::default(),
+            recent: WriteTimes::new(MAX_RECENT),
         };
         // The first connection: its failure names where it tried.
         engine.migrate().await.map_err(|e| at(&target, e))?;
@@ -479,11 +478,7 @@ impl Engine for PgEngine {
     }
 
     fn last_write_hint(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&user)
-            .copied()
+        self.recent.get(user)
     }
 
     async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>
@@ -520,15 +515,7 @@ impl Engine for PgEngine {
             Ok(v) => {
                 let written = std::mem::take(&mut *tx.written.lock().unwrap_or_else(|p| p.into_inner()));
                 tx.finish(true).await?;
-                if !written.is_empty() {
-                    let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-                    // Only the last tick's entries matter: the others never make a write wait.
-                    if recent.len() >= MAX_RECENT {
-                        let tick = SyncTimestamp::now();
-                        recent.retain(|_, t| *t >= tick);
-                    }
-                    recent.extend(written);
-                }
+                self.recent.record(written);
                 Ok(v)
             }
             Err(e) => {

@@ -12,7 +12,6 @@
 //! call of [`Conn`] is answered at once, so a rule completes on its first poll, in place,
 //! on the writer thread or a reader's blocking thread.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 use syncstead_proto::SyncTimestamp;
 use tokio::sync::Semaphore;
 
-use crate::db::{Db, Engine, Read, HEAVY};
+use crate::db::{Db, Engine, Read, WriteTimes, HEAVY};
 use crate::lock::beside;
 use crate::sql::{sqlite_placeholders, Arg, BoxFuture, Dialect, Lock, Row, Tx, Value};
 use crate::{AdminError, AdminResult, StoreError, StoreResult, UserId};
@@ -702,7 +701,7 @@ pub struct SqliteEngine {
     /// Storage timestamps of buckets written since start, kept by the writer thread right
     /// after each commit (before anyone hears of the write), so polling
     /// `info/collections` with X-If-Modified-Since needs no database round trip.
-    storage_times: Arc<Mutex<HashMap<UserId, SyncTimestamp>>>,
+    storage_times: WriteTimes,
     readers: Arc<Mutex<Vec<Conn>>>,
     reader_slots: Arc<Semaphore>,
     readers_max: usize,
@@ -745,7 +744,7 @@ impl SqliteEngine {
             guard,
             path: options.path,
             writer: sender,
-            storage_times: Arc::new(Mutex::new(HashMap::new())),
+            storage_times: WriteTimes::new(MAX_CACHED_TIMES),
             _checkpoint_stop: checkpoint_stop,
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
@@ -785,12 +784,8 @@ impl SqliteEngine {
                     (_, Some(e)) => Err(StoreError::Unavailable(format!("commit failed: {e}").into())),
                     (r, _) => r,
                 };
-                if result.is_ok() && !new_times.is_empty() {
-                    let mut times = times.lock().unwrap_or_else(|p| p.into_inner());
-                    if times.len() >= MAX_CACHED_TIMES {
-                        times.clear();
-                    }
-                    times.extend(new_times);
+                if result.is_ok() {
+                    times.record(new_times);
                 }
                 let _ = done.send(result);
             })
@@ -867,11 +862,7 @@ impl Engine for SqliteEngine {
     }
 
     fn cached_storage_time(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.storage_times
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&user)
-            .copied()
+        self.storage_times.get(user)
     }
 
     /// Gives free pages (left by purges and by users deleting their data) back to the file

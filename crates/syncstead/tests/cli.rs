@@ -877,14 +877,8 @@ fn bench_populate_fills_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (child, addr) = spawn_server(dir.path(), &[]);
     let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
-    let out = bin()
-        .args(["bench", "--mode", "populate", "--records", "3000", "-c", "2", "--url"])
-        .arg(format!("http://{addr}"))
-        .args(["--secret", secret.trim()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = bench_run(&addr, &secret, &["--mode", "populate", "--records", "3000", "-c", "2"]);
+    assert!(ok, "{text}");
     assert!(text.contains("populated "), "{text}");
     let db = rusqlite::Connection::open(dir.path().join("syncstead-data/syncstead.db")).unwrap();
     let (records, users): (i64, i64) = db
@@ -906,18 +900,28 @@ fn bench_populate_fills_the_server() {
     stop(child);
 }
 
+/// Runs `syncstead bench ARGS` against the server at `addr`: whether it succeeded, and
+/// what it printed (its errors after its report).
+fn bench_run(addr: &str, secret: &str, args: &[&str]) -> (bool, String) {
+    let out = bin()
+        .arg("bench")
+        .args(args)
+        .args(["--url", &format!("http://{addr}"), "--secret", secret.trim()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// Runs `syncstead bench` for 2 s with small first syncs against the server at `addr`, and
 /// answers what it printed; it must succeed.
 fn small_bench(addr: &str, secret: &str, extra: &[&str]) -> String {
-    let out = bin()
-        .args(["bench", "-d", "2", "--first-min", "20", "--first-max", "40", "--url"])
-        .arg(format!("http://{addr}"))
-        .args(["--secret", secret.trim()])
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = bench_run(
+        addr,
+        secret,
+        &[&["-d", "2", "--first-min", "20", "--first-max", "40"], extra].concat(),
+    );
+    assert!(ok, "{text}");
     text
 }
 
@@ -958,15 +962,9 @@ fn bench_counts_refusals_apart_from_answers() {
     let dir = tempfile::tempdir().unwrap();
     let (child, addr) = spawn_server(dir.path(), &["--maintenance", "true"]);
     let secret = std::fs::read_to_string(dir.path().join("syncstead-data/master-secret")).unwrap();
-    let out = bin()
-        .args(["bench", "--mode", "light", "-c", "1", "-d", "1", "--url"])
-        .arg(format!("http://{addr}"))
-        .args(["--secret", secret.trim()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (ok, text) = bench_run(&addr, &secret, &["--mode", "light", "-c", "1", "-d", "1"]);
     // A run with errors says so in its exit status.
-    assert!(!out.status.success(), "{text}");
+    assert!(!ok, "{text}");
     let header = text.lines().find(|l| l.starts_with("request ")).expect("a table");
     assert!(header.contains("failed") && header.contains("p99 ok"), "{header}");
     let rows: Vec<Vec<&str>> = text
