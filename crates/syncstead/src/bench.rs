@@ -6,7 +6,8 @@
 //! history; later syncs poll info/collections, page through what the other device wrote,
 //! upload small batches and sometimes delete. Every read is checked against what was
 //! written, and at the end everything is read back. `hot`: many clients poll
-//! info/collections with X-If-Modified-Since (the request Firefox sends most).
+//! info/collections with X-If-Modified-Since (info/collections is the request Firefox sends
+//! most, though Firefox and application-services send it without the header).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
