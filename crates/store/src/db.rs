@@ -39,6 +39,14 @@ pub trait Engine: Clone + Send + Sync + 'static {
     /// by one process, which the instance lock ensures.
     const SHARED_BY_PROCESSES: bool;
 
+    /// Whether background clean-up (the sweep of a committed batch's staged records)
+    /// waits for long listings to finish first. On PostgreSQL a sweep is one large
+    /// DELETE that competes with a burst of downloads for the database's CPU; measured,
+    /// waiting helped there and not on SQLite, whose sweep already runs in small steps
+    /// only while its writer is idle (docs/benchmarks.md, "Batch appends without a
+    /// tick").
+    const CLEANUP_WAITS_FOR_BULK_READS: bool;
+
     /// Runs `f` in a read-only transaction.
     #[doc(hidden)]
     fn read<R, F>(&self, mode: Read, f: F) -> impl Future<Output = StoreResult<R>> + Send
@@ -106,7 +114,8 @@ pub struct Db<E> {
     /// and a short request waits behind at most the bulk reads already running; and no
     /// more than one per core, as each keeps a core busy (reading, then rendering) and
     /// more would only queue for the CPUs.
-    bulk: tokio::sync::Semaphore,
+    bulk: Arc<tokio::sync::Semaphore>,
+    bulk_slots: usize,
 }
 
 /// Payload estimate of jobs whose size is unknown up front (batch commits, bulk deletes):
@@ -118,11 +127,13 @@ impl<E: Engine> Db<E> {
     /// Wraps an opened engine and loads the collection names.
     pub(crate) async fn new(engine: E) -> StoreResult<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let bulk = tokio::sync::Semaphore::new(engine.read_slots().saturating_sub(1).min(cores).max(1));
+        let bulk_slots = engine.read_slots().saturating_sub(1).min(cores).max(1);
+        let bulk = Arc::new(tokio::sync::Semaphore::new(bulk_slots));
         let db = Db {
             engine,
             collections: RwLock::new(HashMap::new()),
             bulk,
+            bulk_slots,
         };
         // Through the writer: SQLite then opens its read connections only when requests come.
         let names = db
@@ -231,16 +242,21 @@ impl<E: Engine> Db<E> {
     }
 
     /// Runs a clean-up rule in the background, again for as long as it answers true (one
-    /// bounded chunk at a time), each run timed as `op`. A failure is logged and ends it:
-    /// the purge catches up with what is left.
+    /// bounded chunk at a time), each run timed as `op` (and, where the backend asks for
+    /// it, started once no long listing is being read, or after [`BULK_YIELD`]). A
+    /// failure is logged and ends it: the purge catches up with what is left.
     pub(crate) fn write_later<F>(&self, op: &'static str, f: F)
     where
         F: for<'t> Fn(&'t E::Tx) -> BoxFuture<'t, StoreResult<bool>> + Send + Sync + 'static,
     {
         let engine = self.engine.clone();
+        let (bulk, slots) = (self.bulk.clone(), self.bulk_slots);
         let f = Arc::new(f);
         tokio::spawn(async move {
             loop {
+                if E::CLEANUP_WAITS_FOR_BULK_READS {
+                    no_bulk_reads(&bulk, slots).await;
+                }
                 let f = f.clone();
                 match idle_write(&engine, op, move |tx| f(tx)).await {
                     Ok(true) => {}
@@ -342,6 +358,18 @@ impl<E: Engine> Db<E> {
                 0
             }
         }
+    }
+}
+
+/// How long background clean-up gives way to long listings before it takes its next
+/// step anyway.
+const BULK_YIELD: Duration = Duration::from_secs(1);
+
+/// Waits until no long listing is being read, or [`BULK_YIELD`] has passed.
+async fn no_bulk_reads(bulk: &tokio::sync::Semaphore, slots: usize) {
+    let start = Instant::now();
+    while bulk.available_permits() < slots && start.elapsed() < BULK_YIELD {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

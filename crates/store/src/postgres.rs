@@ -472,6 +472,7 @@ impl PgEngine {
 impl Engine for PgEngine {
     type Tx = PgTx;
     const SHARED_BY_PROCESSES: bool = true;
+    const CLEANUP_WAITS_FOR_BULK_READS: bool = true;
 
     fn read_slots(&self) -> usize {
         self.pool.status().max_size

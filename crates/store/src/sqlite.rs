@@ -805,6 +805,7 @@ impl SqliteEngine {
 impl Engine for SqliteEngine {
     type Tx = Conn;
     const SHARED_BY_PROCESSES: bool = false;
+    const CLEANUP_WAITS_FOR_BULK_READS: bool = false;
 
     fn read_slots(&self) -> usize {
         self.readers_max

@@ -1456,6 +1456,54 @@ mod tests {
         assert_eq!((count(db, items, id).await, count(db, rows, id).await), (0, 0));
     }
 
+    /// On PostgreSQL a committed batch's sweep waits while a long listing is being read
+    /// (a bulk read holds a slot here), and runs once it is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_a_sweep_waits_for_long_listings() {
+        let Some(scratch) = ScratchSchema::create().await else {
+            eprintln!("SKIPPED: {} is not set", crate::testing::POSTGRES_URL_VAR);
+            return;
+        };
+        let db = Arc::new(PgStore::open(&scratch.url, 4).await.unwrap());
+        let limits = WriteLimits::default();
+        let (batch, _) = db
+            .create_batch(7, "history", records(0, 100), Precondition::None, limits)
+            .await
+            .unwrap();
+        let id: i64 = batch.parse().unwrap();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let listing = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.read_bulk("test", move |_| {
+                    Box::pin(async move {
+                        let _ = started.send(());
+                        let _ = gate.recv();
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+        db.commit_batch(7, "history", &batch, records(100, 1), Precondition::None, limits)
+            .await
+            .unwrap();
+        let rows = "SELECT CAST(COUNT(*) AS BIGINT) FROM batches WHERE id = $1";
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(count(&*db, rows, id).await, 1, "the sweep waits for the listing");
+        release.send(()).unwrap();
+        listing.await.unwrap().unwrap();
+        for _ in 0..500 {
+            if count(&*db, rows, id).await == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(&*db, rows, id).await, 0, "and runs once it is done");
+    }
+
     #[tokio::test]
     async fn committed_batch_is_spent_then_swept_sqlite() {
         let dir = tempfile::tempdir().unwrap();
