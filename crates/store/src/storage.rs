@@ -1334,14 +1334,14 @@ mod tests {
         released_id_is_refused(&db).await;
     }
 
-    /// Bulk reads (long listings' chunks) leave a read slot for short requests: with one
-    /// bulk read holding a connection of two, a second waits for it, while a short read is
-    /// served.
-    async fn bulk_reads_leave_a_slot<E: Engine>(db: Arc<Db<E>>) {
-        assert_eq!(db.engine.read_slots(), 2);
+    /// Starts a bulk read (as a long listing's chunk) that holds its slot until the answer
+    /// is sent on the returned channel, once it is running.
+    async fn hold_a_bulk_read<E: Engine>(
+        db: &Arc<Db<E>>,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<StoreResult<()>>) {
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<()>();
-        let first = tokio::spawn({
+        let read = tokio::spawn({
             let db = db.clone();
             async move {
                 db.read_bulk("test", move |_| {
@@ -1357,6 +1357,15 @@ mod tests {
             }
         });
         running.await.unwrap();
+        (release, read)
+    }
+
+    /// Bulk reads (long listings' chunks) leave a read slot for short requests: with one
+    /// bulk read holding a connection of two, a second waits for it, while a short read is
+    /// served.
+    async fn bulk_reads_leave_a_slot<E: Engine>(db: Arc<Db<E>>) {
+        assert_eq!(db.engine.read_slots(), 2);
+        let (release, first) = hold_a_bulk_read(&db).await;
         let mut second = tokio::spawn({
             let db = db.clone();
             async move { db.read_bulk("test", |_| Box::pin(async { Ok(()) })).await }
@@ -1471,22 +1480,7 @@ mod tests {
             .await
             .unwrap();
         let id: i64 = batch.parse().unwrap();
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let (started, running) = tokio::sync::oneshot::channel::<()>();
-        let listing = tokio::spawn({
-            let db = db.clone();
-            async move {
-                db.read_bulk("test", move |_| {
-                    Box::pin(async move {
-                        let _ = started.send(());
-                        let _ = gate.recv();
-                        Ok(())
-                    })
-                })
-                .await
-            }
-        });
-        running.await.unwrap();
+        let (release, listing) = hold_a_bulk_read(&db).await;
         db.commit_batch(7, "history", &batch, records(100, 1), Precondition::None, limits)
             .await
             .unwrap();
