@@ -428,6 +428,11 @@ impl WriteTimes {
     }
 }
 
+/// How far ahead of this server's clock a bucket's last write time may be and still be
+/// waited for: a time further ahead came from another server's clock, and waiting for it
+/// would stall the bucket.
+pub(crate) const FOREIGN_CLOCK: Duration = Duration::from_secs(1);
+
 /// How far past a tick's start a wait for it ends, so that the clock read right after
 /// surely shows the new tick.
 const TICK_MARGIN: Duration = Duration::from_micros(200);
@@ -443,13 +448,13 @@ pub(crate) async fn next_tick() {
 
 /// How long a write must wait at `now` for a tick later than `last` (its bucket's last
 /// write time): `None` when the clock is past `last`'s tick already, or when `last` is
-/// more than a second ahead (another server's clock; the backend's rule deals with it
-/// rather than have the write sleep).
+/// further ahead than [`FOREIGN_CLOCK`] (the backend's rule deals with it rather than
+/// have the write sleep).
 pub(crate) fn tick_wait(last: SyncTimestamp, now: std::time::SystemTime) -> Option<Duration> {
     let now = now.duration_since(std::time::UNIX_EPOCH).ok()?;
     let next = Duration::from_millis(u64::try_from(last.as_millis()).ok()? + 10);
     let wait = next.checked_sub(now).filter(|w| !w.is_zero())?;
-    (wait <= Duration::from_secs(1)).then_some(wait + TICK_MARGIN)
+    (wait <= FOREIGN_CLOCK).then_some(wait + TICK_MARGIN)
 }
 
 /// The current time in milliseconds, for bookkeeping columns (`created_at`, …).

@@ -16,7 +16,7 @@ use deadpool_postgres::{Object, Pool};
 use syncstead_proto::SyncTimestamp;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
-use crate::db::{Db, Engine, Read, WriteTimes};
+use crate::db::{Db, Engine, Read, WriteTimes, FOREIGN_CLOCK};
 use crate::sql::{Arg, BoxFuture, Dialect, Lock, Row, Tx, Value};
 use crate::{StoreError, StoreResult, UserId};
 
@@ -363,9 +363,8 @@ impl Tx for PgTx {
     }
 }
 
-/// The first clock tick after `last`: waits for it (at most a tick), unless `last` is far
-/// ahead — another server's clock — where waiting would stall the bucket; then the tick
-/// right after it.
+/// The first clock tick after `last`: waits for it (at most a tick), unless `last` is
+/// further ahead than [`FOREIGN_CLOCK`]; then the tick right after it.
 async fn later_than(last: SyncTimestamp) -> SyncTimestamp {
     loop {
         let now = SyncTimestamp::now();
@@ -373,7 +372,7 @@ async fn later_than(last: SyncTimestamp) -> SyncTimestamp {
             return now;
         }
         let behind = last.as_millis() - now.as_millis();
-        if behind > 1000 {
+        if behind as u128 > FOREIGN_CLOCK.as_millis() {
             return SyncTimestamp::from_millis(last.as_millis() + 10);
         }
         tokio::time::sleep(std::time::Duration::from_millis(behind as u64 + 1)).await;
