@@ -251,10 +251,11 @@ async fn idle_connections_are_closed_and_connections_are_capped() {
     s.stop().await;
 }
 
-/// S15-042/043/046: a write that gives the bucket a new time waits for a tick its bucket
-/// has not used, and waits for it before it reaches the store (counted in
-/// `syncstead_store_tick_waits_total`, on both backends); a batch's create and appends
-/// move no time, so they never wait for a tick, even one the bucket has just used.
+/// S15-042/043/046: a write that gives a collection a new time waits for a tick that
+/// collection has not used, and waits for it before it reaches the store (counted in
+/// `syncstead_store_tick_waits_total`, on both backends); a write to another collection
+/// of the same user does not wait for it, and may share its time; a batch's create and
+/// appends move no time, so they never wait for a tick, even one just used.
 #[tokio::test]
 async fn s15_043_only_writes_that_move_the_time_wait_for_the_next_tick() {
     let s = TestServer::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
@@ -262,13 +263,22 @@ async fn s15_043_only_writes_that_move_the_time_wait_for_the_next_tick() {
     let u = s.client(7);
     let record = |id: &str| json!([{"id": id, "payload": "x"}]);
     let waits = |text: &str, op: &str| text.contains(&format!("syncstead_store_tick_waits_total{{op=\"{op}\"}}"));
-    // Stages that arrived in the tick of the bucket's last write: those would have waited.
-    let mut staged_in_used_tick = 0;
+    // Stages that arrived in the tick of the collection's last write: those would have
+    // waited; writes to another collection that got the same time: those did not wait.
+    let (mut staged_in_used_tick, mut shared) = (0, 0);
     let mut text = String::new();
     for i in 0..200 {
-        let put = u.put(&format!("/storage/tabs/t{i}"), json!({"payload": "x"})).await;
+        let put = u
+            .put(&format!("/storage/bookmarks/p{i}"), json!({"payload": "x"}))
+            .await;
         assert_eq!(put.status, 200);
-        let last = put.ts("x-last-modified");
+        // Right after a write to the same collection: waits if that tick is still on.
+        let again = u
+            .put(&format!("/storage/bookmarks/q{i}"), json!({"payload": "x"}))
+            .await;
+        assert_eq!(again.status, 200);
+        assert!(again.ts("x-last-modified") > put.ts("x-last-modified"), "S15-043");
+        let last = again.ts("x-last-modified");
         let create = send(u.req(Method::POST, "/storage/bookmarks?batch=true").json(&record("a"))).await;
         assert_eq!(create.status, 202, "{}", create.text);
         let batch = create.json()["batch"].as_str().unwrap().to_string();
@@ -291,23 +301,34 @@ async fn s15_043_only_writes_that_move_the_time_wait_for_the_next_tick() {
         assert_eq!(commit.status, 200, "{}", commit.text);
         assert!(
             commit.ts("x-last-modified") > last,
-            "S15-043: a later time than the bucket's last write"
+            "S15-043: a later time than the collection's last write"
         );
+        let other = send(u.req(Method::POST, "/storage/tabs").json(&record(&format!("t{i}")))).await;
+        assert_eq!(other.status, 200, "{}", other.text);
+        if other.ts("x-last-modified") == commit.ts("x-last-modified") {
+            shared += 1;
+        }
         text = send(s.http.get(format!("http://{addr}/metrics"))).await.text;
-        if staged_in_used_tick >= 3 && waits(&text, "commit_batch") {
+        if staged_in_used_tick >= 3 && shared >= 3 && waits(&text, "put_bso") {
             break;
         }
     }
     assert!(
         staged_in_used_tick >= 3,
-        "no batch write arrived in a tick its bucket had used"
+        "no batch write arrived in a tick its collection had used"
     );
     assert!(
-        waits(&text, "commit_batch"),
-        "a commit in a used tick waited, and was counted: {text}"
+        shared >= 3,
+        "writes to another collection waited for the tick ({shared} shared it)"
+    );
+    assert!(
+        waits(&text, "put_bso"),
+        "a write in its collection's used tick waited, and was counted: {text}"
     );
     assert!(!waits(&text, "create_batch"), "{text}");
     assert!(!waits(&text, "append_batch"), "{text}");
     let got = u.get("/storage/bookmarks?full=1").await.json();
-    assert_eq!(got.as_array().map(Vec::len), Some(2));
+    assert!(got
+        .as_array()
+        .is_some_and(|a| ["a", "b"].iter().all(|id| a.iter().any(|b| b["id"] == *id))));
 }

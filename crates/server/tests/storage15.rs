@@ -1113,7 +1113,7 @@ async fn s15_127_batch_preconditions_use_committed_time() {
 }
 
 #[tokio::test]
-async fn s15_042_s15_043_timestamps_strictly_increase_per_user() {
+async fn s15_042_s15_043_timestamps_strictly_increase_per_collection() {
     let s = TestServer::start().await;
     let u = std::sync::Arc::new(s.client(1));
     let mut tasks = Vec::new();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use syncstead_proto::names::FIRST_CUSTOM_COLLECTION_ID;
 use syncstead_proto::SyncTimestamp;
 
-use crate::sql::{BoxFuture, Tx};
-use crate::{StoreError, StoreResult, UserId};
+use crate::sql::{BoxFuture, Tx, Written};
+use crate::{Precondition, StoreError, StoreResult, UserId};
 
 /// How many clock ticks (10 ms) a write waits for its bucket before answering 503.
 const MAX_TICK_RETRIES: usize = 32;
@@ -82,11 +82,11 @@ pub trait Engine: Clone + Send + Sync + 'static {
         None
     }
 
-    /// The time of the bucket's last write as far as this process knows, which may be
-    /// behind the database's: used only to wait for the next tick before a write rather
-    /// than inside it.
-    fn last_write_hint(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.cached_storage_time(user)
+    /// The time of the last write to the bucket's collection `coll` (with `None`, to the
+    /// bucket) as far as this process knows, which may be behind the database's: used
+    /// only to wait for the next tick before a write rather than inside it.
+    fn last_write_hint(&self, _user: UserId, _coll: Option<i64>) -> Option<SyncTimestamp> {
+        None
     }
 
     /// Gives space freed by deletes back to the file system, where the backend must be
@@ -209,26 +209,82 @@ impl<E: Engine> Db<E> {
         out
     }
 
-    /// [`Db::write`] for a rule that gives `user`'s bucket a new time
-    /// ([`Tx::lock_bucket`]). When the bucket's last write, as far as this process knows,
-    /// already has this tick's time, it waits for the next tick first, outside the
-    /// backend: on SQLite the write then visits the writer thread once instead of being
-    /// turned away and queued again, and on PostgreSQL it does not sit out the tick
-    /// holding a pooled connection and the bucket's lock.
-    pub(crate) async fn write_bucket<R, F>(&self, op: &'static str, user: UserId, cost: usize, f: F) -> StoreResult<R>
+    /// [`Db::write`] for a rule that gives `user`'s collection `coll` (with `None`, the
+    /// whole bucket) a new time ([`Tx::lock_bucket`]). When its last write, as far as this
+    /// process knows, already has this tick's time, it waits for the next tick first,
+    /// outside the backend: on SQLite the write then visits the writer thread once instead
+    /// of being turned away and queued again, and on PostgreSQL it does not sit out the
+    /// tick holding a pooled connection and the bucket's lock.
+    pub(crate) async fn write_bucket<R, F>(
+        &self,
+        op: &'static str,
+        (user, coll): Written,
+        cost: usize,
+        f: F,
+    ) -> StoreResult<R>
     where
         R: Send + 'static,
         F: for<'t> Fn(&'t E::Tx) -> BoxFuture<'t, StoreResult<R>> + Send + Sync + 'static,
     {
         if let Some(wait) = self
             .engine
-            .last_write_hint(user)
+            .last_write_hint(user, coll)
             .and_then(|last| tick_wait(last, std::time::SystemTime::now()))
         {
             metrics::counter!("syncstead_store_tick_waits_total", "op" => op).increment(1);
             tokio::time::sleep(wait).await;
         }
         self.write(op, cost, f).await
+    }
+
+    /// Runs a read that reports the bucket's storage time (S15-045), then checks `pre`
+    /// against it. Writes to different collections may share a clock tick (S15-043 orders
+    /// each collection on its own), so a storage time of the current tick may yet be
+    /// given to another collection's write, which a client holding that time would miss
+    /// (`X-If-Modified-Since` would answer 304). Such a read waits for the tick to end and
+    /// reads again under the bucket's write lock, after every write that took the lock
+    /// before it: a time whose tick has ended by then is carried by no later write.
+    pub(crate) async fn read_storage_level<R, F>(
+        &self,
+        op: &'static str,
+        mode: Read,
+        user: UserId,
+        pre: Precondition,
+        f: F,
+    ) -> StoreResult<(SyncTimestamp, R)>
+    where
+        R: Send + 'static,
+        F: for<'t> Fn(&'t E::Tx) -> BoxFuture<'t, StoreResult<(SyncTimestamp, R)>> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let first = f.clone();
+        let mut got = self.read(op, mode, move |tx| first(tx)).await?;
+        let mut tries = 0;
+        while got.0 >= SyncTimestamp::now() && tries < MAX_TICK_RETRIES {
+            tries += 1;
+            match tick_wait(got.0, std::time::SystemTime::now()) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                // Another server's clock: no wait here helps.
+                None => break,
+            }
+            let f = f.clone();
+            let (storage, out, settled) = self
+                .write(op, 0, move |tx| {
+                    let f = f.clone();
+                    Box::pin(async move {
+                        tx.lock_bucket_to_stage(user).await?;
+                        let (storage, out) = f(tx).await?;
+                        Ok((storage, out, storage < SyncTimestamp::now()))
+                    })
+                })
+                .await?;
+            got = (storage, out);
+            if settled {
+                break;
+            }
+        }
+        pre.check(got.0)?;
+        Ok(got)
     }
 
     /// Runs a clean-up rule that a caller waits for but no request does (the purge),
@@ -390,16 +446,16 @@ fn record(op: &'static str, start: Instant) {
     metrics::histogram!("syncstead_store_seconds", "op" => op).record(start.elapsed().as_secs_f64());
 }
 
-/// The last write times of buckets as this process saw them commit, at most `max` of them:
-/// a full map forgets all but the current tick's (a bucket forgotten is asked of the
-/// database again, or simply not waited for).
+/// The last write times of buckets (or of their collections) as this process saw them
+/// commit, at most `max` of them: a full map forgets all but the current tick's (a time
+/// forgotten is asked of the database again, or simply not waited for).
 #[derive(Clone)]
-pub(crate) struct WriteTimes {
-    times: Arc<std::sync::Mutex<HashMap<UserId, SyncTimestamp>>>,
+pub(crate) struct WriteTimes<K> {
+    times: Arc<std::sync::Mutex<HashMap<K, SyncTimestamp>>>,
     max: usize,
 }
 
-impl WriteTimes {
+impl<K: std::hash::Hash + Eq + Copy> WriteTimes<K> {
     pub(crate) fn new(max: usize) -> Self {
         WriteTimes {
             times: Default::default(),
@@ -407,16 +463,17 @@ impl WriteTimes {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, SyncTimestamp>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, SyncTimestamp>> {
         self.times.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn get(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.map().get(&user).copied()
+    pub(crate) fn get(&self, key: K) -> Option<SyncTimestamp> {
+        self.map().get(&key).copied()
     }
 
-    pub(crate) fn record(&self, written: Vec<(UserId, SyncTimestamp)>) {
-        if written.is_empty() {
+    pub(crate) fn record(&self, written: impl IntoIterator<Item = (K, SyncTimestamp)>) {
+        let mut written = written.into_iter().peekable();
+        if written.peek().is_none() {
             return;
         }
         let mut times = self.map();

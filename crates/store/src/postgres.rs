@@ -1,7 +1,7 @@
 //! The PostgreSQL backend, for operators who outgrow one machine: a connection pool, every
 //! write in its own transaction, and writes of one bucket serialised by a row lock on
 //! the bucket's `user_storage` row (1.1 buckets: an advisory lock on the bucket id). Under
-//! that lock each write takes a time strictly later than the bucket's last (S15-043), so
+//! that lock each write takes a time strictly later than its collection's last (S15-043), so
 //! several server processes can share one database without a central writer, and two
 //! buckets never wait for each other.
 //!
@@ -17,7 +17,7 @@ use syncstead_proto::SyncTimestamp;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
 use crate::db::{Db, Engine, Read, WriteTimes, FOREIGN_CLOCK};
-use crate::sql::{Arg, BoxFuture, Dialect, Lock, Row, Tx, Value};
+use crate::sql::{Arg, BoxFuture, Dialect, Lock, Locked, Row, Tx, Value, Written};
 use crate::{StoreError, StoreResult, UserId};
 
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -227,9 +227,9 @@ fn row(r: &tokio_postgres::Row) -> StoreResult<Row> {
 pub struct PgTx {
     client: Option<Object>,
     in_transaction: bool,
-    /// The buckets this transaction wrote and their new times, for [`PgEngine::recent`]
+    /// What this transaction gave a new time, and that time, for [`PgEngine::recent`]
     /// once it has committed.
-    written: Mutex<Vec<(UserId, SyncTimestamp)>>,
+    written: Mutex<Vec<(Written, SyncTimestamp)>>,
 }
 
 impl PgTx {
@@ -243,21 +243,50 @@ impl PgTx {
     }
 
     /// The bucket's user_storage row is its write lock: FOR UPDATE waits for a concurrent
-    /// writer and then reads the row as that writer left it, so one statement both locks
-    /// and reads the last write time.
-    async fn lock_row(&self, user: UserId) -> StoreResult<SyncTimestamp> {
+    /// writer and then reads the row as that writer left it. Returns the last-modified of
+    /// `coll` (with `None`, the storage time), read under the lock: the collection's by a
+    /// statement of its own sent right behind the lock (one round trip for both), which
+    /// runs once the lock is held and, in READ COMMITTED, sees what the writer before it
+    /// committed.
+    async fn lock_row(&self, user: UserId, coll: Option<i64>) -> StoreResult<SyncTimestamp> {
         const LOCK: &str = "SELECT modified FROM user_storage WHERE user_id = $1 FOR UPDATE";
-        match self.query_opt(LOCK, &[user.into()]).await? {
-            Some(r) => r.time(0),
+        const COLLECTION: &str = "SELECT modified FROM user_collections WHERE user_id = $1 AND collection_id = $2";
+        let c = self.client()?;
+        // Both prepared first, so that each query below is sent when first polled, in
+        // order: the collection's read must not overtake the lock.
+        let (lock, collection) = (c.prepare_cached(LOCK).await?, c.prepare_cached(COLLECTION).await?);
+        let coll_time = || async {
+            match coll {
+                Some(id) => {
+                    let args = [Arg::from(user), Arg::from(id)];
+                    let r = c.query_opt(&collection, &params(&args)).await?;
+                    Ok::<_, StoreError>(Some(r.map_or(Ok(SyncTimestamp::ZERO), |r| row(&r)?.time(0))?))
+                }
+                None => Ok(None),
+            }
+        };
+        let user_arg = [Arg::from(user)];
+        let user_params = params(&user_arg);
+        let (locked, after) = tokio::join!(c.query_opt(&lock, &user_params), coll_time());
+        let (locked, mut after) = (locked?, after?);
+        let locked = match locked {
+            Some(r) => r,
             None => {
-                // A first write: make the row (a concurrent first write waits on it), then lock it.
+                // A first write: make the row (a concurrent first write waits on it), lock
+                // it, and read the collection's time again (that writer may have set it).
                 self.execute(
                     "INSERT INTO user_storage (user_id, modified) VALUES ($1, 0) ON CONFLICT DO NOTHING",
                     &[user.into()],
                 )
                 .await?;
-                crate::sql::query_one(self, LOCK, &[user.into()]).await?.time(0)
+                let r = c.query_one(&lock, &user_params).await?;
+                after = coll_time().await?;
+                r
             }
+        };
+        match after {
+            Some(t) => Ok(t),
+            None => row(&locked)?.time(0),
         }
     }
 
@@ -326,15 +355,20 @@ impl Tx for PgTx {
         c.query_opt(&st, &params(args)).await?.as_ref().map(row).transpose()
     }
 
-    /// Waits for the first clock tick after the bucket's last write (at most a tick).
-    async fn lock_bucket(&self, user: UserId) -> StoreResult<SyncTimestamp> {
-        let now = later_than(self.lock_row(user).await?).await;
-        self.written.lock().unwrap_or_else(|p| p.into_inner()).push((user, now));
-        Ok(now)
+    /// Waits for the first clock tick after the collection's (or bucket's) last write (at
+    /// most a tick).
+    async fn lock_bucket(&self, user: UserId, coll: Option<i64>) -> StoreResult<Locked> {
+        let modified = self.lock_row(user, coll).await?;
+        let now = later_than(modified).await;
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(((user, coll), now));
+        Ok(Locked { now, modified })
     }
 
     async fn lock_bucket_to_stage(&self, user: UserId) -> StoreResult<SyncTimestamp> {
-        self.lock_row(user).await?;
+        self.lock_row(user, None).await?;
         Ok(SyncTimestamp::now())
     }
 
@@ -386,7 +420,7 @@ pub struct PgEngine {
     /// The times this process last gave the buckets it wrote: a hint only (other
     /// processes may write the same buckets), so that a write which would wait for the
     /// next tick under the bucket's lock waits before it takes a connection.
-    recent: WriteTimes,
+    recent: WriteTimes<Written>,
 }
 
 impl Db<PgEngine> {
@@ -477,8 +511,8 @@ impl Engine for PgEngine {
         self.pool.status().max_size
     }
 
-    fn last_write_hint(&self, user: UserId) -> Option<SyncTimestamp> {
-        self.recent.get(user)
+    fn last_write_hint(&self, user: UserId, coll: Option<i64>) -> Option<SyncTimestamp> {
+        self.recent.get((user, coll))
     }
 
     async fn read<R, F>(&self, mode: Read, f: F) -> StoreResult<R>

@@ -192,6 +192,18 @@ pub enum Lock<'a> {
     Accounts,
 }
 
+/// A bucket's write lock, taken: the time of this write and the last-modified it is
+/// later than (0 for a collection never written), read under the lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Locked {
+    pub now: SyncTimestamp,
+    pub modified: SyncTimestamp,
+}
+
+/// What a write transaction gave a new time: a bucket's collection, or (`None`) the
+/// whole bucket.
+pub(crate) type Written = (UserId, Option<i64>);
+
 /// One transaction of a backend. Every method's future is `Send`, so a rule written once
 /// serves the multi-threaded HTTP server on every backend.
 pub trait Tx: Sync {
@@ -205,10 +217,12 @@ pub trait Tx: Sync {
     fn query_opt(&self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = StoreResult<Option<Row>>> + Send;
 
     /// Takes the bucket's write lock for the rest of the transaction and returns the time
-    /// of this write: strictly later than anything the bucket has seen (S15-043). A
-    /// backend that cannot wait here answers [`StoreError::Conflict`], and its runner
-    /// retries the whole transaction at the next clock tick.
-    fn lock_bucket(&self, user: UserId) -> impl Future<Output = StoreResult<SyncTimestamp>> + Send;
+    /// of this write, strictly later than the last-modified of what it writes (S15-043):
+    /// collection `coll`, or with `None` the whole bucket (its storage time). Writes to
+    /// different collections may share a clock tick, as in Mozilla's server. A backend
+    /// that cannot wait here answers [`StoreError::Conflict`], and its runner retries the
+    /// whole transaction at the next clock tick.
+    fn lock_bucket(&self, user: UserId, coll: Option<i64>) -> impl Future<Output = StoreResult<Locked>> + Send;
 
     /// Takes the bucket's write lock for a write that moves no timestamp (a batch's
     /// create and appends only stage records, S15-046) and returns the current time, for

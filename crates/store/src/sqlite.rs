@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::db::{Db, Engine, Read, WriteTimes, HEAVY};
 use crate::lock::beside;
-use crate::sql::{sqlite_placeholders, Arg, BoxFuture, Dialect, Lock, Row, Tx, Value};
+use crate::sql::{sqlite_placeholders, Arg, BoxFuture, Dialect, Lock, Locked, Row, Tx, Value, Written};
 use crate::{AdminError, AdminResult, StoreError, StoreResult, UserId};
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -135,9 +135,9 @@ fn value(v: ValueRef<'_>) -> StoreResult<Value> {
 /// return are ready), so a rule runs to completion on the thread that polls it.
 pub struct Conn {
     conn: Mutex<Connection>,
-    /// Buckets whose write lock this transaction took: their storage times go to the cache
-    /// once the transaction has committed.
-    touched: Mutex<Vec<UserId>>,
+    /// What this transaction gave a new time, and that time: the buckets' storage times
+    /// and these times go to the caches once the transaction has committed.
+    touched: Mutex<Vec<(Written, SyncTimestamp)>>,
 }
 
 impl Conn {
@@ -158,7 +158,7 @@ impl Conn {
         Ok(self.guard().execute_batch(sql)?)
     }
 
-    fn take_touched(&self) -> Vec<UserId> {
+    fn take_touched(&self) -> Vec<(Written, SyncTimestamp)> {
         std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -201,15 +201,19 @@ impl Tx for Conn {
         std::future::ready(self.query_now(sql, args, 1).map(|rows| rows.into_iter().next()))
     }
 
-    /// The single writer is the lock; a bucket that already used this tick answers
-    /// Conflict, and the write is retried at the next one.
-    async fn lock_bucket(&self, user: UserId) -> StoreResult<SyncTimestamp> {
+    /// The single writer is the lock; a collection (or bucket) that already used this
+    /// tick answers Conflict, and the write is retried at the next one.
+    async fn lock_bucket(&self, user: UserId, coll: Option<i64>) -> StoreResult<Locked> {
         let now = SyncTimestamp::now();
-        if crate::storage::storage_time(self, user).await? >= now {
+        let modified = crate::storage::last_modified(self, user, coll).await?;
+        if modified >= now {
             return Err(StoreError::Conflict);
         }
-        self.touched.lock().unwrap_or_else(|p| p.into_inner()).push(user);
-        Ok(now)
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(((user, coll), now));
+        Ok(Locked { now, modified })
     }
 
     /// The single writer is the lock.
@@ -701,7 +705,10 @@ pub struct SqliteEngine {
     /// Storage timestamps of buckets written since start, kept by the writer thread right
     /// after each commit (before anyone hears of the write), so polling
     /// `info/collections` with X-If-Modified-Since needs no database round trip.
-    storage_times: WriteTimes,
+    storage_times: WriteTimes<UserId>,
+    /// The times of recent writes to each collection, so that a write which would be
+    /// turned away for its tick waits for the next one before it queues for the writer.
+    recent: WriteTimes<Written>,
     readers: Arc<Mutex<Vec<Conn>>>,
     reader_slots: Arc<Semaphore>,
     readers_max: usize,
@@ -745,6 +752,7 @@ impl SqliteEngine {
             path: options.path,
             writer: sender,
             storage_times: WriteTimes::new(MAX_CACHED_TIMES),
+            recent: WriteTimes::new(MAX_CACHED_TIMES),
             _checkpoint_stop: checkpoint_stop,
             readers: Arc::new(Mutex::new(Vec::with_capacity(readers))),
             reader_slots: Arc::new(Semaphore::new(readers)),
@@ -760,18 +768,19 @@ impl SqliteEngine {
         F: for<'t> FnOnce(&'t Conn) -> BoxFuture<'t, StoreResult<R>> + Send + 'static,
     {
         let (done, answer) = tokio::sync::oneshot::channel::<StoreResult<R>>();
-        let times = self.storage_times.clone();
+        let (times, recent) = (self.storage_times.clone(), self.recent.clone());
         let job: Job = Box::new(move |conn| {
-            let mut new_times = Vec::new();
+            let (mut new_times, mut written) = (Vec::new(), Vec::new());
             conn.take_touched();
             let result = (|| {
                 conn.batch("SAVEPOINT job")?;
                 let r = run_now(f(conn));
                 match &r {
                     Ok(_) => {
-                        for user in conn.take_touched() {
-                            let t = run_now(Box::pin(crate::storage::storage_time(conn, user)))?;
-                            new_times.push((user, t));
+                        written = conn.take_touched();
+                        for ((user, _), _) in &written {
+                            let t = run_now(Box::pin(crate::storage::storage_time(conn, *user)))?;
+                            new_times.push((*user, t));
                         }
                         conn.batch("RELEASE job")?;
                     }
@@ -786,6 +795,7 @@ impl SqliteEngine {
                 };
                 if result.is_ok() {
                     times.record(new_times);
+                    recent.record(written);
                 }
                 let _ = done.send(result);
             })
@@ -864,6 +874,13 @@ impl Engine for SqliteEngine {
 
     fn cached_storage_time(&self, user: UserId) -> Option<SyncTimestamp> {
         self.storage_times.get(user)
+    }
+
+    fn last_write_hint(&self, user: UserId, coll: Option<i64>) -> Option<SyncTimestamp> {
+        match coll {
+            Some(_) => self.recent.get((user, coll)),
+            None => self.storage_times.get(user),
+        }
     }
 
     /// Gives free pages (left by purges and by users deleting their data) back to the file

@@ -8,7 +8,7 @@ use syncstead_proto::query::{CollectionQuery, Offset, Sort, SortKey};
 use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
 
 use crate::db::{Db, Engine, Read, HEAVY};
-use crate::sql::{query_one, Arg, Dialect, Row, Sql, Tx};
+use crate::sql::{query_one, Arg, Dialect, Locked, Row, Sql, Tx};
 use crate::{
     CollectionUsage, DeletedCollection, Extent, Page, Precondition, PurgeReport, Store, StoreError, StoreResult,
     StoreStats, UserId, WriteLimits, BATCH_LIFETIME_MS,
@@ -94,6 +94,15 @@ pub(crate) async fn storage_time<T: Tx>(tx: &T, user: UserId) -> StoreResult<Syn
     .unwrap_or_default())
 }
 
+/// The last-modified of collection `coll` (0 if never written), or with `None` of the
+/// whole bucket: what a write to it must be later than (S15-043).
+pub(crate) async fn last_modified<T: Tx>(tx: &T, user: UserId, coll: Option<i64>) -> StoreResult<SyncTimestamp> {
+    match coll {
+        Some(c) => Ok(collection_time(tx, user, c).await?.unwrap_or_default()),
+        None => storage_time(tx, user).await,
+    }
+}
+
 async fn collection_time<T: Tx>(tx: &T, user: UserId, coll: i64) -> StoreResult<Option<SyncTimestamp>> {
     first_time(
         tx.query_opt(
@@ -135,7 +144,8 @@ async fn pipelined<A, B>(
 async fn touch_storage<T: Tx>(tx: &T, user: UserId, now: SyncTimestamp) -> StoreResult<u64> {
     tx.execute(
         "INSERT INTO user_storage (user_id, modified) VALUES ($1, $2)
-         ON CONFLICT (user_id) DO UPDATE SET modified = excluded.modified",
+         ON CONFLICT (user_id) DO UPDATE SET modified = CASE
+           WHEN excluded.modified > user_storage.modified THEN excluded.modified ELSE user_storage.modified END",
         &[user.into(), now.into()],
     )
     .await
@@ -143,7 +153,12 @@ async fn touch_storage<T: Tx>(tx: &T, user: UserId, now: SyncTimestamp) -> Store
 
 /// Deletes everything a bucket holds (1.5 and 1.1 alike), holding its write lock.
 pub(crate) async fn delete_bucket<T: Tx>(tx: &T, user: UserId) -> StoreResult<()> {
-    tx.lock_bucket(user).await?;
+    tx.lock_bucket(user, None).await?;
+    wipe_bucket(tx, user).await
+}
+
+/// [`delete_bucket`] for a caller that holds the bucket's write lock.
+async fn wipe_bucket<T: Tx>(tx: &T, user: UserId) -> StoreResult<()> {
     for sql in [
         "DELETE FROM bsos WHERE user_id = $1",
         "DELETE FROM user_collections WHERE user_id = $1",
@@ -770,9 +785,11 @@ impl<E: Engine> Store for Db<E> {
         pre: Precondition,
     ) -> StoreResult<(SyncTimestamp, Vec<(String, SyncTimestamp)>)> {
         if let (Precondition::IfModifiedSince(_), Some(t)) = (pre, self.engine.cached_storage_time(user)) {
-            pre.check(t)?;
+            if t < SyncTimestamp::now() {
+                pre.check(t)?;
+            }
         }
-        self.read("collection_timestamps", Read::Statement, move |tx| {
+        self.read_storage_level("collection_timestamps", Read::Statement, user, pre, move |tx| {
             Box::pin(async move {
                 // One statement is one snapshot: the storage time and the collections agree.
                 let rows = tx
@@ -785,7 +802,6 @@ impl<E: Engine> Store for Db<E> {
                     )
                     .await?;
                 let storage = rows.first().map(|r| r.time(0)).transpose()?.unwrap_or_default();
-                pre.check(storage)?;
                 let mut out = Vec::with_capacity(rows.len());
                 for mut r in rows {
                     if let Some(name) = r.opt_text(1)? {
@@ -803,10 +819,9 @@ impl<E: Engine> Store for Db<E> {
         user: UserId,
         pre: Precondition,
     ) -> StoreResult<(SyncTimestamp, Vec<CollectionUsage>)> {
-        self.read("collection_usage", Read::Snapshot, move |tx| {
+        self.read_storage_level("collection_usage", Read::Snapshot, user, pre, move |tx| {
             Box::pin(async move {
                 let storage = storage_time(tx, user).await?;
-                pre.check(storage)?;
                 let rows = tx
                     .query(
                         "SELECT c.name, CAST(COUNT(*) AS BIGINT), CAST(SUM(b.payload_size) AS BIGINT)
@@ -938,10 +953,10 @@ impl<E: Engine> Store for Db<E> {
         let bso = Arc::new(bso);
         self.in_collection(collection, |coll| {
             let bso = bso.clone();
-            self.write_bucket("put_bso", user, cost, move |tx| {
+            self.write_bucket("put_bso", (user, Some(coll)), cost, move |tx| {
                 let bso = bso.clone();
                 Box::pin(async move {
-                    let now = tx.lock_bucket(user).await?;
+                    let now = tx.lock_bucket(user, Some(coll)).await?.now;
                     let current = first_time(
                         tx.query_opt(
                             "SELECT modified FROM bsos WHERE user_id = $1 AND collection_id = $2 AND id = $3",
@@ -969,14 +984,12 @@ impl<E: Engine> Store for Db<E> {
         let bsos = Arc::new(bsos);
         self.in_collection(collection, |coll| {
             let bsos = bsos.clone();
-            self.write_bucket("post_bsos", user, cost, move |tx| {
+            self.write_bucket("post_bsos", (user, Some(coll)), cost, move |tx| {
                 let bsos = bsos.clone();
                 Box::pin(async move {
-                    let now = tx.lock_bucket(user).await?;
-                    if pre != Precondition::None {
-                        pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
-                    }
-                    write_records(tx, user, coll, &bsos, now, limits).await
+                    let locked = tx.lock_bucket(user, Some(coll)).await?;
+                    pre.check(locked.modified)?;
+                    write_records(tx, user, coll, &bsos, locked.now, limits).await
                 })
             })
         })
@@ -995,10 +1008,10 @@ impl<E: Engine> Store for Db<E> {
             return Err(StoreError::NotFound);
         };
         let id: Arc<str> = id.into();
-        self.write_bucket("delete_bso", user, 0, move |tx| {
+        self.write_bucket("delete_bso", (user, Some(coll)), 0, move |tx| {
             let id = id.clone();
             Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
+                let now = tx.lock_bucket(user, Some(coll)).await?.now;
                 let args = [user.into(), coll.into(), (&*id).into(), now.into()];
                 let live = first_time(
                     tx.query_opt(
@@ -1033,11 +1046,11 @@ impl<E: Engine> Store for Db<E> {
         let ids = Arc::new(ids);
         self.in_collection(collection, |coll| {
             let ids = ids.clone();
-            self.write_bucket("delete_bsos", user, 0, move |tx| {
+            self.write_bucket("delete_bsos", (user, Some(coll)), 0, move |tx| {
                 let ids = ids.clone();
                 Box::pin(async move {
-                    let now = tx.lock_bucket(user).await?;
-                    pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
+                    let Locked { now, modified } = tx.lock_bucket(user, Some(coll)).await?;
+                    pre.check(modified)?;
                     let sql = format!(
                         "DELETE FROM bsos WHERE user_id = $1 AND collection_id = $2 AND {}",
                         tx.dialect().in_list("id", "$3")
@@ -1059,13 +1072,12 @@ impl<E: Engine> Store for Db<E> {
         pre: Precondition,
     ) -> StoreResult<DeletedCollection> {
         let coll = self.find_collection(collection).await?;
-        let deleted = self.write_bucket("delete_collection", user, HEAVY, move |tx| {
+        // A collection never registered has nothing to delete; its write still takes the
+        // bucket's lock, so that the answer agrees with the writes around it.
+        let deleted = self.write_bucket("delete_collection", (user, coll), HEAVY, move |tx| {
             Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
-                let previous = match coll {
-                    Some(c) => collection_time(tx, user, c).await?,
-                    None => None,
-                };
+                let Locked { now, modified } = tx.lock_bucket(user, coll).await?;
+                let previous = coll.and((modified != SyncTimestamp::ZERO).then_some(modified));
                 pre.check(previous.unwrap_or_default())?;
                 let (Some(coll), Some(previous)) = (coll, previous) else {
                     // S15-143: a collection that does not exist: nothing changes.
@@ -1096,12 +1108,14 @@ impl<E: Engine> Store for Db<E> {
 
     async fn delete_storage(&self, user: UserId, pre: Precondition) -> StoreResult<SyncTimestamp> {
         let (previous, custom) = self
-            .write_bucket("delete_storage", user, HEAVY, move |tx| {
+            .write_bucket("delete_storage", (user, None), HEAVY, move |tx| {
                 Box::pin(async move {
-                    let previous = storage_time(tx, user).await?;
+                    // Checked under the lock, so no write lands between check and delete
+                    // (S15-057).
+                    let previous = tx.lock_bucket(user, None).await?.modified;
                     pre.check(previous)?;
                     let custom = custom_collections(tx, user).await?;
-                    delete_bucket(tx, user).await?;
+                    wipe_bucket(tx, user).await?;
                     Ok((previous, custom))
                 })
             })
@@ -1189,11 +1203,11 @@ impl<E: Engine> Store for Db<E> {
             return Err(StoreError::BatchNotFound);
         };
         let (batch, bsos): (Arc<str>, _) = (batch.into(), Arc::new(bsos));
-        self.write_bucket("commit_batch", user, HEAVY, move |tx| {
+        self.write_bucket("commit_batch", (user, Some(coll)), HEAVY, move |tx| {
             let (batch, bsos) = (batch.clone(), bsos.clone());
             Box::pin(async move {
-                let now = tx.lock_bucket(user).await?;
-                pre.check(collection_time(tx, user, coll).await?.unwrap_or_default())?;
+                let Locked { now, modified } = tx.lock_bucket(user, Some(coll)).await?;
+                pre.check(modified)?;
                 let id = live_batch(tx, user, coll, &batch, now).await?;
                 let staged = staged_totals(tx, id).await?;
                 check_batch_size(limits, staged, &bsos)?;

@@ -41,8 +41,9 @@ fn query(sort: Sort, limit: Option<u32>, offset: Option<String>) -> CollectionQu
     }
 }
 
-/// S15-043: concurrent writes of one bucket are serialised, each at a strictly later time,
-/// without deadlock; another bucket's writes go on alongside.
+/// S15-043/044: concurrent writes of one bucket are serialised, without deadlock, each at
+/// a strictly later time than the last write to its collection; another bucket's writes
+/// go on alongside; the storage time is the latest of them (S15-045).
 #[tokio::test]
 async fn s15_043_concurrent_writes_get_distinct_increasing_times() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,22 +58,82 @@ async fn s15_043_concurrent_writes_get_distinct_increasing_times() {
                 .post_bsos(user, coll, vec![bso(&format!("r{i}"), "x")], NONE, NO_LIMITS)
                 .await
                 .expect("no write fails under concurrency");
-            (user, t)
+            (user, coll, t)
         }));
     }
-    let mut seen: Vec<(i64, SyncTimestamp)> = Vec::new();
+    let mut seen: Vec<(i64, &str, SyncTimestamp)> = Vec::new();
     for t in tasks {
         seen.push(t.await.unwrap());
     }
     for user in [1, 2] {
-        let times: Vec<SyncTimestamp> = seen.iter().filter(|(u, _)| *u == user).map(|(_, t)| *t).collect();
-        let distinct: HashSet<i64> = times.iter().map(|t| t.as_millis()).collect();
-        assert_eq!(distinct.len(), times.len(), "user {user}: every write has its own time");
+        for coll in ["tabs", "history"] {
+            let times: Vec<SyncTimestamp> = seen
+                .iter()
+                .filter(|(u, c, _)| *u == user && *c == coll)
+                .map(|(_, _, t)| *t)
+                .collect();
+            let distinct: HashSet<i64> = times.iter().map(|t| t.as_millis()).collect();
+            assert_eq!(
+                distinct.len(),
+                times.len(),
+                "user {user}, {coll}: every write has its own time"
+            );
+        }
+        let latest = seen.iter().filter(|(u, _, _)| *u == user).map(|(_, _, t)| *t).max();
         let storage = s.storage_timestamp(user).await.unwrap();
-        assert_eq!(storage, *times.iter().max().unwrap(), "storage time = the last write");
+        assert_eq!(Some(storage), latest, "storage time = the last write");
     }
     let (_, cols) = s.collection_timestamps(1, NONE).await.unwrap();
     assert_eq!(cols.len(), 2);
+}
+
+/// S15-043 orders each collection on its own, so a write to another collection of the
+/// same user need not wait for the next clock tick: it may share the time of the write
+/// before it. But a storage time that `info/collections` (or `info/collection_usage`)
+/// reported is never given to a later write (S15-045, S15-054): a client holding it
+/// would otherwise miss that write, told 304 by `X-If-Modified-Since`.
+#[tokio::test]
+async fn s15_043_other_collections_share_a_tick_but_never_a_reported_storage_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let mut shared = 0;
+    for i in 0..100 {
+        let first = s
+            .post_bsos(1, "tabs", vec![bso(&format!("t{i}"), "x")], NONE, NO_LIMITS)
+            .await
+            .unwrap();
+        let second = s
+            .post_bsos(1, "history", vec![bso(&format!("h{i}"), "x")], NONE, NO_LIMITS)
+            .await
+            .unwrap();
+        assert!(second >= first);
+        if second == first {
+            shared += 1;
+        }
+        let reported = if i % 2 == 0 {
+            s.collection_timestamps(1, NONE).await.unwrap().0
+        } else {
+            s.collection_usage(1, NONE).await.unwrap().0
+        };
+        assert_eq!(reported, second, "the storage time is the latest write's");
+        let next = s
+            .post_bsos(1, "bookmarks", vec![bso(&format!("b{i}"), "x")], NONE, NO_LIMITS)
+            .await
+            .unwrap();
+        assert!(next > reported, "write {i}: {next:?} reuses the reported storage time");
+        assert_eq!(
+            s.collection_timestamps(1, Precondition::IfModifiedSince(reported))
+                .await
+                .map(|(t, _)| t)
+                .ok(),
+            Some(next),
+            "X-If-Modified-Since with the reported time sees the later write"
+        );
+        if shared >= 3 && i >= 20 {
+            break;
+        }
+    }
+    assert!(shared >= 3, "writes to another collection waited for the next tick");
 }
 
 /// S15-080…: keyset paging visits every record exactly once, in the order of the unpaged
