@@ -36,6 +36,68 @@ pub struct Bso {
     pub sortindex: Option<i32>,
 }
 
+impl Bso {
+    pub fn as_ref(&self) -> BsoRef<'_> {
+        BsoRef {
+            id: &self.id,
+            modified: self.modified,
+            payload: &self.payload,
+            sortindex: self.sortindex,
+        }
+    }
+}
+
+/// A stored BSO borrowed from wherever it was read (a database row, a [`Bso`]): written
+/// exactly as [`Bso`] is.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BsoRef<'a> {
+    pub id: &'a str,
+    pub modified: SyncTimestamp,
+    pub payload: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sortindex: Option<i32>,
+}
+
+/// How the records of a `GET /storage/{c}` listing are written: whole records (`full`) or
+/// their ids, as one JSON array or as `application/newlines` (one JSON value a line).
+/// Listings are written a part at a time, so this writes one record and the separator
+/// before it; [`ListingFormat::open`] and [`ListingFormat::close`] go around them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingFormat {
+    pub full: bool,
+    pub newlines: bool,
+}
+
+impl ListingFormat {
+    pub fn open(self, out: &mut Vec<u8>) {
+        if !self.newlines {
+            out.push(b'[');
+        }
+    }
+
+    /// Writes one record; `first` when it is the listing's first.
+    pub fn push(self, out: &mut Vec<u8>, bso: &BsoRef<'_>, first: bool) {
+        if !self.newlines && !first {
+            out.push(b',');
+        }
+        // Serialising plain strings and numbers into a Vec cannot fail.
+        let _ = if self.full {
+            serde_json::to_writer(&mut *out, bso)
+        } else {
+            serde_json::to_writer(&mut *out, bso.id)
+        };
+        if self.newlines {
+            out.push(b'\n');
+        }
+    }
+
+    pub fn close(self, out: &mut Vec<u8>) {
+        if !self.newlines {
+            out.push(b']');
+        }
+    }
+}
+
 const KNOWN_FIELDS: &[&str] = &["id", "sortindex", "payload", "ttl", "modified", "collection"];
 
 /// Validates one BSO object. `id` is taken from the object and may be absent (a PUT names

@@ -14,7 +14,7 @@ pub mod tokenserver;
 pub mod username;
 pub mod wbo;
 
-pub use bso::{Bso, BsoInput};
+pub use bso::{Bso, BsoInput, BsoRef, ListingFormat};
 pub use limits::Limits;
 pub use timestamp::SyncTimestamp;
 

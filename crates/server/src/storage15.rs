@@ -12,7 +12,7 @@ use serde_json::json;
 use syncstead_proto::bso::{is_known_bad_crypto_payload, parse_post_body, parse_put_body, PostItem};
 use syncstead_proto::names::parse_uid;
 use syncstead_proto::query::{delete_ids, BatchParam, CollectionQuery, PostQuery};
-use syncstead_proto::{respcode, BsoInput, SyncTimestamp};
+use syncstead_proto::{respcode, BsoInput, ListingFormat, SyncTimestamp};
 
 use crate::auth::HawkUser;
 use crate::error::ApiError;
@@ -168,6 +168,10 @@ async fn get_collection(
     let cap = state.settings.limits.max_total_records.min(u32::MAX as u64) as u32;
     query.limit = query.limit.map(|l| l.min(cap));
     let format = negotiate(&headers)?;
+    let listing = ListingFormat {
+        full: query.full,
+        newlines: format == Format::Newlines,
+    };
     let (page, extent) = state
         .store
         .open_listing(ctx.bucket, &ctx.collection, &query, FIRST_CHUNK, ctx.pre)
@@ -181,13 +185,13 @@ async fn get_collection(
         // More than the first read held, and the client asked for more: stream it, until
         // as many records have gone out as the extent (read with the first) counted.
         (Some(extent), Some(cursor)) => {
-            let body = stream_listing(state, ctx, query, page.bsos, cursor, extent.records, format);
+            let body = stream_listing(state, ctx, query, page.bsos, cursor, extent.records, listing);
             (body, extent.records, extent.next_offset)
         }
         // The first read held everything asked for (and its token, if the limit cut it).
         (_, next) => {
             let n = page.bsos.len() as u64;
-            (small_body(page.bsos, query.full, format).await?, n, next)
+            (small_body(page.bsos, listing).await?, n, next)
         }
     };
     let mut r = (
@@ -211,12 +215,13 @@ async fn get_collection(
 const FIRST_CHUNK: u32 = 100;
 
 /// A listing that fitted the first read.
-async fn small_body(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format) -> Result<Body, ApiError> {
+async fn small_body(bsos: Vec<syncstead_proto::Bso>, format: ListingFormat) -> Result<Body, ApiError> {
     let payload_bytes: usize = bsos.iter().map(|b| b.payload.len()).sum();
     let render = move || {
-        let mut out = render_open(format);
-        render_chunk(&mut out, bsos, full, format, true);
-        render_close(&mut out, format);
+        let mut out = Vec::new();
+        format.open(&mut out);
+        render_chunk(&mut out, bsos, format);
+        format.close(&mut out);
         out
     };
     // Large pages are rendered off the async workers, so small requests are not held up.
@@ -229,7 +234,8 @@ async fn small_body(bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format)
 }
 
 /// Streams a listing too large for one read: the first chunk, then one read after another
-/// from where the previous stopped (the paging keyset), `total` records in all.
+/// from where the previous stopped (the paging keyset), `total` records in all. The store
+/// writes each later chunk as it reads it, so no record is copied on its way.
 fn stream_listing(
     state: AppState,
     ctx: HawkUser,
@@ -237,14 +243,14 @@ fn stream_listing(
     first: Vec<syncstead_proto::Bso>,
     cursor: String,
     total: u64,
-    format: Format,
+    format: ListingFormat,
 ) -> Body {
     crate::streaming::body(move |out| async move {
-        let full = query.full;
         let mut sent = first.len() as u64;
-        let mut limit = chunk_limit(&first);
-        let mut chunk = render_open(format);
-        render_chunk(&mut chunk, first, full, format, true);
+        let mut chunk = Vec::new();
+        format.open(&mut chunk);
+        render_chunk(&mut chunk, first, format);
+        let mut limit = chunk_limit(chunk.len(), sent);
         let mut cursor = Some(cursor);
         while let Some(at) = cursor.take().filter(|_| sent < total) {
             if !out.send(std::mem::take(&mut chunk)).await {
@@ -258,25 +264,28 @@ fn stream_listing(
                 limit: Some(limit.min((total - sent).min(u32::MAX as u64) as u32)),
                 ..query.clone()
             };
-            let (bsos, next) = match state.store.listing_chunk(ctx.bucket, &ctx.collection, &q).await {
+            let got = state
+                .store
+                .listing_chunk(ctx.bucket, &ctx.collection, &q, format, CHUNK_BYTES + CHUNK_BYTES / 4)
+                .await;
+            let (bytes, n, next) = match got {
                 Ok(c) => c,
                 Err(e) => return out.fail(crate::streaming::Cut(e.to_string())).await,
             };
-            sent += bsos.len() as u64;
-            limit = chunk_limit(&bsos);
-            render_chunk(&mut chunk, bsos, full, format, false);
+            sent += n;
+            limit = chunk_limit(bytes.len(), n);
+            chunk = bytes;
             cursor = next;
         }
-        render_close(&mut chunk, format);
+        format.close(&mut chunk);
         out.send(chunk).await;
     })
 }
 
 /// How many records the next read takes: about [`CHUNK_BYTES`] of them, by the size of
 /// the last ones.
-fn chunk_limit(last: &[syncstead_proto::Bso]) -> u32 {
-    let bytes: usize = last.iter().map(rendered_size).sum();
-    let each = (bytes / last.len().max(1)).max(1);
+fn chunk_limit(bytes: usize, records: u64) -> u32 {
+    let each = (bytes / records.max(1) as usize).max(1);
     (CHUNK_BYTES / each).clamp(1, 1000) as u32
 }
 
@@ -288,38 +297,12 @@ fn rendered_size(b: &syncstead_proto::Bso) -> usize {
 /// Bodies with more payload than this are parsed or rendered on a blocking thread.
 const OFFLOAD_BYTES: usize = 64 * 1024;
 
-fn render_open(format: Format) -> Vec<u8> {
-    if format == Format::Json {
-        b"[".to_vec()
-    } else {
-        Vec::new()
-    }
-}
-
-fn render_close(out: &mut Vec<u8>, format: Format) {
-    if format == Format::Json {
-        out.push(b']');
-    }
-}
-
-/// Appends records as JSON array elements or newline-delimited JSON (S15-070, S15-085),
-/// releasing each as soon as it is written so a chunk is never held twice. `first`: no
-/// separator before the first element.
-fn render_chunk(out: &mut Vec<u8>, bsos: Vec<syncstead_proto::Bso>, full: bool, format: Format, first: bool) {
+/// Appends a listing's first records (S15-070, S15-085), releasing each as soon as it is
+/// written so a chunk is never held twice.
+fn render_chunk(out: &mut Vec<u8>, bsos: Vec<syncstead_proto::Bso>, format: ListingFormat) {
     out.reserve(bsos.iter().map(rendered_size).sum::<usize>());
     for (i, bso) in bsos.into_iter().enumerate() {
-        if format == Format::Json && (i > 0 || !first) {
-            out.push(b',');
-        }
-        // Serialising plain strings and numbers into a Vec cannot fail.
-        if full {
-            let _ = serde_json::to_writer(&mut *out, &bso);
-        } else {
-            let _ = serde_json::to_writer(&mut *out, &bso.id);
-        }
-        if format == Format::Newlines {
-            out.push(b'\n');
-        }
+        format.push(out, &bso.as_ref(), i == 0);
     }
 }
 

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use syncstead_proto::query::CollectionQuery;
 use syncstead_proto::wbo::{Wbo, WboInput, WboQuery};
-use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
+use syncstead_proto::{Bso, BsoInput, ListingFormat, SyncTimestamp};
 
 pub mod accounts;
 pub mod copy;
@@ -177,13 +177,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<(Page, Option<Extent>)>;
     /// The next records of a listing being streamed, from the paging token in
     /// `query.offset`: a single statement, with no collection time and no precondition
-    /// (the first read checked those).
+    /// (the first read checked those). They come written in `format`, each after a
+    /// separator, into a buffer of about `size_hint` bytes: rendered as they are read,
+    /// with nothing allocated per record, since long listings are most of what a server
+    /// reads. Returns the bytes, how many records they hold, and the paging token after
+    /// them.
     async fn listing_chunk(
         &self,
         user: UserId,
         collection: &str,
         query: &CollectionQuery,
-    ) -> StoreResult<(Vec<Bso>, Option<String>)>;
+        format: ListingFormat,
+        size_hint: usize,
+    ) -> StoreResult<(Vec<u8>, u64, Option<String>)>;
     async fn get_bso(&self, user: UserId, collection: &str, id: &str, pre: Precondition) -> StoreResult<Bso>;
     /// Upserts one BSO (S15-093); returns the write time.
     async fn put_bso(

@@ -17,7 +17,7 @@ use syncstead_proto::SyncTimestamp;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
 use crate::db::{Db, Engine, Read, WriteTimes, FOREIGN_CLOCK};
-use crate::sql::{Arg, BoxFuture, Dialect, Lock, Locked, Row, Tx, Value, Written};
+use crate::sql::{column_type, Arg, BoxFuture, Dialect, Lock, Locked, Row, RowRef, Tx, Value, Written};
 use crate::{StoreError, StoreResult, UserId};
 
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -215,6 +215,24 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
+/// A row as the driver received it.
+struct PgRow<'a>(&'a tokio_postgres::Row);
+
+impl RowRef for PgRow<'_> {
+    fn text(&self, i: usize) -> StoreResult<&str> {
+        Ok(self.0.try_get::<_, &str>(i)?)
+    }
+
+    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
+        let column = self.0.columns().get(i).ok_or_else(|| column_type(i, "a column"))?;
+        Ok(match *column.type_() {
+            Type::INT2 => self.0.try_get::<_, Option<i16>>(i)?.map(i64::from),
+            Type::INT4 => self.0.try_get::<_, Option<i32>>(i)?.map(i64::from),
+            _ => self.0.try_get::<_, Option<i64>>(i)?,
+        })
+    }
+}
+
 fn row(r: &tokio_postgres::Row) -> StoreResult<Row> {
     Ok(Row((0..r.len())
         .map(|i| r.try_get::<_, Value>(i))
@@ -353,6 +371,19 @@ impl Tx for PgTx {
     async fn query_opt(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<Option<Row>> {
         let (c, st) = self.statement(sql).await?;
         c.query_opt(&st, &params(args)).await?.as_ref().map(row).transpose()
+    }
+
+    async fn query_each(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        each: &mut (dyn FnMut(&dyn RowRef) -> StoreResult<()> + Send),
+    ) -> StoreResult<()> {
+        let (c, st) = self.statement(sql).await?;
+        for r in &c.query(&st, &params(args)).await? {
+            each(&PgRow(r))?;
+        }
+        Ok(())
     }
 
     /// Waits for the first clock tick after the collection's (or bucket's) last write (at

@@ -119,7 +119,7 @@ pub enum Value {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row(pub Vec<Value>);
 
-fn column_type(index: usize, wanted: &'static str) -> StoreError {
+pub(crate) fn column_type(index: usize, wanted: &'static str) -> StoreError {
     StoreError::Internal(format!("column {index} is not {wanted}").into())
 }
 
@@ -178,6 +178,23 @@ impl Row {
     }
 }
 
+/// A row of [`Tx::query_each`], borrowed; columns are taken by index.
+pub trait RowRef {
+    fn text(&self, i: usize) -> StoreResult<&str>;
+
+    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>>;
+
+    fn time(&self, i: usize) -> StoreResult<SyncTimestamp> {
+        Ok(SyncTimestamp::from_millis(self.opt_int(i)?.unwrap_or(0)))
+    }
+
+    fn opt_i32(&self, i: usize) -> StoreResult<Option<i32>> {
+        self.opt_int(i)?
+            .map(|v| i32::try_from(v).map_err(|_| column_type(i, "a 32-bit integer")))
+            .transpose()
+    }
+}
+
 /// A way to make transactions wait for each other where one backend needs it; the SQLite
 /// backend has a single writer, so it needs none of them.
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +232,16 @@ pub trait Tx: Sync {
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = StoreResult<Vec<Row>>> + Send;
 
     fn query_opt(&self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = StoreResult<Option<Row>>> + Send;
+
+    /// Runs a query and hands `each` every row as it is read, borrowed from the database's
+    /// buffers rather than copied into a [`Row`]: for long listings, the bulk of what a
+    /// server reads, where a copy (and an allocation) per value is most of the cost.
+    fn query_each(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        each: &mut (dyn FnMut(&dyn RowRef) -> StoreResult<()> + Send),
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Takes the bucket's write lock for the rest of the transaction and returns the time
     /// of this write, strictly later than the last-modified of what it writes (S15-043):

@@ -24,7 +24,9 @@ use tokio::sync::Semaphore;
 
 use crate::db::{Db, Engine, Read, WriteTimes, HEAVY};
 use crate::lock::beside;
-use crate::sql::{sqlite_placeholders, Arg, BoxFuture, Dialect, Lock, Locked, Row, Tx, Value, Written};
+use crate::sql::{
+    column_type, sqlite_placeholders, Arg, BoxFuture, Dialect, Lock, Locked, Row, RowRef, Tx, Value, Written,
+};
 use crate::{AdminError, AdminResult, StoreError, StoreResult, UserId};
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -184,6 +186,43 @@ impl Conn {
     }
 }
 
+impl Conn {
+    fn query_each_now(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        each: &mut (dyn FnMut(&dyn RowRef) -> StoreResult<()> + Send),
+    ) -> StoreResult<()> {
+        let conn = self.guard();
+        let mut stmt = conn.prepare_cached(&sqlite_placeholders(sql))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            each(&SqliteRow(r))?;
+        }
+        Ok(())
+    }
+}
+
+/// A row as SQLite holds it while it is being read.
+struct SqliteRow<'a, 'r>(&'a rusqlite::Row<'r>);
+
+impl RowRef for SqliteRow<'_, '_> {
+    fn text(&self, i: usize) -> StoreResult<&str> {
+        match self.0.get_ref(i)? {
+            ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| column_type(i, "UTF-8 text")),
+            _ => Err(column_type(i, "text")),
+        }
+    }
+
+    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
+        match self.0.get_ref(i)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(v) => Ok(Some(v)),
+            _ => Err(column_type(i, "an integer")),
+        }
+    }
+}
+
 impl Tx for Conn {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
@@ -199,6 +238,15 @@ impl Tx for Conn {
 
     fn query_opt(&self, sql: &str, args: &[Arg<'_>]) -> impl Future<Output = StoreResult<Option<Row>>> + Send {
         std::future::ready(self.query_now(sql, args, 1).map(|rows| rows.into_iter().next()))
+    }
+
+    fn query_each(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        each: &mut (dyn FnMut(&dyn RowRef) -> StoreResult<()> + Send),
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        std::future::ready(self.query_each_now(sql, args, each))
     }
 
     /// The single writer is the lock; a collection (or bucket) that already used this

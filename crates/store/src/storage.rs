@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use syncstead_proto::query::{CollectionQuery, Offset, Sort, SortKey};
-use syncstead_proto::{Bso, BsoInput, SyncTimestamp};
+use syncstead_proto::{Bso, BsoInput, BsoRef, ListingFormat, SyncTimestamp};
 
 use crate::db::{Db, Engine, Read, HEAVY};
 use crate::sql::{query_one, Arg, Dialect, Locked, Row, Sql, Tx};
@@ -565,6 +565,60 @@ async fn query_page<T: Tx>(
     Ok(finish_page(bsos, q))
 }
 
+/// [`query_page`] for a later part of a listing, written in `format` into `out` as the
+/// rows are read, without a [`Bso`] per record. Returns how many records it wrote and
+/// the same paging token.
+async fn render_page<T: Tx>(
+    tx: &T,
+    (user, coll): (UserId, i64),
+    q: &CollectionQuery,
+    now: SyncTimestamp,
+    format: ListingFormat,
+    out: &mut Vec<u8>,
+) -> StoreResult<(u64, Option<String>)> {
+    if q.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok((0, None));
+    }
+    let sql = page_query(tx.dialect(), user, coll, q, now);
+    let limit = q.limit.map(u64::from);
+    let (mut written, mut more) = (0u64, false);
+    let (mut last_ms, mut last_id, mut last_index) = (0, String::new(), None);
+    tx.query_each(&sql.text, &sql.args, &mut |r| {
+        // The row past the limit only tells that there is another page (page_query).
+        if limit.is_some_and(|l| written >= l) {
+            more = true;
+            return Ok(());
+        }
+        let bso = BsoRef {
+            id: r.text(0)?,
+            modified: r.time(1)?,
+            sortindex: r.opt_i32(2)?,
+            payload: r.text(3)?,
+        };
+        format.push(out, &bso, false);
+        (last_ms, last_index) = (bso.modified.as_millis(), bso.sortindex);
+        last_id.clear();
+        last_id.push_str(bso.id);
+        written += 1;
+        Ok(())
+    })
+    .await?;
+    // The same token as finish_page's.
+    let next = (more && written > 0).then(|| {
+        Offset::encode(&match q.sort {
+            Sort::Index => SortKey::Index {
+                sortindex: last_index,
+                id: last_id,
+            },
+            _ => SortKey::Modified {
+                ms: last_ms,
+                id: last_id,
+            },
+        })
+    });
+    Ok((written, next))
+}
+
 fn empty_page(modified: SyncTimestamp) -> Page {
     Page {
         modified,
@@ -904,15 +958,22 @@ impl<E: Engine> Store for Db<E> {
         user: UserId,
         collection: &str,
         query: &CollectionQuery,
-    ) -> StoreResult<(Vec<Bso>, Option<String>)> {
+        format: ListingFormat,
+        size_hint: usize,
+    ) -> StoreResult<(Vec<u8>, u64, Option<String>)> {
         let Some(coll) = self.find_collection(collection).await? else {
-            return Ok((Vec::new(), None));
+            return Ok((Vec::new(), 0, None));
         };
         let query = query.clone();
         // Each chunk is a snapshot of its own whatever the transaction, so it needs none:
         // one round trip instead of three on PostgreSQL.
         self.read_bulk("listing_chunk", move |tx| {
-            Box::pin(async move { query_page(tx, user, coll, &query, SyncTimestamp::now()).await })
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(size_hint);
+                let now = SyncTimestamp::now();
+                let (n, next) = render_page(tx, (user, coll), &query, now, format, &mut out).await?;
+                Ok((out, n, next))
+            })
         })
         .await
     }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use common::open;
 use syncstead_proto::query::{CollectionQuery, Offset, Sort};
 use syncstead_proto::wbo::{WboInput, WboQuery};
-use syncstead_proto::{BsoInput, SyncTimestamp};
+use syncstead_proto::{Bso, BsoInput, ListingFormat, SyncTimestamp};
 use syncstead_store::{Precondition, StoreError, WriteLimits};
 
 const NONE: Precondition = Precondition::None;
@@ -228,18 +228,37 @@ async fn s15_081_a_streamed_listing_matches_one_read() {
             let extent = extent.expect("more than the first read holds: an extent");
             assert_eq!(extent.records, whole.bsos.len() as u64, "{sort:?} {limit:?}");
             assert_eq!(extent.next_offset, whole.next_offset, "{sort:?} {limit:?}");
-            let mut got = head.bsos;
-            let mut cursor = head.next_offset;
-            while let Some(at) = cursor.take().filter(|_| (got.len() as u64) < extent.records) {
-                let left = (extent.records - got.len() as u64) as u32;
-                let (bsos, next) = s
-                    .listing_chunk(7, "bookmarks", &query(sort, Some(left.min(7)), Some(at)))
-                    .await
-                    .unwrap();
-                got.extend(bsos);
-                cursor = next;
+            // The chunks come written (as JSON or newlines): together with the first
+            // read they make exactly the listing of the single read.
+            for newlines in [false, true] {
+                let format = ListingFormat { full: true, newlines };
+                let render = |bsos: &[Bso]| {
+                    let mut out = Vec::new();
+                    for (i, b) in bsos.iter().enumerate() {
+                        format.push(&mut out, &b.as_ref(), i == 0);
+                    }
+                    out
+                };
+                let mut got = render(&head.bsos);
+                let mut sent = head.bsos.len() as u64;
+                let mut cursor = head.next_offset.clone();
+                while let Some(at) = cursor.take().filter(|_| sent < extent.records) {
+                    let left = (extent.records - sent) as u32;
+                    let (bytes, n, next) = s
+                        .listing_chunk(7, "bookmarks", &query(sort, Some(left.min(7)), Some(at)), format, 64)
+                        .await
+                        .unwrap();
+                    got.extend(bytes);
+                    sent += n;
+                    cursor = next;
+                }
+                assert_eq!(sent, extent.records, "{sort:?} {limit:?}");
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(render(&whole.bsos)).unwrap(),
+                    "{sort:?} {limit:?} newlines {newlines}"
+                );
             }
-            assert_eq!(got, whole.bsos, "{sort:?} {limit:?}");
         }
     }
     // No extent when the first read holds everything, or all the client asked for.
