@@ -268,17 +268,19 @@ impl PgTx {
     /// committed.
     async fn lock_row(&self, user: UserId, coll: Option<i64>) -> StoreResult<SyncTimestamp> {
         const LOCK: &str = "SELECT modified FROM user_storage WHERE user_id = $1 FOR UPDATE";
-        const COLLECTION: &str = "SELECT modified FROM user_collections WHERE user_id = $1 AND collection_id = $2";
         let c = self.client()?;
         // Both prepared first, so that each query below is sent when first polled, in
         // order: the collection's read must not overtake the lock.
-        let (lock, collection) = (c.prepare_cached(LOCK).await?, c.prepare_cached(COLLECTION).await?);
+        let (lock, collection) = (
+            c.prepare_cached(LOCK).await?,
+            c.prepare_cached(crate::storage::COLLECTION_TIME).await?,
+        );
         let coll_time = || async {
             match coll {
                 Some(id) => {
                     let args = [Arg::from(user), Arg::from(id)];
                     let r = c.query_opt(&collection, &params(&args)).await?;
-                    Ok::<_, StoreError>(Some(r.map_or(Ok(SyncTimestamp::ZERO), |r| row(&r)?.time(0))?))
+                    Ok::<_, StoreError>(Some(r.map_or(Ok(SyncTimestamp::ZERO), |r| PgRow(&r).time(0))?))
                 }
                 None => Ok(None),
             }
@@ -304,7 +306,7 @@ impl PgTx {
         };
         match after {
             Some(t) => Ok(t),
-            None => row(&locked)?.time(0),
+            None => PgRow(&locked).time(0),
         }
     }
 

@@ -123,6 +123,17 @@ pub(crate) fn column_type(index: usize, wanted: &'static str) -> StoreError {
     StoreError::Internal(format!("column {index} is not {wanted}").into())
 }
 
+/// A timestamp column's value (NULL: 0).
+fn time_of(ms: Option<i64>) -> SyncTimestamp {
+    SyncTimestamp::from_millis(ms.unwrap_or(0))
+}
+
+/// An integer column's value as an `i32` (a sortindex).
+fn narrow_i32(i: usize, v: Option<i64>) -> StoreResult<Option<i32>> {
+    v.map(|v| i32::try_from(v).map_err(|_| column_type(i, "a 32-bit integer")))
+        .transpose()
+}
+
 impl Row {
     fn value(&self, i: usize) -> StoreResult<&Value> {
         self.0
@@ -145,9 +156,7 @@ impl Row {
     }
 
     pub fn opt_i32(&self, i: usize) -> StoreResult<Option<i32>> {
-        self.opt_int(i)?
-            .map(|v| i32::try_from(v).map_err(|_| column_type(i, "a 32-bit integer")))
-            .transpose()
+        narrow_i32(i, self.opt_int(i)?)
     }
 
     /// A count or size: never negative.
@@ -160,7 +169,7 @@ impl Row {
     }
 
     pub fn time(&self, i: usize) -> StoreResult<SyncTimestamp> {
-        Ok(SyncTimestamp::from_millis(self.opt_int(i)?.unwrap_or(0)))
+        Ok(time_of(self.opt_int(i)?))
     }
 
     /// Moves a text column out of the row (payloads are not copied).
@@ -185,13 +194,11 @@ pub trait RowRef {
     fn opt_int(&self, i: usize) -> StoreResult<Option<i64>>;
 
     fn time(&self, i: usize) -> StoreResult<SyncTimestamp> {
-        Ok(SyncTimestamp::from_millis(self.opt_int(i)?.unwrap_or(0)))
+        Ok(time_of(self.opt_int(i)?))
     }
 
     fn opt_i32(&self, i: usize) -> StoreResult<Option<i32>> {
-        self.opt_int(i)?
-            .map(|v| i32::try_from(v).map_err(|_| column_type(i, "a 32-bit integer")))
-            .transpose()
+        narrow_i32(i, self.opt_int(i)?)
     }
 }
 

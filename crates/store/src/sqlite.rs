@@ -184,9 +184,7 @@ impl Conn {
         }
         Ok(out)
     }
-}
 
-impl Conn {
     fn query_each_now(
         &self,
         sql: &str,

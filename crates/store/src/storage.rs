@@ -103,14 +103,12 @@ pub(crate) async fn last_modified<T: Tx>(tx: &T, user: UserId, coll: Option<i64>
     }
 }
 
+/// A collection's last-modified, by user ($1) and collection ($2).
+pub(crate) const COLLECTION_TIME: &str =
+    "SELECT modified FROM user_collections WHERE user_id = $1 AND collection_id = $2";
+
 async fn collection_time<T: Tx>(tx: &T, user: UserId, coll: i64) -> StoreResult<Option<SyncTimestamp>> {
-    first_time(
-        tx.query_opt(
-            "SELECT modified FROM user_collections WHERE user_id = $1 AND collection_id = $2",
-            &[user.into(), coll.into()],
-        )
-        .await?,
-    )
+    first_time(tx.query_opt(COLLECTION_TIME, &[user.into(), coll.into()]).await?)
 }
 
 /// A write moves the collection's and the storage's last-modified to its time (S15-044).
@@ -530,19 +528,21 @@ fn finish_page(mut bsos: Vec<Bso>, q: &CollectionQuery) -> (Vec<Bso>, Option<Str
         return (bsos, None);
     }
     bsos.truncate(limit);
-    let next = bsos.last().map(|last| {
-        Offset::encode(&match q.sort {
-            Sort::Index => SortKey::Index {
-                sortindex: last.sortindex,
-                id: last.id.clone(),
-            },
-            _ => SortKey::Modified {
-                ms: last.modified.as_millis(),
-                id: last.id.clone(),
-            },
-        })
-    });
+    let next = bsos
+        .last()
+        .map(|last| next_offset(q.sort, last.modified, last.sortindex, last.id.clone()));
     (bsos, next)
+}
+
+/// The paging token after the last record of a page, in the listing's sort (S15-081).
+fn next_offset(sort: Sort, modified: SyncTimestamp, sortindex: Option<i32>, id: String) -> String {
+    Offset::encode(&match sort {
+        Sort::Index => SortKey::Index { sortindex, id },
+        _ => SortKey::Modified {
+            ms: modified.as_millis(),
+            id,
+        },
+    })
 }
 
 async fn query_page<T: Tx>(
@@ -582,7 +582,7 @@ async fn render_page<T: Tx>(
     let sql = page_query(tx.dialect(), user, coll, q, now);
     let limit = q.limit.map(u64::from);
     let (mut written, mut more) = (0u64, false);
-    let (mut last_ms, mut last_id, mut last_index) = (0, String::new(), None);
+    let (mut last_modified, mut last_id, mut last_index) = (SyncTimestamp::ZERO, String::new(), None);
     tx.query_each(&sql.text, &sql.args, &mut |r| {
         // The row past the limit only tells that there is another page (page_query).
         if limit.is_some_and(|l| written >= l) {
@@ -596,26 +596,14 @@ async fn render_page<T: Tx>(
             payload: r.text(3)?,
         };
         format.push(out, &bso, false);
-        (last_ms, last_index) = (bso.modified.as_millis(), bso.sortindex);
+        (last_modified, last_index) = (bso.modified, bso.sortindex);
         last_id.clear();
         last_id.push_str(bso.id);
         written += 1;
         Ok(())
     })
     .await?;
-    // The same token as finish_page's.
-    let next = (more && written > 0).then(|| {
-        Offset::encode(&match q.sort {
-            Sort::Index => SortKey::Index {
-                sortindex: last_index,
-                id: last_id,
-            },
-            _ => SortKey::Modified {
-                ms: last_ms,
-                id: last_id,
-            },
-        })
-    });
+    let next = (more && written > 0).then(|| next_offset(q.sort, last_modified, last_index, last_id));
     Ok((written, next))
 }
 
