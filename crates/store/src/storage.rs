@@ -545,6 +545,17 @@ fn next_offset(sort: Sort, modified: SyncTimestamp, sortindex: Option<i32>, id: 
     })
 }
 
+/// The statement of a page, or `None` for `ids=` naming no record (nothing to read).
+fn page_statement<'q, T: Tx>(
+    tx: &T,
+    user: UserId,
+    coll: i64,
+    q: &'q CollectionQuery,
+    now: SyncTimestamp,
+) -> Option<Sql<'q>> {
+    (!q.ids.as_ref().is_some_and(Vec::is_empty)).then(|| page_query(tx.dialect(), user, coll, q, now))
+}
+
 async fn query_page<T: Tx>(
     tx: &T,
     user: UserId,
@@ -552,10 +563,9 @@ async fn query_page<T: Tx>(
     q: &CollectionQuery,
     now: SyncTimestamp,
 ) -> StoreResult<(Vec<Bso>, Option<String>)> {
-    if q.ids.as_ref().is_some_and(Vec::is_empty) {
+    let Some(sql) = page_statement(tx, user, coll, q, now) else {
         return Ok((Vec::new(), None));
-    }
-    let sql = page_query(tx.dialect(), user, coll, q, now);
+    };
     let bsos = tx
         .query(&sql.text, &sql.args)
         .await?
@@ -576,10 +586,9 @@ async fn render_page<T: Tx>(
     format: ListingFormat,
     out: &mut Vec<u8>,
 ) -> StoreResult<(u64, Option<String>)> {
-    if q.ids.as_ref().is_some_and(Vec::is_empty) {
+    let Some(sql) = page_statement(tx, user, coll, q, now) else {
         return Ok((0, None));
-    }
-    let sql = page_query(tx.dialect(), user, coll, q, now);
+    };
     let limit = q.limit.map(u64::from);
     let (mut written, mut more) = (0u64, false);
     let (mut last_modified, mut last_id, mut last_index) = (SyncTimestamp::ZERO, String::new(), None);
