@@ -300,10 +300,10 @@ pub(crate) fn create_private_file(path: &Path) -> StoreResult<()> {
 /// How long a connection waits for a lock another holds: 10 s, then `SQLITE_BUSY` (503).
 const BUSY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What the checkpoint thread's log restart waits at most, for the writer to finish a group
-/// and for readers of the old log: it holds the writer meanwhile. When it cannot have both
-/// in time it gives up until its next turn.
-const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// What a log restart waits at most for readers of the old log to finish: the writer
+/// thread runs it between groups, so writes wait meanwhile. When the readers take
+/// longer it gives up until the next complete copy (a quarter of a second later).
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The pause before try `tries + 1` at a lock, or `None` once `limit` has been waited.
 /// SQLite's own handler (`busy_timeout`) sleeps 1, 2, 5, 10, 15, 20 ms… between tries,
@@ -333,7 +333,7 @@ fn patient(tries: i32) -> bool {
     wait_for_lock(tries, BUSY_LIMIT)
 }
 
-/// The busy handler of the checkpoint thread.
+/// The busy handler of a log restart.
 fn brief(tries: i32) -> bool {
     wait_for_lock(tries, RESTART_WAIT)
 }
@@ -604,7 +604,12 @@ impl Lanes {
     }
 }
 
-fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: FileGuard) {
+fn writer_thread(
+    conn: Conn,
+    jobs: std::sync::mpsc::Receiver<Queued>,
+    guard: FileGuard,
+    restart: Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     let mut lanes = Lanes::default();
     loop {
@@ -616,6 +621,9 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: Fil
         }
         while let Ok(q) = jobs.try_recv() {
             lanes.push(q);
+        }
+        if restart.swap(false, std::sync::atomic::Ordering::Relaxed) && guard.shared_memory().is_ok() {
+            restart_log(&conn.guard());
         }
         let (lane, queued) = lanes.next_group();
         let started = std::time::Instant::now();
@@ -673,63 +681,115 @@ fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: Fil
 /// log over: 32 MiB.
 const RESTART_FRAMES: i64 = 8192;
 
-/// Frames that may arrive during the last PASSIVE copy for RESTART to go ahead: RESTART
-/// copies them while it holds the writer.
-const RESTART_LEFT: i64 = 256;
-
 /// Copies the write-ahead log into the database four times a second, on its own
-/// connection, so the writer never pays for checkpoints inside a request. PASSIVE never
-/// blocks the writer or readers. Under steady writes a PASSIVE checkpoint is never
-/// complete (new frames arrive while it copies), so the log would only grow: once it is
-/// long, a RESTART right after the PASSIVE copies the few frames that arrived meanwhile
-/// and starts the log over, holding the writer for that short while. Before, the writer
-/// did this itself at its autocheckpoint, and copied up to half a second of log inside a
-/// request's commit: the slowest small writes waited 50–80 ms behind it.
-fn checkpoint_thread(conn: Connection, stop: std::sync::mpsc::Receiver<()>, guard: FileGuard) {
+/// connection, so the writer never pays for copying inside a request. PASSIVE never
+/// blocks the writer or readers. It never starts the log over either, so under steady
+/// writes the log would only grow: once a copy was complete and the log is long, this
+/// asks the writer thread to start it over between two groups ([`restart_log`]).
+///
+/// That used to be a RESTART on this connection, which needs the writer's lock; but the
+/// writer begins its next group microseconds after each commit, so under steady writes
+/// RESTART waited out its limit for a gap it never saw, fell back to a PASSIVE copy, and
+/// the log grew without bound: 570 MiB in one 40-second benchmark run.
+fn checkpoint_thread(
+    conn: Connection,
+    stop: std::sync::mpsc::Receiver<()>,
+    guard: FileGuard,
+    restart: Arc<std::sync::atomic::AtomicBool>,
+    restart_frames: i64,
+) {
     use std::sync::mpsc::RecvTimeoutError;
-    if let Err(e) = conn.busy_handler(Some(brief)) {
-        tracing::warn!(error = %e, "cannot set the checkpoint's busy handler");
-    }
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_millis(250)) {
         if guard.shared_memory().is_err() {
             continue;
         }
-        let copied = checkpoint(&conn, "PASSIVE").and_then(|pass| restart_log(&conn, pass));
-        if let Err(e) = copied {
-            tracing::warn!(error = %e, "checkpoint failed");
+        match copy_for_restart(&conn, restart_frames) {
+            Ok(true) => restart.store(true, std::sync::atomic::Ordering::Relaxed),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
     }
 }
 
-/// One `PRAGMA wal_checkpoint`: (frames in the log, frames copied into the database).
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+/// Frames that may have arrived since the last complete copy for the writer to start the
+/// log over: the restart copies and syncs them while writes wait.
+const RESTART_LEFT: i64 = 256;
+
+/// Copies the log into the database; true when the log is past `restart_frames` and
+/// copied. A copy of a long log takes long enough for many new frames to arrive
+/// meanwhile, and the restart copies those while writes wait, so it copies again (up to
+/// three times) until few have; then it asks anyway, as a log that is never started over
+/// costs more than one longer pause. A copy that a reader held back (it is on an older
+/// snapshot) would hold the restart back too: then it waits for the next turn.
+fn copy_for_restart(conn: &Connection, restart_frames: i64) -> rusqlite::Result<bool> {
+    let mut pass = checkpoint(conn, "PASSIVE")?;
+    if pass.frames < restart_frames {
+        return Ok(false);
+    }
+    for _ in 0..3 {
+        if !pass.is_complete() {
+            return Ok(false);
+        }
+        let again = checkpoint(conn, "PASSIVE")?;
+        if again.is_complete() && again.frames - pass.frames <= RESTART_LEFT {
+            return Ok(true);
+        }
+        pass = again;
+    }
+    Ok(pass.is_complete())
+}
+
+/// What one `PRAGMA wal_checkpoint` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pass {
+    /// The checkpoint could not have the locks its mode needs (a RESTART: readers of the
+    /// old log remained).
+    busy: bool,
+    /// Frames in the log.
+    frames: i64,
+    /// Frames copied into the database.
+    copied: i64,
+}
+
+impl Pass {
+    fn is_complete(&self) -> bool {
+        self.copied == self.frames
+    }
+}
+
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<Pass> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        Ok(Pass {
+            busy: r.get::<_, i64>(0)? != 0,
+            frames: r.get(1)?,
+            copied: r.get(2)?,
+        })
     })
 }
 
-/// Starts a long log over after a complete PASSIVE copy `pass`: only when no reader held
-/// that copy back, for then none holds RESTART up either. The database's fsync after a
-/// copy of half a second of log takes 50 ms on a plain disk; RESTART must not hold the
-/// writer for that, so PASSIVE runs again (up to three times) until what is left to copy
-/// is a few commits' worth.
-fn restart_log(conn: &Connection, mut pass: (i64, i64)) -> rusqlite::Result<()> {
-    for _ in 0..3 {
-        let (frames, copied) = pass;
-        if frames < RESTART_FRAMES || copied != frames {
-            return Ok(());
-        }
-        pass = checkpoint(conn, "PASSIVE")?;
-        if pass.1 == pass.0 && pass.0 - frames <= RESTART_LEFT {
-            let started = std::time::Instant::now();
-            if let Err(e) = checkpoint(conn, "RESTART") {
-                tracing::debug!(error = %e, "log restart put off");
-            }
-            metrics::histogram!("syncstead_sqlite_restart_seconds").record(started.elapsed().as_secs_f64());
-            return Ok(());
-        }
+/// Starts the log over, on the writer's connection between two groups, so the lock it
+/// needs is already free. The checkpoint thread has just copied the log, so what is left
+/// to copy and sync is what the last group or two wrote; then it waits (at most
+/// [`RESTART_WAIT`]) for readers still on the old log. Writes wait for it meanwhile,
+/// once per 32 MiB of log. Readers that take longer put it off to the next complete copy.
+fn restart_log(conn: &Connection) {
+    let started = std::time::Instant::now();
+    let outcome = conn
+        .busy_handler(Some(brief))
+        .and_then(|()| checkpoint(conn, "RESTART"));
+    if let Err(e) = conn.busy_handler(Some(patient)) {
+        tracing::error!(error = %e, "cannot restore the writer's busy handler");
     }
-    Ok(())
+    let outcome = match outcome {
+        Ok(pass) if !pass.busy => "done",
+        Ok(_) => "put_off",
+        Err(e) => {
+            tracing::warn!(error = %e, "log restart failed");
+            "failed"
+        }
+    };
+    metrics::histogram!("syncstead_sqlite_restart_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("syncstead_sqlite_restarts_total", "outcome" => outcome).increment(1);
 }
 
 fn join_err(e: tokio::task::JoinError) -> StoreError {
@@ -774,24 +834,39 @@ impl Db<SqliteEngine> {
 
 impl SqliteEngine {
     fn open(options: SqliteOptions) -> StoreResult<Self> {
+        Self::open_with(options, RESTART_FRAMES)
+    }
+
+    /// [`SqliteEngine::open`], with the log started over past `restart_frames` frames.
+    fn open_with(options: SqliteOptions, restart_frames: i64) -> StoreResult<Self> {
         create_private_file(&options.path)?;
         sidecars_writable(&options.path)?;
         let mut writer = open_connection(&options.path, false, options.synchronous)?;
         migrate(&mut writer)?;
         let guard = FileGuard::new(&options.path)?;
         let (writer_guard, checkpoint_guard) = (guard.clone(), guard.clone());
+        let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpoint_restart = restart.clone();
         let readers = options.readers.max(1);
         let (sender, jobs) = std::sync::mpsc::channel::<Queued>();
         let writer = Conn::new(writer);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_thread(writer, jobs, writer_guard))
+            .spawn(move || writer_thread(writer, jobs, writer_guard, restart))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let (checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
         let checkpoint_conn = open_connection(&options.path, false, options.synchronous)?;
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_thread(checkpoint_conn, checkpoint_rx, checkpoint_guard))
+            .spawn(move || {
+                checkpoint_thread(
+                    checkpoint_conn,
+                    checkpoint_rx,
+                    checkpoint_guard,
+                    checkpoint_restart,
+                    restart_frames,
+                );
+            })
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(SqliteEngine {
             guard,
@@ -1133,6 +1208,65 @@ mod tests {
         assert!(lanes.is_empty());
     }
 
+    // Issue 16: under writes without a pause the log is still started over. The writer
+    // begins its next group microseconds after each commit; a restart that waited for the
+    // writer's lock from another connection rarely saw it free, and the log grew by all
+    // that was written (570 MiB in a 40-second benchmark run). Here the log restarts past
+    // 1 MiB while eight users write 64 KiB requests back to back for two seconds; the
+    // log's header counts its restarts, read while the writes still go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_log_restarts_while_writes_never_pause() {
+        use crate::{BsoInput, Precondition, Store, WriteLimits};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let options = SqliteOptions::new(&path);
+        let engine = tokio::task::spawn_blocking(move || SqliteEngine::open_with(options, 256))
+            .await
+            .unwrap()
+            .unwrap();
+        let db = Arc::new(Db::new(engine).await.unwrap());
+        let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let writers: Vec<_> = (0..8)
+            .map(|user| {
+                let (db, stop, written) = (db.clone(), stop.clone(), written.clone());
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let bsos = (0..4)
+                            .map(|i| BsoInput {
+                                id: format!("r{n}_{i}"),
+                                payload: Some("x".repeat(16 << 10)),
+                                sortindex: None,
+                                ttl: None,
+                            })
+                            .collect();
+                        db.post_bsos(user, "history", bsos, Precondition::None, WriteLimits::default())
+                            .await
+                            .unwrap();
+                        written.fetch_add(64 << 10, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        // The checkpoint sequence number of the log's header (bytes 12..16), which SQLite
+        // counts up each time the log starts over.
+        let header = std::fs::read(beside(&path, "-wal")).unwrap();
+        let restarts = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        let written = written.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert!(
+            restarts >= 2 && written >= 8 << 20,
+            "{restarts} restarts while {written} bytes were written"
+        );
+    }
+
     #[test]
     fn a_job_larger_than_a_group_still_runs_alone() {
         let mut lanes = Lanes::default();
@@ -1203,14 +1337,13 @@ mod tests {
             }
             (tries, waited)
         };
-        assert_eq!(busy_pause(0, RESTART_WAIT), Some(std::time::Duration::from_micros(100)));
-        assert_eq!(
-            busy_pause(49, RESTART_WAIT),
-            Some(std::time::Duration::from_micros(100))
-        );
-        assert_eq!(busy_pause(50, RESTART_WAIT), Some(std::time::Duration::from_millis(1)));
-        assert_eq!(total(RESTART_WAIT), (95, RESTART_WAIT));
+        let limit = std::time::Duration::from_millis(50);
+        assert_eq!(busy_pause(0, limit), Some(std::time::Duration::from_micros(100)));
+        assert_eq!(busy_pause(49, limit), Some(std::time::Duration::from_micros(100)));
+        assert_eq!(busy_pause(50, limit), Some(std::time::Duration::from_millis(1)));
+        assert_eq!(total(limit), (95, limit));
+        assert_eq!(total(RESTART_WAIT).1, RESTART_WAIT);
         assert_eq!(total(BUSY_LIMIT).1, BUSY_LIMIT);
-        assert_eq!(busy_pause(-1, RESTART_WAIT), busy_pause(0, RESTART_WAIT));
+        assert_eq!(busy_pause(-1, limit), busy_pause(0, limit));
     }
 }
