@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -420,10 +421,10 @@ struct Queued {
 struct FileGuard {
     path: PathBuf,
     identity: (u64, u64),
-    lost: Arc<std::sync::atomic::AtomicBool>,
+    lost: Arc<AtomicBool>,
     /// The `-shm` file, opened to read its inode flags: see [`FileGuard::shared_memory`].
     shm: Arc<Option<std::fs::File>>,
-    shm_blocked: Arc<std::sync::atomic::AtomicBool>,
+    shm_blocked: Arc<AtomicBool>,
 }
 
 /// Less free space than this on the database's file system fails the heartbeat: SQLite
@@ -452,7 +453,6 @@ impl FileGuard {
     /// process; the binary then names the cause.
     fn shared_memory(&self) -> StoreResult<()> {
         use rustix::fs::IFlags;
-        use std::sync::atomic::Ordering;
         const BLOCKED: &str =
             "the database's -shm file is immutable or append-only; every request is refused until the flag is removed (chattr -i)";
         let Some(shm) = self.shm.as_ref() else {
@@ -479,7 +479,6 @@ impl FileGuard {
 
     fn check(&self) -> StoreResult<()> {
         use std::os::unix::fs::MetadataExt;
-        use std::sync::atomic::Ordering;
         const LOST: &str = "the database file was deleted or replaced while the server ran; restart it";
         if self.lost.load(Ordering::Relaxed) {
             return Err(unavailable(LOST));
@@ -604,12 +603,7 @@ impl Lanes {
     }
 }
 
-fn writer_thread(
-    conn: Conn,
-    jobs: std::sync::mpsc::Receiver<Queued>,
-    guard: FileGuard,
-    restart: Arc<std::sync::atomic::AtomicBool>,
-) {
+fn writer_thread(conn: Conn, jobs: std::sync::mpsc::Receiver<Queued>, guard: FileGuard, restart: Arc<AtomicBool>) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     let mut lanes = Lanes::default();
     loop {
@@ -622,7 +616,7 @@ fn writer_thread(
         while let Ok(q) = jobs.try_recv() {
             lanes.push(q);
         }
-        if restart.swap(false, std::sync::atomic::Ordering::Relaxed) && guard.shared_memory().is_ok() {
+        if restart.swap(false, Ordering::Relaxed) && guard.shared_memory().is_ok() {
             restart_log(&conn.guard());
         }
         let (lane, queued) = lanes.next_group();
@@ -690,12 +684,12 @@ const RESTART_FRAMES: i64 = 8192;
 /// That used to be a RESTART on this connection, which needs the writer's lock; but the
 /// writer begins its next group microseconds after each commit, so under steady writes
 /// RESTART waited out its limit for a gap it never saw, fell back to a PASSIVE copy, and
-/// the log grew without bound: 570 MiB in one 40-second benchmark run.
+/// the log grew without bound: 572 MiB in one 40-second benchmark run.
 fn checkpoint_thread(
     conn: Connection,
     stop: std::sync::mpsc::Receiver<()>,
     guard: FileGuard,
-    restart: Arc<std::sync::atomic::AtomicBool>,
+    restart: Arc<AtomicBool>,
     restart_frames: i64,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
@@ -704,7 +698,7 @@ fn checkpoint_thread(
             continue;
         }
         match copy_for_restart(&conn, restart_frames) {
-            Ok(true) => restart.store(true, std::sync::atomic::Ordering::Relaxed),
+            Ok(true) => restart.store(true, Ordering::Relaxed),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
@@ -845,7 +839,7 @@ impl SqliteEngine {
         migrate(&mut writer)?;
         let guard = FileGuard::new(&options.path)?;
         let (writer_guard, checkpoint_guard) = (guard.clone(), guard.clone());
-        let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let restart = Arc::new(AtomicBool::new(false));
         let checkpoint_restart = restart.clone();
         let readers = options.readers.max(1);
         let (sender, jobs) = std::sync::mpsc::channel::<Queued>();
@@ -1211,13 +1205,13 @@ mod tests {
     // Issue 16: under writes without a pause the log is still started over. The writer
     // begins its next group microseconds after each commit; a restart that waited for the
     // writer's lock from another connection rarely saw it free, and the log grew by all
-    // that was written (570 MiB in a 40-second benchmark run). Here the log restarts past
+    // that was written (572 MiB in a 40-second benchmark run). Here the log restarts past
     // 1 MiB while eight users write 64 KiB requests back to back for two seconds; the
     // log's header counts its restarts, read while the writes still go on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_log_restarts_while_writes_never_pause() {
         use crate::{BsoInput, Precondition, Store, WriteLimits};
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::atomic::AtomicU64;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let options = SqliteOptions::new(&path);
