@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../migrations/postgres/0005_collection_release.sql")),
     (6, include_str!("../migrations/postgres/0006_identities.sql")),
     (7, include_str!("../migrations/postgres/0007_device_commands.sql")),
+    (8, include_str!("../migrations/postgres/0008_batch_totals.sql")),
 ];
 
 /// How many buckets' last write times a process keeps as hints (only the current tick's

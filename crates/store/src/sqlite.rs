@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/sqlite/0005_collection_release.sql")),
     (6, include_str!("../migrations/sqlite/0006_identities.sql")),
     (7, include_str!("../migrations/sqlite/0007_device_commands.sql")),
+    (8, include_str!("../migrations/sqlite/0008_batch_totals.sql")),
 ];
 
 /// How hard SQLite pushes each commit to disk.

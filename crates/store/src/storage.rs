@@ -323,17 +323,13 @@ const STAGE_MANY_PG: &str = "INSERT INTO batch_items AS i (batch_id, seq, id, so
        payload_size = CASE WHEN excluded.payload IS NULL THEN i.payload_size ELSE excluded.payload_size END,
        ttl = COALESCE(excluded.ttl, i.ttl)";
 
-async fn stage<T: Tx>(tx: &T, batch: i64, bsos: &[BsoInput]) -> StoreResult<()> {
+/// Stages records after the batch's last sequence number; [`Staged::grow`] records what
+/// they add.
+async fn stage<T: Tx>(tx: &T, batch: &Staged, bsos: &[BsoInput]) -> StoreResult<()> {
     if bsos.is_empty() {
         return Ok(());
     }
-    let seq = query_one(
-        tx,
-        "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM batch_items WHERE batch_id = $1",
-        &[batch.into()],
-    )
-    .await?
-    .int(0)?;
+    let (batch, seq) = (batch.id, batch.seq);
     // One PostgreSQL statement for distinct ids; repeated ids (rare) merge in order, one by one.
     if tx.dialect() == Dialect::Postgres && unique_ids(bsos) {
         let args = [
@@ -363,35 +359,76 @@ async fn stage<T: Tx>(tx: &T, batch: i64, bsos: &[BsoInput]) -> StoreResult<()> 
     Ok(())
 }
 
-/// Finds a live batch of this bucket and collection (S15-121, S15-122).
-async fn live_batch<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &str, now: SyncTimestamp) -> StoreResult<i64> {
-    let id: i64 = batch.parse().map_err(|_| StoreError::BatchNotFound)?;
-    tx.query_opt(
-        "SELECT id FROM batches WHERE id = $1 AND user_id = $2 AND collection_id = $3 AND expiry > $4",
-        &[id.into(), user.into(), coll.into(), now.into()],
-    )
-    .await?
-    .ok_or(StoreError::BatchNotFound)?
-    .int(0)
+/// A pending batch and the totals its row keeps of what was sent to it, so that neither an
+/// append nor a commit counts the staged records (a cost that grew with the batch).
+#[derive(Debug, Default)]
+struct Staged {
+    id: i64,
+    /// Records sent, an id sent twice counting twice.
+    records: u64,
+    /// Payload bytes sent.
+    bytes: u64,
+    /// The last sequence number handed out.
+    seq: i64,
+    /// Records sent without a payload.
+    partial: u64,
 }
 
-/// Records and payload bytes a batch holds.
-async fn staged_totals<T: Tx>(tx: &T, batch: i64) -> StoreResult<(u64, u64)> {
-    let row = query_one(
-        tx,
-        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(payload_size), 0) AS BIGINT) FROM batch_items WHERE batch_id = $1",
-        &[batch.into()],
+impl Staged {
+    /// The totals once `bsos` are staged too.
+    fn grow(&self, bsos: &[BsoInput]) -> Staged {
+        Staged {
+            id: self.id,
+            records: self.records + bsos.len() as u64,
+            bytes: self.bytes + total_payload(bsos),
+            seq: self.seq + bsos.len() as i64,
+            partial: self.partial + bsos.iter().filter(|b| b.payload.is_none()).count() as u64,
+        }
+    }
+}
+
+/// Finds a live batch of this bucket and collection (S15-121, S15-122).
+async fn live_batch<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &str, now: SyncTimestamp) -> StoreResult<Staged> {
+    let id: i64 = batch.parse().map_err(|_| StoreError::BatchNotFound)?;
+    let row = tx
+        .query_opt(
+            "SELECT staged_records, staged_bytes, staged_seq, staged_partial FROM batches
+             WHERE id = $1 AND user_id = $2 AND collection_id = $3 AND expiry > $4",
+            &[id.into(), user.into(), coll.into(), now.into()],
+        )
+        .await?
+        .ok_or(StoreError::BatchNotFound)?;
+    Ok(Staged {
+        id,
+        records: row.count(0)?,
+        bytes: row.count(1)?,
+        seq: row.int(2)?,
+        partial: row.count(3)?,
+    })
+}
+
+/// Saves a batch's totals after an append.
+async fn save_totals<T: Tx>(tx: &T, batch: &Staged) -> StoreResult<()> {
+    tx.execute(
+        "UPDATE batches SET staged_records = $2, staged_bytes = $3, staged_seq = $4, staged_partial = $5 WHERE id = $1",
+        &[
+            batch.id.into(),
+            (batch.records as i64).into(),
+            (batch.bytes as i64).into(),
+            batch.seq.into(),
+            (batch.partial as i64).into(),
+        ],
     )
     .await?;
-    Ok((row.count(0)?, row.count(1)?))
+    Ok(())
 }
 
-/// S15-130: what is actually staged counts, whether or not the client announced its
-/// totals in X-Weave-Total-* headers. (Records are counted as sent; one id sent twice
-/// counts twice, which only errs on the safe side.)
-fn check_batch_size(limits: WriteLimits, staged: (u64, u64), incoming: &[BsoInput]) -> StoreResult<()> {
-    let records = staged.0 + incoming.len() as u64;
-    let bytes = staged.1 + total_payload(incoming);
+/// S15-130: what was actually sent counts, whether or not the client announced its totals
+/// in X-Weave-Total-* headers. (Records are counted as sent; one id sent twice counts
+/// twice, which only errs on the safe side.) `after` is the batch with the incoming
+/// records.
+fn check_batch_size(limits: WriteLimits, after: &Staged) -> StoreResult<()> {
+    let (records, bytes) = (after.records, after.bytes);
     if limits.batch_records.is_some_and(|max| records > max) || limits.batch_bytes.is_some_and(|max| bytes > max) {
         return Err(StoreError::BatchTooLarge);
     }
@@ -695,14 +732,9 @@ const COMMIT_STAGED: &str =
 const COMMIT_CHUNK: i64 = 500;
 
 /// Moves a batch's staged records into the collection at `now`.
-async fn commit_staged<T: Tx>(tx: &T, user: UserId, coll: i64, batch: i64, now: SyncTimestamp) -> StoreResult<()> {
-    let partial = query_one(
-        tx,
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM batch_items WHERE batch_id = $1 AND payload IS NULL",
-        &[batch.into()],
-    )
-    .await?
-    .count(0)?;
+/// `batch` holds the totals with the commit's own records.
+async fn commit_staged<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &Staged, now: SyncTimestamp) -> StoreResult<()> {
+    let (partial, batch) = (batch.partial, batch.id);
     if partial == 0 {
         let never = SyncTimestamp::NEVER.as_millis();
         tx.execute(
@@ -1200,17 +1232,27 @@ impl<E: Engine> Store for Db<E> {
                     let now = tx.lock_bucket_to_stage(user).await?;
                     let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
                     pre.check(modified)?;
-                    check_batch_size(limits, (0, 0), &bsos)?;
-                    check_quota(tx, user, now, limits, total_payload(&bsos)).await?;
-                    let batch = query_one(
+                    let after = Staged::default().grow(&bsos);
+                    check_batch_size(limits, &after)?;
+                    check_quota(tx, user, now, limits, after.bytes).await?;
+                    let id = query_one(
                         tx,
-                        "INSERT INTO batches (user_id, collection_id, expiry) VALUES ($1, $2, $3) RETURNING id",
-                        &[user.into(), coll.into(), (now.as_millis() + BATCH_LIFETIME_MS).into()],
+                        "INSERT INTO batches (user_id, collection_id, expiry, staged_records, staged_bytes, staged_seq, staged_partial)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                        &[
+                            user.into(),
+                            coll.into(),
+                            (now.as_millis() + BATCH_LIFETIME_MS).into(),
+                            (after.records as i64).into(),
+                            (after.bytes as i64).into(),
+                            after.seq.into(),
+                            (after.partial as i64).into(),
+                        ],
                     )
                     .await?
                     .int(0)?;
-                    stage(tx, batch, &bsos).await?;
-                    Ok((batch.to_string(), modified))
+                    stage(tx, &Staged { id, ..Staged::default() }, &bsos).await?;
+                    Ok((id.to_string(), modified))
                 })
             })
         })
@@ -1237,11 +1279,12 @@ impl<E: Engine> Store for Db<E> {
                 let now = tx.lock_bucket_to_stage(user).await?;
                 let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
                 pre.check(modified)?;
-                let id = live_batch(tx, user, coll, &batch, now).await?;
-                let staged = staged_totals(tx, id).await?;
-                check_batch_size(limits, staged, &bsos)?;
-                check_quota(tx, user, now, limits, staged.1 + total_payload(&bsos)).await?;
-                stage(tx, id, &bsos).await?;
+                let before = live_batch(tx, user, coll, &batch, now).await?;
+                let after = before.grow(&bsos);
+                check_batch_size(limits, &after)?;
+                check_quota(tx, user, now, limits, after.bytes).await?;
+                stage(tx, &before, &bsos).await?;
+                save_totals(tx, &after).await?;
                 Ok(modified)
             })
         })
@@ -1266,16 +1309,16 @@ impl<E: Engine> Store for Db<E> {
             Box::pin(async move {
                 let Locked { now, modified } = tx.lock_bucket(user, Some(coll)).await?;
                 pre.check(modified)?;
-                let id = live_batch(tx, user, coll, &batch, now).await?;
-                let staged = staged_totals(tx, id).await?;
-                check_batch_size(limits, staged, &bsos)?;
-                check_quota(tx, user, now, limits, staged.1 + total_payload(&bsos)).await?;
+                let before = live_batch(tx, user, coll, &batch, now).await?;
+                let after = before.grow(&bsos);
+                check_batch_size(limits, &after)?;
+                check_quota(tx, user, now, limits, after.bytes).await?;
                 // The commit body overrides staged fields of the same id (S15-125).
-                stage(tx, id, &bsos).await?;
-                commit_staged(tx, user, coll, id, now).await?;
-                spend_batch(tx, id).await?;
+                stage(tx, &before, &bsos).await?;
+                commit_staged(tx, user, coll, &after, now).await?;
+                spend_batch(tx, after.id).await?;
                 touch(tx, user, coll, now).await?;
-                Ok((now, id))
+                Ok((now, after.id))
             })
         })
         .await

@@ -11,6 +11,8 @@ use common::open;
 use syncstead_proto::query::{CollectionQuery, Offset, Sort};
 use syncstead_proto::wbo::{WboInput, WboQuery};
 use syncstead_proto::{Bso, BsoInput, ListingFormat, SyncTimestamp};
+use syncstead_store::testing::{backend_is_postgres, ScratchSchema};
+use syncstead_store::{Backend, PgStore, SqliteOptions, SqliteStore};
 use syncstead_store::{Precondition, StoreError, WriteLimits};
 
 const NONE: Precondition = Precondition::None;
@@ -612,14 +614,14 @@ async fn s11_071_weave_quota_in_the_write() {
 /// taking turns on the migration lock.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_nodes_starting_together_migrate_once() {
-    let Some(scratch) = syncstead_store::testing::ScratchSchema::create().await else {
+    let Some(scratch) = ScratchSchema::create().await else {
         eprintln!("SKIPPED (PostgreSQL): set SYNCSTEAD_TEST_POSTGRES_URL");
         return;
     };
     let starts: Vec<_> = (0..4)
         .map(|_| {
             let url = scratch.url.clone();
-            tokio::spawn(async move { syncstead_store::PgStore::open(&url, 2).await })
+            tokio::spawn(async move { PgStore::open(&url, 2).await })
         })
         .collect();
     let mut stores = Vec::new();
@@ -637,6 +639,145 @@ async fn postgres_nodes_starting_together_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7], "each migration once");
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8], "each migration once");
     drop(stores);
+}
+
+/// Migration 8 (a batch's totals kept on its row) fills them in for batches pending across
+/// the upgrade: the limits count what was staged before it, sequence numbers go on after
+/// the staged ones, and a record staged without a payload still merges at the commit.
+#[tokio::test]
+async fn migration_8_counts_batches_pending_across_the_upgrade() {
+    const PENDING: &str = "INSERT INTO batches (id, user_id, collection_id, expiry) VALUES (40, 1, 4, 9000000000000);
+        INSERT INTO batch_items (batch_id, seq, id, sortindex, payload, payload_size, ttl) VALUES
+            (40, 1, 'a', NULL, 'pa', 2, NULL), (40, 2, 'b', 7, NULL, 0, NULL), (40, 3, 'c', NULL, 'pccc', 4, NULL);";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    // The database as release 7 left it, with a batch half sent; then the store opens it.
+    let (s, _scratch, pg): (Box<dyn Backend>, _, _) = if backend_is_postgres() {
+        let scratch = ScratchSchema::create().await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&scratch.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for sql in [
+            include_str!("../migrations/postgres/0001_storage.sql"),
+            include_str!("../migrations/postgres/0002_tokenserver.sql"),
+            include_str!("../migrations/postgres/0003_accounts.sql"),
+            include_str!("../migrations/postgres/0004_nonces.sql"),
+            include_str!("../migrations/postgres/0005_collection_release.sql"),
+            include_str!("../migrations/postgres/0006_identities.sql"),
+            include_str!("../migrations/postgres/0007_device_commands.sql"),
+            "CREATE TABLE syncstead_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO syncstead_schema SELECT v, 0 FROM generate_series(1, 7) AS v;",
+            PENDING,
+        ] {
+            client.batch_execute(sql).await.unwrap();
+        }
+        let store = PgStore::open(&scratch.url, 2).await.unwrap();
+        (Box::new(store), Some(scratch), Some(client))
+    } else {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for sql in [
+            include_str!("../migrations/sqlite/0001_storage.sql"),
+            include_str!("../migrations/sqlite/0002_tokenserver.sql"),
+            include_str!("../migrations/sqlite/0003_accounts.sql"),
+            include_str!("../migrations/sqlite/0004_nonces.sql"),
+            include_str!("../migrations/sqlite/0005_collection_release.sql"),
+            include_str!("../migrations/sqlite/0006_identities.sql"),
+            include_str!("../migrations/sqlite/0007_device_commands.sql"),
+            PENDING,
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        drop(conn);
+        let store = SqliteStore::open(SqliteOptions::new(path.clone())).await.unwrap();
+        (Box::new(store), None, None)
+    };
+    let four = WriteLimits {
+        batch_records: Some(4),
+        ..NO_LIMITS
+    };
+    s.append_batch(1, "history", "40", vec![bso("d", "pd")], NONE, four)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.append_batch(1, "history", "40", vec![bso("e", "pe")], NONE, four)
+            .await,
+        Err(StoreError::BatchTooLarge)
+    ));
+    let seq_of_d = "SELECT seq FROM batch_items WHERE batch_id = 40 AND id = 'd'";
+    let seq: i64 = match &pg {
+        Some(client) => client.query_one(seq_of_d, &[]).await.unwrap().get(0),
+        None => rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(seq_of_d, [], |r| r.get(0))
+            .unwrap(),
+    };
+    assert_eq!(seq, 4, "after the staged records");
+    s.commit_batch(1, "history", "40", vec![], NONE, four).await.unwrap();
+    let page = s
+        .get_collection(1, "history", &query(Sort::Index, None, None), NONE)
+        .await
+        .unwrap();
+    let got: Vec<_> = page
+        .bsos
+        .iter()
+        .map(|b| (b.id.as_str(), b.payload.as_str(), b.sortindex))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("b", "", Some(7)),
+            ("d", "pd", None),
+            ("c", "pccc", None),
+            ("a", "pa", None)
+        ],
+    );
+}
+
+/// S15-130: a batch's limits count the records sent to it, one id sent twice counting
+/// twice (its row keeps the totals, so nothing staged is counted again).
+#[tokio::test]
+async fn s15_130_batch_limits_count_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let three = WriteLimits {
+        batch_records: Some(3),
+        batch_bytes: Some(7),
+        ..NO_LIMITS
+    };
+    let (batch, _) = s
+        .create_batch(1, "forms", vec![bso("a", "1"), bso("b", "22")], NONE, three)
+        .await
+        .unwrap();
+    s.append_batch(1, "forms", &batch, vec![bso("a", "333")], NONE, three)
+        .await
+        .unwrap();
+    for refused in [bso("c", ""), bso("b", "4")] {
+        assert!(matches!(
+            s.append_batch(1, "forms", &batch, vec![refused], NONE, three).await,
+            Err(StoreError::BatchTooLarge)
+        ));
+    }
+    let bytes = WriteLimits {
+        batch_records: Some(4),
+        ..three
+    };
+    assert!(matches!(
+        s.append_batch(1, "forms", &batch, vec![bso("c", "55")], NONE, bytes)
+            .await,
+        Err(StoreError::BatchTooLarge)
+    ));
+    s.commit_batch(1, "forms", &batch, vec![bso("c", "5")], NONE, bytes)
+        .await
+        .unwrap();
+    let page = s
+        .get_collection(1, "forms", &query(Sort::Index, None, None), NONE)
+        .await
+        .unwrap();
+    let got: Vec<_> = page.bsos.iter().map(|b| (b.id.as_str(), b.payload.as_str())).collect();
+    assert_eq!(got, [("c", "5"), ("b", "22"), ("a", "333")]);
 }

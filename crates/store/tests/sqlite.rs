@@ -104,7 +104,7 @@ async fn s15_004_custom_collections_and_reopen() {
         .unwrap();
     assert_eq!(id, 101);
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 7, "every migration applied");
+    assert_eq!(version, 8, "every migration applied");
 }
 
 /// Migration 5 (collection names released when unused) rebuilds three tables of a
