@@ -323,13 +323,13 @@ const STAGE_MANY_PG: &str = "INSERT INTO batch_items AS i (batch_id, seq, id, so
        payload_size = CASE WHEN excluded.payload IS NULL THEN i.payload_size ELSE excluded.payload_size END,
        ttl = COALESCE(excluded.ttl, i.ttl)";
 
-/// Stages records after the batch's last sequence number; [`Staged::grow`] records what
-/// they add.
+/// Stages records; `batch`'s totals already count them, so they take its last
+/// `bsos.len()` sequence numbers.
 async fn stage<T: Tx>(tx: &T, batch: &Staged, bsos: &[BsoInput]) -> StoreResult<()> {
     if bsos.is_empty() {
         return Ok(());
     }
-    let (batch, seq) = (batch.id, batch.seq);
+    let (batch, seq) = (batch.id, batch.seq - bsos.len() as i64);
     // One PostgreSQL statement for distinct ids; repeated ids (rare) merge in order, one by one.
     if tx.dialect() == Dialect::Postgres && unique_ids(bsos) {
         let args = [
@@ -387,14 +387,48 @@ impl Staged {
     }
 }
 
-/// Finds a live batch of this bucket and collection (S15-121, S15-122).
-async fn live_batch<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &str, now: SyncTimestamp) -> StoreResult<Staged> {
+/// Whether a batch takes more records or is committed: a committed batch's id is refused
+/// from then on (its expiry is past), and its staged records go afterwards, in the
+/// background ([`sweep_batch`]). Deleting them in the commit more than doubled a large
+/// commit's time (the freed pages go through the log too), and on SQLite every other
+/// write waited for that; the purge removes whatever a stop left.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    Append,
+    Commit,
+}
+
+/// Finds a live batch of this bucket and collection (S15-121, S15-122) and adds `bsos` to
+/// its totals, in one statement; the totals returned include them. A write that fails
+/// afterwards (over a limit, say) is rolled back whole, totals included.
+async fn grow_batch<T: Tx>(
+    tx: &T,
+    (user, coll): (UserId, i64),
+    batch: &str,
+    bsos: &[BsoInput],
+    then: Then,
+    now: SyncTimestamp,
+) -> StoreResult<Staged> {
     let id: i64 = batch.parse().map_err(|_| StoreError::BatchNotFound)?;
+    let add = Staged::default().grow(bsos);
     let row = tx
         .query_opt(
-            "SELECT staged_records, staged_bytes, staged_seq, staged_partial FROM batches
-             WHERE id = $1 AND user_id = $2 AND collection_id = $3 AND expiry > $4",
-            &[id.into(), user.into(), coll.into(), now.into()],
+            "UPDATE batches SET staged_records = staged_records + $5, staged_bytes = staged_bytes + $6,
+                    staged_seq = staged_seq + $7, staged_partial = staged_partial + $8,
+                    expiry = CASE WHEN CAST($9 AS BIGINT) = 1 THEN 0 ELSE expiry END
+             WHERE id = $1 AND user_id = $2 AND collection_id = $3 AND expiry > $4
+             RETURNING staged_records, staged_bytes, staged_seq, staged_partial",
+            &[
+                id.into(),
+                user.into(),
+                coll.into(),
+                now.into(),
+                (add.records as i64).into(),
+                (add.bytes as i64).into(),
+                add.seq.into(),
+                (add.partial as i64).into(),
+                i64::from(then == Then::Commit).into(),
+            ],
         )
         .await?
         .ok_or(StoreError::BatchNotFound)?;
@@ -405,22 +439,6 @@ async fn live_batch<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &str, now: Sy
         seq: row.int(2)?,
         partial: row.count(3)?,
     })
-}
-
-/// Saves a batch's totals after an append.
-async fn save_totals<T: Tx>(tx: &T, batch: &Staged) -> StoreResult<()> {
-    tx.execute(
-        "UPDATE batches SET staged_records = $2, staged_bytes = $3, staged_seq = $4, staged_partial = $5 WHERE id = $1",
-        &[
-            batch.id.into(),
-            (batch.records as i64).into(),
-            (batch.bytes as i64).into(),
-            batch.seq.into(),
-            (batch.partial as i64).into(),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// S15-130: what was actually sent counts, whether or not the client announced its totals
@@ -769,16 +787,6 @@ async fn commit_staged<T: Tx>(tx: &T, user: UserId, coll: i64, batch: &Staged, n
             .collect::<StoreResult<Vec<_>>>()?;
         upsert(tx, user, coll, &records, now, true).await?;
     }
-}
-
-/// A committed batch's id is refused from then on (its expiry is past); its staged
-/// records go afterwards, in the background ([`sweep_batch`]). Deleting them in the commit
-/// more than doubled a large commit's time (the freed pages go through the log too), and
-/// on SQLite every other write waited for that; the purge removes whatever a stop left.
-async fn spend_batch<T: Tx>(tx: &T, id: i64) -> StoreResult<()> {
-    tx.execute("UPDATE batches SET expiry = 0 WHERE id = $1", &[id.into()])
-        .await?;
-    Ok(())
 }
 
 /// Staged records removed per clean-up write on SQLite: a few milliseconds of its one
@@ -1251,7 +1259,7 @@ impl<E: Engine> Store for Db<E> {
                     )
                     .await?
                     .int(0)?;
-                    stage(tx, &Staged { id, ..Staged::default() }, &bsos).await?;
+                    stage(tx, &Staged { id, ..after }, &bsos).await?;
                     Ok((id.to_string(), modified))
                 })
             })
@@ -1279,12 +1287,10 @@ impl<E: Engine> Store for Db<E> {
                 let now = tx.lock_bucket_to_stage(user).await?;
                 let modified = collection_time(tx, user, coll).await?.unwrap_or_default();
                 pre.check(modified)?;
-                let before = live_batch(tx, user, coll, &batch, now).await?;
-                let after = before.grow(&bsos);
+                let after = grow_batch(tx, (user, coll), &batch, &bsos, Then::Append, now).await?;
                 check_batch_size(limits, &after)?;
                 check_quota(tx, user, now, limits, after.bytes).await?;
-                stage(tx, &before, &bsos).await?;
-                save_totals(tx, &after).await?;
+                stage(tx, &after, &bsos).await?;
                 Ok(modified)
             })
         })
@@ -1309,14 +1315,12 @@ impl<E: Engine> Store for Db<E> {
             Box::pin(async move {
                 let Locked { now, modified } = tx.lock_bucket(user, Some(coll)).await?;
                 pre.check(modified)?;
-                let before = live_batch(tx, user, coll, &batch, now).await?;
-                let after = before.grow(&bsos);
+                let after = grow_batch(tx, (user, coll), &batch, &bsos, Then::Commit, now).await?;
                 check_batch_size(limits, &after)?;
                 check_quota(tx, user, now, limits, after.bytes).await?;
                 // The commit body overrides staged fields of the same id (S15-125).
-                stage(tx, &before, &bsos).await?;
+                stage(tx, &after, &bsos).await?;
                 commit_staged(tx, user, coll, &after, now).await?;
-                spend_batch(tx, after.id).await?;
                 touch(tx, user, coll, now).await?;
                 Ok((now, after.id))
             })
