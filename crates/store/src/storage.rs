@@ -361,7 +361,7 @@ async fn stage<T: Tx>(tx: &T, batch: &Staged, bsos: &[BsoInput]) -> StoreResult<
 
 /// A pending batch and the totals its row keeps of what was sent to it, so that neither an
 /// append nor a commit counts the staged records (a cost that grew with the batch).
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Staged {
     id: i64,
     /// Records sent, an id sent twice counting twice.
@@ -387,14 +387,16 @@ impl Staged {
     }
 }
 
-/// Whether a batch takes more records or is committed: a committed batch's id is refused
-/// from then on (its expiry is past), and its staged records go afterwards, in the
-/// background ([`sweep_batch`]). Deleting them in the commit more than doubled a large
-/// commit's time (the freed pages go through the log too), and on SQLite every other
-/// write waited for that; the purge removes whatever a stop left.
+/// What a batch does after the records a request adds to it.
 #[derive(Clone, Copy, PartialEq)]
 enum Then {
+    /// It waits for more.
     Append,
+    /// It is spent: its id is refused from then on (its expiry is past), and its staged
+    /// records go afterwards, in the background ([`sweep_batch`]). Deleting them in the
+    /// commit more than doubled a large commit's time (the freed pages go through the log
+    /// too), and on SQLite every other write waited for that; the purge removes whatever a
+    /// stop left.
     Commit,
 }
 
