@@ -20,7 +20,7 @@ use crate::db::{Db, Engine, Read, WriteTimes, FOREIGN_CLOCK};
 use crate::sql::{column_type, Arg, BoxFuture, Dialect, Lock, Locked, Row, RowRef, Tx, Value, Written};
 use crate::{StoreError, StoreResult, UserId};
 
-const MIGRATIONS: &[(i32, &str)] = &[
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_storage.sql")),
     (2, include_str!("../migrations/postgres/0002_tokenserver.sql")),
     (3, include_str!("../migrations/postgres/0003_accounts.sql")),

@@ -30,7 +30,7 @@ use crate::sql::{
 };
 use crate::{AdminError, AdminResult, StoreError, StoreResult, UserId};
 
-const MIGRATIONS: &[(i64, &str)] = &[
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_storage.sql")),
     (2, include_str!("../migrations/sqlite/0002_tokenserver.sql")),
     (3, include_str!("../migrations/sqlite/0003_accounts.sql")),

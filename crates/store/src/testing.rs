@@ -113,3 +113,20 @@ impl Drop for ScratchSchema {
         .join();
     }
 }
+
+/// The embedded SQLite migrations up to and including `version`, in order: for tests that
+/// build a database as an earlier release left it.
+pub fn sqlite_migrations_through(version: i64) -> impl Iterator<Item = &'static str> {
+    crate::sqlite::MIGRATIONS
+        .iter()
+        .filter(move |m| m.0 <= version)
+        .map(|m| m.1)
+}
+
+/// The embedded PostgreSQL migrations up to and including `version`, in order.
+pub fn postgres_migrations_through(version: i32) -> impl Iterator<Item = &'static str> {
+    crate::postgres::MIGRATIONS
+        .iter()
+        .filter(move |m| m.0 <= version)
+        .map(|m| m.1)
+}

@@ -11,7 +11,9 @@ use common::open;
 use syncstead_proto::query::{CollectionQuery, Offset, Sort};
 use syncstead_proto::wbo::{WboInput, WboQuery};
 use syncstead_proto::{Bso, BsoInput, ListingFormat, SyncTimestamp};
-use syncstead_store::testing::{backend_is_postgres, ScratchSchema};
+use syncstead_store::testing::{
+    backend_is_postgres, postgres_migrations_through, sqlite_migrations_through, ScratchSchema,
+};
 use syncstead_store::{Backend, PgStore, SqliteOptions, SqliteStore};
 use syncstead_store::{Precondition, StoreError, WriteLimits};
 
@@ -660,18 +662,9 @@ async fn migration_8_counts_batches_pending_across_the_upgrade() {
             .await
             .unwrap();
         tokio::spawn(conn);
-        for sql in [
-            include_str!("../migrations/postgres/0001_storage.sql"),
-            include_str!("../migrations/postgres/0002_tokenserver.sql"),
-            include_str!("../migrations/postgres/0003_accounts.sql"),
-            include_str!("../migrations/postgres/0004_nonces.sql"),
-            include_str!("../migrations/postgres/0005_collection_release.sql"),
-            include_str!("../migrations/postgres/0006_identities.sql"),
-            include_str!("../migrations/postgres/0007_device_commands.sql"),
-            "CREATE TABLE syncstead_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL);
-             INSERT INTO syncstead_schema SELECT v, 0 FROM generate_series(1, 7) AS v;",
-            PENDING,
-        ] {
+        let recorded = "CREATE TABLE syncstead_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO syncstead_schema SELECT v, 0 FROM generate_series(1, 7) AS v;";
+        for sql in postgres_migrations_through(7).chain([recorded, PENDING]) {
             client.batch_execute(sql).await.unwrap();
         }
         let store = PgStore::open(&scratch.url, 2).await.unwrap();
@@ -679,16 +672,7 @@ async fn migration_8_counts_batches_pending_across_the_upgrade() {
     } else {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        for sql in [
-            include_str!("../migrations/sqlite/0001_storage.sql"),
-            include_str!("../migrations/sqlite/0002_tokenserver.sql"),
-            include_str!("../migrations/sqlite/0003_accounts.sql"),
-            include_str!("../migrations/sqlite/0004_nonces.sql"),
-            include_str!("../migrations/sqlite/0005_collection_release.sql"),
-            include_str!("../migrations/sqlite/0006_identities.sql"),
-            include_str!("../migrations/sqlite/0007_device_commands.sql"),
-            PENDING,
-        ] {
+        for sql in sqlite_migrations_through(7).chain([PENDING]) {
             conn.execute_batch(sql).unwrap();
         }
         conn.pragma_update(None, "user_version", 7).unwrap();

@@ -3,6 +3,7 @@
 
 use syncstead_proto::query::CollectionQuery;
 use syncstead_proto::BsoInput;
+use syncstead_store::testing::sqlite_migrations_through;
 use syncstead_store::{Precondition, SqliteOptions, SqliteStore, Store, StoreError, WriteLimits};
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -117,12 +118,7 @@ async fn migration_5_keeps_an_earlier_database_whole() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        for sql in [
-            include_str!("../migrations/sqlite/0001_storage.sql"),
-            include_str!("../migrations/sqlite/0002_tokenserver.sql"),
-            include_str!("../migrations/sqlite/0003_accounts.sql"),
-            include_str!("../migrations/sqlite/0004_nonces.sql"),
-        ] {
+        for sql in sqlite_migrations_through(4) {
             conn.execute_batch(sql).unwrap();
         }
         conn.execute_batch(
